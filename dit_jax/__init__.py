@@ -1,0 +1,1 @@
+"""dit_jax: Diffusion Transformers for text-to-image in JAX / Flax NNX."""

@@ -1,0 +1,1 @@
+"""The DiT model: backbone, attention backends, embeddings, named sizes, weight import."""

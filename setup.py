@@ -1,0 +1,38 @@
+"""dit_jax: Diffusion Transformers for text-to-image in JAX / Flax NNX."""
+
+from setuptools import find_packages, setup
+
+# Pinned: this set is verified to install together on Python 3.11 (CPU).
+# torch is pinned exactly; an open range pulls a multi-GB CUDA build.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorstore==0.1.86",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "numpy==2.4.6",
+    "tensorflow-datasets==4.9.10",
+    "array-record==0.8.6",
+    "grain==0.2.18",
+    "pillow==13.0.0",
+    "transformers==5.24.0",
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+    "torch==2.13.0",
+    "diffusers==0.42.1",
+]
+
+TEST_REQUIRES = ["pytest==9.2.0", "pytest-xdist==3.8.0"]
+
+setup(
+    name="dit_jax",
+    version="0.1.0",
+    description="Diffusion Transformers (DiT) for text-to-image in JAX / Flax NNX",
+    packages=find_packages(include=["dit_jax", "dit_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)
