@@ -1,8 +1,8 @@
 """Convert DiT weights between facebookresearch/DiT, diffusers and dit_jax.
 
-  python -m dit_jax.convert --from=dit --src=DiT-XL-2-256x256.pt --out=DIR
-  python -m dit_jax.convert --from=diffusers --src=DIR_WITH_CONFIG_JSON --out=DIR
-  python -m dit_jax.convert --from=dit_jax --src=DIR --out=model.pt   # back to DiT's format
+    python -m dit_jax.convert --from=dit --src=DiT-XL-2-256x256.pt --out=DIR
+    python -m dit_jax.convert --from=diffusers --src=DIR_WITH_CONFIG_JSON --out=DIR
+    python -m dit_jax.convert --from=dit_jax --src=DIR --out=model.pt   # back to DiT's format
 
 DIR then holds config.json + model.safetensors, which sampling loads. Each
 source keeps its own numerics by default (--numerics=source); diffusers' port
@@ -17,55 +17,55 @@ from absl import app, flags
 
 from dit_jax.models import convert
 from dit_jax.models.pretrained import (abstract_model, flat_weights, load_flat_weights,
-                                       load_pretrained, save_pretrained)
+                                                                             load_pretrained, save_pretrained)
 
 flags.DEFINE_enum("from", None, ["dit", "diffusers", "dit_jax"], "Format of --src.")
 flags.DEFINE_string("src", None, "A DiT .pt/.safetensors file, a diffusers directory, or a dit_jax directory.")
 flags.DEFINE_string("out", None, "Output directory (dit_jax) or .pt file (when --from=dit_jax).")
 flags.DEFINE_enum("numerics", "source", ["source", "dit", "diffusers"],
-                  "Timestep-frequency shift and MLP LayerNorm eps to use.")
+                                    "Timestep-frequency shift and MLP LayerNorm eps to use.")
 flags.DEFINE_integer("num_heads", None, "Attention heads, for DiT widths other than the named sizes.")
 flags.mark_flags_as_required(["from", "src", "out"])
 FLAGS = flags.FLAGS
 
 
 def import_weights(source, src, numerics="source", num_heads=None):
-  """(model, config) converted from a DiT or diffusers checkpoint."""
-  if source == "dit":
-    state_dict = convert.read_state_dict(src)
-    config = convert.dit_config(state_dict, num_heads)
-    config.update(convert.NUMERICS["dit"])
-  else:
-    state_dict, config = convert.diffusers_to_dit(*convert.read_diffusers(src))
-  if numerics != "source":
-    config.update(convert.NUMERICS[numerics])
-  weights = convert.from_dit(state_dict, config)
-  model = load_flat_weights(abstract_model(config), weights)
-  return model, config
+    """(model, config) converted from a DiT or diffusers checkpoint."""
+    if source == "dit":
+        state_dict = convert.read_state_dict(src)
+        config = convert.dit_config(state_dict, num_heads)
+        config.update(convert.NUMERICS["dit"])
+    else:
+        state_dict, config = convert.diffusers_to_dit(*convert.read_diffusers(src))
+    if numerics != "source":
+        config.update(convert.NUMERICS[numerics])
+    weights = convert.from_dit(state_dict, config)
+    model = load_flat_weights(abstract_model(config), weights)
+    return model, config
 
 
 def export_dit(src, out):
-  """Writes a dit_jax model as a DiT state dict (plain tensors, loadable with weights_only=True)."""
-  import torch
-  model, config = load_pretrained(src)
-  state_dict = convert.to_dit(flat_weights(model), config)
-  torch.save({k: torch.tensor(np.array(v)) for k, v in state_dict.items()}, out + ".tmp")
-  os.replace(out + ".tmp", out)
+    """Writes a dit_jax model as a DiT state dict (plain tensors, loadable with weights_only=True)."""
+    import torch
+    model, config = load_pretrained(src)
+    state_dict = convert.to_dit(flat_weights(model), config)
+    torch.save({k: torch.tensor(np.array(v)) for k, v in state_dict.items()}, out + ".tmp")
+    os.replace(out + ".tmp", out)
 
 
 def main(argv):
-  del argv
-  source = getattr(FLAGS, "from")
-  try:
-    if source == "dit_jax":
-      export_dit(FLAGS.src, FLAGS.out)
-    else:
-      model, config = import_weights(source, FLAGS.src, FLAGS.numerics, FLAGS.num_heads)
-      save_pretrained(model, config, FLAGS.out)
-  except (FileNotFoundError, ValueError) as e:  # bad input: one line, no traceback
-    raise SystemExit(f"convert: {e}") from None
-  print(f"Wrote {FLAGS.out}")
+    del argv
+    source = getattr(FLAGS, "from")
+    try:
+        if source == "dit_jax":
+            export_dit(FLAGS.src, FLAGS.out)
+        else:
+            model, config = import_weights(source, FLAGS.src, FLAGS.numerics, FLAGS.num_heads)
+            save_pretrained(model, config, FLAGS.out)
+    except (FileNotFoundError, ValueError) as e:  # bad input: one line, no traceback
+        raise SystemExit(f"convert: {e}") from None
+    print(f"Wrote {FLAGS.out}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

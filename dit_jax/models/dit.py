@@ -16,201 +16,201 @@ from flax import nnx
 
 from dit_jax.models.attention import get_attention
 from dit_jax.models.embeddings import (LabelEmbedder, PatchEmbed, TextEmbedder, TimestepEmbedder,
-                                       linear, sincos_2d)
+                                                                             linear, sincos_2d)
 
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        "none": None,
+        "full": jax.checkpoint_policies.nothing_saveable,
+        "dots": jax.checkpoint_policies.dots_saveable,
+        "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
 def layer_norm(x, eps):
-  """LayerNorm without affine parameters, computed in float32."""
-  x32 = x.astype(jnp.float32)
-  mean = x32.mean(-1, keepdims=True)
-  var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+    """LayerNorm without affine parameters, computed in float32."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 def modulate(x, shift, scale):
-  return x * (1 + scale[:, None]) + shift[:, None]
+    return x * (1 + scale[:, None]) + shift[:, None]
 
 
 class Attention(nnx.Module):
-  """Multi-head attention: self-attention with a fused qkv, or cross-attention to a context."""
+    """Multi-head attention: self-attention with a fused qkv, or cross-attention to a context."""
 
-  def __init__(self, hidden_size, num_heads, *, cross, zero_out, backend, dtype, param_dtype, rngs):
-    self.num_heads, self.cross, self.attend = num_heads, cross, get_attention(backend)
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    if cross:
-      self.q = linear(hidden_size, hidden_size, ("embed", "heads"), **kw)
-      self.kv = linear(hidden_size, 2 * hidden_size, ("embed", "heads"), **kw)
-    else:
-      self.qkv = linear(hidden_size, 3 * hidden_size, ("embed", "heads"), **kw)
-    self.proj = linear(hidden_size, hidden_size, ("heads", "embed"), zero=zero_out, **kw)
+    def __init__(self, hidden_size, num_heads, *, cross, zero_out, backend, dtype, param_dtype, rngs):
+        self.num_heads, self.cross, self.attend = num_heads, cross, get_attention(backend)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if cross:
+            self.q = linear(hidden_size, hidden_size, ("embed", "heads"), **kw)
+            self.kv = linear(hidden_size, 2 * hidden_size, ("embed", "heads"), **kw)
+        else:
+            self.qkv = linear(hidden_size, 3 * hidden_size, ("embed", "heads"), **kw)
+        self.proj = linear(hidden_size, hidden_size, ("heads", "embed"), zero=zero_out, **kw)
 
-  def __call__(self, x, context=None, mask=None):
-    b, n, d = x.shape
-    split = lambda h: h.reshape(*h.shape[:2], self.num_heads, d // self.num_heads)
-    if self.cross:
-      q = split(self.q(x))
-      k, v = map(split, jnp.split(self.kv(context), 2, axis=-1))
-    else:
-      q, k, v = map(split, jnp.split(self.qkv(x), 3, axis=-1))
-    return self.proj(self.attend(q, k, v, mask).reshape(b, n, d))
+    def __call__(self, x, context=None, mask=None):
+        b, n, d = x.shape
+        split = lambda h: h.reshape(*h.shape[:2], self.num_heads, d // self.num_heads)
+        if self.cross:
+            q = split(self.q(x))
+            k, v = map(split, jnp.split(self.kv(context), 2, axis=-1))
+        else:
+            q, k, v = map(split, jnp.split(self.qkv(x), 3, axis=-1))
+        return self.proj(self.attend(q, k, v, mask).reshape(b, n, d))
 
 
 class Mlp(nnx.Module):
-  def __init__(self, hidden_size, mlp_dim, *, dtype, param_dtype, rngs):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.fc1 = linear(hidden_size, mlp_dim, ("embed", "mlp"), **kw)
-    self.fc2 = linear(mlp_dim, hidden_size, ("mlp", "embed"), **kw)
+    def __init__(self, hidden_size, mlp_dim, *, dtype, param_dtype, rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.fc1 = linear(hidden_size, mlp_dim, ("embed", "mlp"), **kw)
+        self.fc2 = linear(mlp_dim, hidden_size, ("mlp", "embed"), **kw)
 
-  def __call__(self, x):
-    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
+    def __call__(self, x):
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
 
 
 class DiTBlock(nnx.Module):
-  """adaLN-Zero block: self-attention, optional text cross-attention, MLP."""
+    """adaLN-Zero block: self-attention, optional text cross-attention, MLP."""
 
-  def __init__(self, hidden_size, num_heads, mlp_ratio, *, cross_attention, mlp_norm_eps,
-               dropout, attention, dtype, param_dtype, rngs):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.mlp_norm_eps = mlp_norm_eps
-    self.attn = Attention(hidden_size, num_heads, cross=False, zero_out=False, backend=attention, **kw)
-    self.cross_attn = (Attention(hidden_size, num_heads, cross=True, zero_out=True,
-                                 backend=attention, **kw) if cross_attention else None)
-    self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), **kw)
-    self.adaLN_modulation = linear(hidden_size, 6 * hidden_size, ("embed", "adaln"), zero=True, **kw)
-    self.dropout = nnx.Dropout(dropout)
+    def __init__(self, hidden_size, num_heads, mlp_ratio, *, cross_attention, mlp_norm_eps,
+                             dropout, attention, dtype, param_dtype, rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.mlp_norm_eps = mlp_norm_eps
+        self.attn = Attention(hidden_size, num_heads, cross=False, zero_out=False, backend=attention, **kw)
+        self.cross_attn = (Attention(hidden_size, num_heads, cross=True, zero_out=True,
+                                                                 backend=attention, **kw) if cross_attention else None)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), **kw)
+        self.adaLN_modulation = linear(hidden_size, 6 * hidden_size, ("embed", "adaln"), zero=True, **kw)
+        self.dropout = nnx.Dropout(dropout)
 
-  def __call__(self, x, c, context=None, context_mask=None, rng=None):
-    mod = self.adaLN_modulation(jax.nn.silu(c))
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
-    keys = jax.random.split(rng, 3) if rng is not None else [None] * 3
-    drop = lambda h, key: self.dropout(h, deterministic=key is None, rngs=key)
-    h = self.attn(modulate(layer_norm(x, 1e-6), shift_msa, scale_msa))
-    x = x + gate_msa[:, None] * drop(h, keys[0])
-    if self.cross_attn is not None:
-      x = x + drop(self.cross_attn(x, context, context_mask), keys[1])
-    h = self.mlp(modulate(layer_norm(x, self.mlp_norm_eps), shift_mlp, scale_mlp))
-    return x + gate_mlp[:, None] * drop(h, keys[2])
+    def __call__(self, x, c, context=None, context_mask=None, rng=None):
+        mod = self.adaLN_modulation(jax.nn.silu(c))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
+        keys = jax.random.split(rng, 3) if rng is not None else [None] * 3
+        drop = lambda h, key: self.dropout(h, deterministic=key is None, rngs=key)
+        h = self.attn(modulate(layer_norm(x, 1e-6), shift_msa, scale_msa))
+        x = x + gate_msa[:, None] * drop(h, keys[0])
+        if self.cross_attn is not None:
+            x = x + drop(self.cross_attn(x, context, context_mask), keys[1])
+        h = self.mlp(modulate(layer_norm(x, self.mlp_norm_eps), shift_mlp, scale_mlp))
+        return x + gate_mlp[:, None] * drop(h, keys[2])
 
 
 class FinalLayer(nnx.Module):
-  def __init__(self, hidden_size, patch_size, out_channels, *, dtype, param_dtype, rngs):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, zero=True)
-    self.adaLN_modulation = linear(hidden_size, 2 * hidden_size, ("embed", "adaln"), **kw)
-    self.linear = linear(hidden_size, patch_size * patch_size * out_channels, ("embed", None), **kw)
+    def __init__(self, hidden_size, patch_size, out_channels, *, dtype, param_dtype, rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, zero=True)
+        self.adaLN_modulation = linear(hidden_size, 2 * hidden_size, ("embed", "adaln"), **kw)
+        self.linear = linear(hidden_size, patch_size * patch_size * out_channels, ("embed", None), **kw)
 
-  def __call__(self, x, c):
-    shift, scale = jnp.split(self.adaLN_modulation(jax.nn.silu(c)), 2, axis=-1)
-    return self.linear(modulate(layer_norm(x, 1e-6), shift, scale))
+    def __call__(self, x, c):
+        shift, scale = jnp.split(self.adaLN_modulation(jax.nn.silu(c)), 2, axis=-1)
+        return self.linear(modulate(layer_norm(x, 1e-6), shift, scale))
 
 
 class DiT(nnx.Module):
-  """Diffusion model with a Transformer backbone.
+    """Diffusion model with a Transformer backbone.
 
-  Arguments beyond the reference's: text_dim > 0 enables text conditioning,
-  through cross-attention to per-token embeddings (text_cross_attention),
-  a pooled embedding added to the timestep embedding (text_pooled), or both;
-  num_classes = 0 disables labels. freq_shift and mlp_norm_eps select
-  diffusers' variant of the numerics (1 and 1e-5) instead of DiT's (0, 1e-6).
-  """
-
-  def __init__(self, *, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28,
-               num_heads=16, mlp_ratio=4.0, num_classes=1000, class_dropout_prob=0.1,
-               learn_sigma=True, text_dim=0, text_len=77, text_cross_attention=True,
-               text_pooled=False, null_text="learned", caption_dropout_prob=0.1, dropout=0.0,
-               freq_shift=0.0, mlp_norm_eps=1e-6, attention="xla", remat="none",
-               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-    if hidden_size % num_heads:
-      raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}.")
-    if remat not in REMAT_POLICIES:
-      raise ValueError(f"Unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
-    if text_dim and not (text_cross_attention or text_pooled):
-      raise ValueError("text_dim > 0 needs text_cross_attention or text_pooled.")
-    self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
-    self.out_channels = 2 * in_channels if learn_sigma else in_channels
-    self.hidden_size, self.num_classes, self.text_dim = hidden_size, num_classes, text_dim
-    self.remat = remat
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-
-    self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size, **kw)
-    self.t_embedder = TimestepEmbedder(hidden_size, freq_shift=freq_shift, **kw)
-    self.y_embedder = (LabelEmbedder(num_classes, hidden_size, class_dropout_prob,
-                                     param_dtype=param_dtype, rngs=rngs) if num_classes else None)
-    cross = bool(text_dim and text_cross_attention)
-    self.text_embedder = (TextEmbedder(text_dim, text_len, hidden_size, cross=cross,
-                                       pooled=bool(text_pooled), null_text=null_text,
-                                       dropout_prob=caption_dropout_prob, **kw) if text_dim else None)
-    self.blocks = nnx.List([
-        DiTBlock(hidden_size, num_heads, mlp_ratio, cross_attention=cross,
-                 mlp_norm_eps=mlp_norm_eps, dropout=dropout, attention=attention, **kw)
-        for _ in range(depth)])
-    self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, **kw)
-
-  def pos_embed(self, grid_h, grid_w):
-    return jnp.asarray(sincos_2d(self.hidden_size, grid_h, grid_w), jnp.float32)[None]
-
-  def unpatchify(self, x, grid_h, grid_w):
-    """(B, h*w, p*p*C) -> (B, h*p, w*p, C), each token's outputs in (p, q, C) order."""
-    p, c = self.patch_size, self.out_channels
-    x = x.reshape(x.shape[0], grid_h, grid_w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(x.shape[0], grid_h * p, grid_w * p, c)
-
-  def __call__(self, x, t, y=None, text=None, text_mask=None, pooled=None, drop=None,
-               residuals=None, *, rng=None):
-    """Predicts noise (and variance) for a noisy NHWC batch.
-
-    x: (B, H, W, C) noisy input; t: (B,) timesteps; y: (B,) class labels;
-    text: (B, L, text_dim) per-token embeddings with text_mask (B, L);
-    pooled: (B, text_dim); drop: (B,) bool, replace every condition by its
-    null value (guidance); residuals: optional per-block additions (ControlNet).
-    rng: a key turns on training-time label/caption dropout and dropout.
+    Arguments beyond the reference's: text_dim > 0 enables text conditioning,
+    through cross-attention to per-token embeddings (text_cross_attention),
+    a pooled embedding added to the timestep embedding (text_pooled), or both;
+    num_classes = 0 disables labels. freq_shift and mlp_norm_eps select
+    diffusers' variant of the numerics (1 and 1e-5) instead of DiT's (0, 1e-6).
     """
-    b, h, w, _ = x.shape
-    p = self.patch_size
-    if h % p or w % p:
-      raise ValueError(f"Input {h}x{w} is not divisible by the patch size {p}.")
-    keys = list(jax.random.split(rng, 2 + len(self.blocks))) if rng is not None else None
-    drop = jnp.zeros((b,), bool) if drop is None else drop.astype(bool)
 
-    def dropped(prob, key_index):
-      if keys is None or prob == 0:
-        return drop
-      return drop | (jax.random.uniform(keys[key_index], (b,)) < prob)
+    def __init__(self, *, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28,
+                             num_heads=16, mlp_ratio=4.0, num_classes=1000, class_dropout_prob=0.1,
+                             learn_sigma=True, text_dim=0, text_len=77, text_cross_attention=True,
+                             text_pooled=False, null_text="learned", caption_dropout_prob=0.1, dropout=0.0,
+                             freq_shift=0.0, mlp_norm_eps=1e-6, attention="xla", remat="none",
+                             dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}.")
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"Unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
+        if text_dim and not (text_cross_attention or text_pooled):
+            raise ValueError("text_dim > 0 needs text_cross_attention or text_pooled.")
+        self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.hidden_size, self.num_classes, self.text_dim = hidden_size, num_classes, text_dim
+        self.remat = remat
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    tokens = self.x_embedder(x) + self.pos_embed(h // p, w // p).astype(x.dtype)
-    c = self.t_embedder(t)
-    if self.y_embedder is not None:
-      if y is None:
-        raise ValueError("This DiT is class-conditional: pass y (class labels).")
-      c = c + self.y_embedder(y, dropped(self.y_embedder.dropout_prob, 0))
-    context = context_mask = None
-    if self.text_embedder is not None:
-      text_drop = dropped(self.text_embedder.dropout_prob, 1)
-      if self.text_embedder.cross:
-        if text is None:
-          raise ValueError("This DiT cross-attends to text: pass text (B, L, D) and text_mask.")
-        mask = jnp.ones(text.shape[:2], bool) if text_mask is None else text_mask
-        context, context_mask = self.text_embedder.tokens(text, mask, text_drop)
-      if self.text_embedder.pooled:
-        if pooled is None:
-          raise ValueError("This DiT uses a pooled text embedding: pass pooled (B, D).")
-        c = c + self.text_embedder.pooled_embedding(pooled, text_drop)
+        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size, **kw)
+        self.t_embedder = TimestepEmbedder(hidden_size, freq_shift=freq_shift, **kw)
+        self.y_embedder = (LabelEmbedder(num_classes, hidden_size, class_dropout_prob,
+                                                                         param_dtype=param_dtype, rngs=rngs) if num_classes else None)
+        cross = bool(text_dim and text_cross_attention)
+        self.text_embedder = (TextEmbedder(text_dim, text_len, hidden_size, cross=cross,
+                                                                             pooled=bool(text_pooled), null_text=null_text,
+                                                                             dropout_prob=caption_dropout_prob, **kw) if text_dim else None)
+        self.blocks = nnx.List([
+                DiTBlock(hidden_size, num_heads, mlp_ratio, cross_attention=cross,
+                                 mlp_norm_eps=mlp_norm_eps, dropout=dropout, attention=attention, **kw)
+                for _ in range(depth)])
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, **kw)
 
-    def run_block(block, tokens, c, context, context_mask, key):
-      return block(tokens, c, context, context_mask, key)
+    def pos_embed(self, grid_h, grid_w):
+        return jnp.asarray(sincos_2d(self.hidden_size, grid_h, grid_w), jnp.float32)[None]
 
-    policy = REMAT_POLICIES[self.remat]
-    if policy is not None:
-      run_block = nnx.remat(run_block, policy=policy)
-    for i, block in enumerate(self.blocks):
-      tokens = run_block(block, tokens, c, context, context_mask, keys[2 + i] if keys else None)
-      if residuals is not None and residuals[i] is not None:
-        tokens = tokens + residuals[i]
-    out = self.final_layer(tokens, c)
-    return self.unpatchify(out, h // p, w // p).astype(jnp.float32)
+    def unpatchify(self, x, grid_h, grid_w):
+        """(B, h*w, p*p*C) -> (B, h*p, w*p, C), each token's outputs in (p, q, C) order."""
+        p, c = self.patch_size, self.out_channels
+        x = x.reshape(x.shape[0], grid_h, grid_w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        return x.reshape(x.shape[0], grid_h * p, grid_w * p, c)
+
+    def __call__(self, x, t, y=None, text=None, text_mask=None, pooled=None, drop=None,
+                             residuals=None, *, rng=None):
+        """Predicts noise (and variance) for a noisy NHWC batch.
+
+        x: (B, H, W, C) noisy input; t: (B,) timesteps; y: (B,) class labels;
+        text: (B, L, text_dim) per-token embeddings with text_mask (B, L);
+        pooled: (B, text_dim); drop: (B,) bool, replace every condition by its
+        null value (guidance); residuals: optional per-block additions (ControlNet).
+        rng: a key turns on training-time label/caption dropout and dropout.
+        """
+        b, h, w, _ = x.shape
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"Input {h}x{w} is not divisible by the patch size {p}.")
+        keys = list(jax.random.split(rng, 2 + len(self.blocks))) if rng is not None else None
+        drop = jnp.zeros((b,), bool) if drop is None else drop.astype(bool)
+
+        def dropped(prob, key_index):
+            if keys is None or prob == 0:
+                return drop
+            return drop | (jax.random.uniform(keys[key_index], (b,)) < prob)
+
+        tokens = self.x_embedder(x) + self.pos_embed(h // p, w // p).astype(x.dtype)
+        c = self.t_embedder(t)
+        if self.y_embedder is not None:
+            if y is None:
+                raise ValueError("This DiT is class-conditional: pass y (class labels).")
+            c = c + self.y_embedder(y, dropped(self.y_embedder.dropout_prob, 0))
+        context = context_mask = None
+        if self.text_embedder is not None:
+            text_drop = dropped(self.text_embedder.dropout_prob, 1)
+            if self.text_embedder.cross:
+                if text is None:
+                    raise ValueError("This DiT cross-attends to text: pass text (B, L, D) and text_mask.")
+                mask = jnp.ones(text.shape[:2], bool) if text_mask is None else text_mask
+                context, context_mask = self.text_embedder.tokens(text, mask, text_drop)
+            if self.text_embedder.pooled:
+                if pooled is None:
+                    raise ValueError("This DiT uses a pooled text embedding: pass pooled (B, D).")
+                c = c + self.text_embedder.pooled_embedding(pooled, text_drop)
+
+        def run_block(block, tokens, c, context, context_mask, key):
+            return block(tokens, c, context, context_mask, key)
+
+        policy = REMAT_POLICIES[self.remat]
+        if policy is not None:
+            run_block = nnx.remat(run_block, policy=policy)
+        for i, block in enumerate(self.blocks):
+            tokens = run_block(block, tokens, c, context, context_mask, keys[2 + i] if keys else None)
+            if residuals is not None and residuals[i] is not None:
+                tokens = tokens + residuals[i]
+        out = self.final_layer(tokens, c)
+        return self.unpatchify(out, h // p, w // p).astype(jnp.float32)

@@ -13,137 +13,137 @@ from flax import nnx
 
 
 def param_axes(*names):
-  """Metadata that gives a parameter logical axis names, mapped to the mesh by rules."""
-  return {"out_sharding": names, "eager_sharding": False}
+    """Metadata that gives a parameter logical axis names, mapped to the mesh by rules."""
+    return {"out_sharding": names, "eager_sharding": False}
 
 
 def linear(din, dout, axes, *, dtype, param_dtype, rngs, init=None, zero=False):
-  """A Linear with the reference init: xavier-uniform weight, zero bias (or all zero)."""
-  if zero:
-    init = nnx.initializers.zeros
-  return nnx.Linear(
-      din, dout,
-      kernel_init=init or nnx.initializers.xavier_uniform(),
-      bias_init=nnx.initializers.zeros,
-      kernel_metadata=param_axes(*axes),
-      bias_metadata=param_axes(axes[1]),
-      dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    """A Linear with the reference init: xavier-uniform weight, zero bias (or all zero)."""
+    if zero:
+        init = nnx.initializers.zeros
+    return nnx.Linear(
+            din, dout,
+            kernel_init=init or nnx.initializers.xavier_uniform(),
+            bias_init=nnx.initializers.zeros,
+            kernel_metadata=param_axes(*axes),
+            bias_metadata=param_axes(axes[1]),
+            dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 def sincos_1d(dim, pos):
-  """[sin, cos] of positions at dim/2 frequencies, in float64 like the reference."""
-  omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
-  out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
-  return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+    """[sin, cos] of positions at dim/2 frequencies, in float64 like the reference."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
 
 def sincos_2d(dim, grid_h, grid_w):
-  """The fixed 2-D position table, (grid_h * grid_w, dim), rows in raster order.
+    """The fixed 2-D position table, (grid_h * grid_w, dim), rows in raster order.
 
-  The reference builds its grid with meshgrid(w, h), so the first half of each
-  row encodes the column and the second half the row; we keep that order.
-  """
-  cols, rows = np.meshgrid(np.arange(grid_w, dtype=np.float32), np.arange(grid_h, dtype=np.float32))
-  return np.concatenate([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], axis=1)
+    The reference builds its grid with meshgrid(w, h), so the first half of each
+    row encodes the column and the second half the row; we keep that order.
+    """
+    cols, rows = np.meshgrid(np.arange(grid_w, dtype=np.float32), np.arange(grid_h, dtype=np.float32))
+    return np.concatenate([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], axis=1)
 
 
 def timestep_frequencies(t, dim=256, max_period=10000, freq_shift=0.0):
-  """[cos, sin] timestep features. DiT divides by dim/2; diffusers' port by dim/2 - 1 (shift 1)."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift))
-  args = t.astype(jnp.float32)[:, None] * freqs[None]
-  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
-  if dim % 2:
-    emb = jnp.pad(emb, ((0, 0), (0, 1)))
-  return emb
+    """[cos, sin] timestep features. DiT divides by dim/2; diffusers' port by dim/2 - 1 (shift 1)."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift))
+    args = t.astype(jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
 
 
 class PatchEmbed(nnx.Module):
-  """p x p patches of an NHWC image, linearly projected to tokens (a strided conv)."""
+    """p x p patches of an NHWC image, linearly projected to tokens (a strided conv)."""
 
-  def __init__(self, patch_size, in_channels, hidden_size, *, dtype, param_dtype, rngs):
-    self.patch_size = patch_size
-    # Initialised like a Linear over the flattened patch, as the reference does.
-    self.proj = nnx.Conv(
-        in_channels, hidden_size, kernel_size=(patch_size, patch_size),
-        strides=(patch_size, patch_size), padding="VALID",
-        kernel_init=nnx.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3),
-        bias_init=nnx.initializers.zeros,
-        kernel_metadata=param_axes(None, None, None, "embed"),
-        bias_metadata=param_axes("embed"),
-        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    def __init__(self, patch_size, in_channels, hidden_size, *, dtype, param_dtype, rngs):
+        self.patch_size = patch_size
+        # Initialised like a Linear over the flattened patch, as the reference does.
+        self.proj = nnx.Conv(
+                in_channels, hidden_size, kernel_size=(patch_size, patch_size),
+                strides=(patch_size, patch_size), padding="VALID",
+                kernel_init=nnx.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3),
+                bias_init=nnx.initializers.zeros,
+                kernel_metadata=param_axes(None, None, None, "embed"),
+                bias_metadata=param_axes("embed"),
+                dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x):
-    x = self.proj(x)
-    return x.reshape(x.shape[0], -1, x.shape[-1])
+    def __call__(self, x):
+        x = self.proj(x)
+        return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
 class TimestepEmbedder(nnx.Module):
-  """Timestep features -> Linear -> SiLU -> Linear."""
+    """Timestep features -> Linear -> SiLU -> Linear."""
 
-  def __init__(self, hidden_size, *, freq_dim=256, freq_shift=0.0, dtype, param_dtype, rngs):
-    self.freq_dim, self.freq_shift = freq_dim, freq_shift
-    normal = nnx.initializers.normal(0.02)
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, init=normal)
-    self.linear1 = linear(freq_dim, hidden_size, (None, "embed"), **kw)
-    self.linear2 = linear(hidden_size, hidden_size, ("embed", "embed"), **kw)
+    def __init__(self, hidden_size, *, freq_dim=256, freq_shift=0.0, dtype, param_dtype, rngs):
+        self.freq_dim, self.freq_shift = freq_dim, freq_shift
+        normal = nnx.initializers.normal(0.02)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, init=normal)
+        self.linear1 = linear(freq_dim, hidden_size, (None, "embed"), **kw)
+        self.linear2 = linear(hidden_size, hidden_size, ("embed", "embed"), **kw)
 
-  def __call__(self, t):
-    h = timestep_frequencies(t, self.freq_dim, freq_shift=self.freq_shift)
-    return self.linear2(jax.nn.silu(self.linear1(h)))
+    def __call__(self, t):
+        h = timestep_frequencies(t, self.freq_dim, freq_shift=self.freq_shift)
+        return self.linear2(jax.nn.silu(self.linear1(h)))
 
 
 class LabelEmbedder(nnx.Module):
-  """A class table with one extra row, the null class used for classifier-free guidance."""
+    """A class table with one extra row, the null class used for classifier-free guidance."""
 
-  def __init__(self, num_classes, hidden_size, dropout_prob, *, param_dtype, rngs):
-    self.num_classes, self.dropout_prob = num_classes, dropout_prob
-    rows = num_classes + int(dropout_prob > 0)
-    self.embedding_table = nnx.Param(
-        nnx.initializers.normal(0.02)(rngs.params(), (rows, hidden_size), param_dtype),
-        **param_axes("vocab", "embed"))
+    def __init__(self, num_classes, hidden_size, dropout_prob, *, param_dtype, rngs):
+        self.num_classes, self.dropout_prob = num_classes, dropout_prob
+        rows = num_classes + int(dropout_prob > 0)
+        self.embedding_table = nnx.Param(
+                nnx.initializers.normal(0.02)(rngs.params(), (rows, hidden_size), param_dtype),
+                **param_axes("vocab", "embed"))
 
-  def __call__(self, labels, drop):
-    labels = jnp.where(drop, self.num_classes, labels)
-    return jnp.take(self.embedding_table[...], labels, axis=0)
+    def __call__(self, labels, drop):
+        labels = jnp.where(drop, self.num_classes, labels)
+        return jnp.take(self.embedding_table[...], labels, axis=0)
 
 
 class TextEmbedder(nnx.Module):
-  """Projects per-token and pooled text embeddings into the model width.
+    """Projects per-token and pooled text embeddings into the model width.
 
-  Tokens go through PixArt-alpha's caption projection (Linear, tanh-GELU,
-  Linear) to feed cross-attention; the pooled vector through Linear-SiLU-Linear
-  to join the timestep embedding. A dropped caption is replaced by the null
-  text (learned, or zeros) with every token attended.
-  """
+    Tokens go through PixArt-alpha's caption projection (Linear, tanh-GELU,
+    Linear) to feed cross-attention; the pooled vector through Linear-SiLU-Linear
+    to join the timestep embedding. A dropped caption is replaced by the null
+    text (learned, or zeros) with every token attended.
+    """
 
-  def __init__(self, text_dim, text_len, hidden_size, *, cross, pooled, null_text,
-               dropout_prob, dtype, param_dtype, rngs):
-    if null_text not in ("learned", "zeros"):
-      raise ValueError(f"null_text must be 'learned' or 'zeros', got {null_text!r}")
-    self.cross, self.pooled, self.dropout_prob = cross, pooled, dropout_prob
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, init=nnx.initializers.normal(0.02))
-    null_init = (nnx.initializers.normal(text_dim ** -0.5) if null_text == "learned"
-                 else nnx.initializers.zeros)
-    null_cls = nnx.Param if null_text == "learned" else nnx.Variable
-    if cross:
-      self.caption_fc1 = linear(text_dim, hidden_size, (None, "embed"), **kw)
-      self.caption_fc2 = linear(hidden_size, hidden_size, ("embed", "embed"), **kw)
-      self.null_tokens = null_cls(null_init(rngs.params(), (text_len, text_dim), param_dtype),
-                                  **param_axes(None, None))
-    if pooled:
-      self.pooled_fc1 = linear(text_dim, hidden_size, (None, "embed"), **kw)
-      self.pooled_fc2 = linear(hidden_size, hidden_size, ("embed", "embed"), **kw)
-      self.null_pooled = null_cls(null_init(rngs.params(), (text_dim,), param_dtype),
-                                  **param_axes(None))
+    def __init__(self, text_dim, text_len, hidden_size, *, cross, pooled, null_text,
+                             dropout_prob, dtype, param_dtype, rngs):
+        if null_text not in ("learned", "zeros"):
+            raise ValueError(f"null_text must be 'learned' or 'zeros', got {null_text!r}")
+        self.cross, self.pooled, self.dropout_prob = cross, pooled, dropout_prob
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, init=nnx.initializers.normal(0.02))
+        null_init = (nnx.initializers.normal(text_dim ** -0.5) if null_text == "learned"
+                                 else nnx.initializers.zeros)
+        null_cls = nnx.Param if null_text == "learned" else nnx.Variable
+        if cross:
+            self.caption_fc1 = linear(text_dim, hidden_size, (None, "embed"), **kw)
+            self.caption_fc2 = linear(hidden_size, hidden_size, ("embed", "embed"), **kw)
+            self.null_tokens = null_cls(null_init(rngs.params(), (text_len, text_dim), param_dtype),
+                                                                    **param_axes(None, None))
+        if pooled:
+            self.pooled_fc1 = linear(text_dim, hidden_size, (None, "embed"), **kw)
+            self.pooled_fc2 = linear(hidden_size, hidden_size, ("embed", "embed"), **kw)
+            self.null_pooled = null_cls(null_init(rngs.params(), (text_dim,), param_dtype),
+                                                                    **param_axes(None))
 
-  def tokens(self, text, mask, drop):
-    """(B, L, D_text) tokens and (B, L) mask -> (B, L, hidden) context and its key mask."""
-    text = jnp.where(drop[:, None, None], self.null_tokens[...].astype(text.dtype), text)
-    mask = jnp.where(drop[:, None], True, mask.astype(bool))
-    h = self.caption_fc2(jax.nn.gelu(self.caption_fc1(text), approximate=True))
-    return h, mask
+    def tokens(self, text, mask, drop):
+        """(B, L, D_text) tokens and (B, L) mask -> (B, L, hidden) context and its key mask."""
+        text = jnp.where(drop[:, None, None], self.null_tokens[...].astype(text.dtype), text)
+        mask = jnp.where(drop[:, None], True, mask.astype(bool))
+        h = self.caption_fc2(jax.nn.gelu(self.caption_fc1(text), approximate=True))
+        return h, mask
 
-  def pooled_embedding(self, pooled, drop):
-    pooled = jnp.where(drop[:, None], self.null_pooled[...].astype(pooled.dtype), pooled)
-    return self.pooled_fc2(jax.nn.silu(self.pooled_fc1(pooled)))
+    def pooled_embedding(self, pooled, drop):
+        pooled = jnp.where(drop[:, None], self.null_pooled[...].astype(pooled.dtype), pooled)
+        return self.pooled_fc2(jax.nn.silu(self.pooled_fc1(pooled)))

@@ -19,70 +19,70 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 def build_model(config, seed=0, **overrides):
-  """A DiT from its kwargs (plain JSON values; dtype names such as "bfloat16" allowed)."""
-  kw = {**config, **overrides}
-  for key in ("dtype", "param_dtype"):
-    if isinstance(kw.get(key), str):
-      kw[key] = jnp.dtype(kw[key])
-  return DiT(**kw, rngs=nnx.Rngs(seed))
+    """A DiT from its kwargs (plain JSON values; dtype names such as "bfloat16" allowed)."""
+    kw = {**config, **overrides}
+    for key in ("dtype", "param_dtype"):
+        if isinstance(kw.get(key), str):
+            kw[key] = jnp.dtype(kw[key])
+    return DiT(**kw, rngs=nnx.Rngs(seed))
 
 
 def abstract_model(config):
-  """The model's shapes without allocating it: full sizes on a laptop."""
-  return nnx.eval_shape(lambda: build_model(config))
+    """The model's shapes without allocating it: full sizes on a laptop."""
+    return nnx.eval_shape(lambda: build_model(config))
 
 
 def count_parameters(model):
-  """Trainable parameters plus the fixed position table, the way the DiT paper counts."""
-  params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  p = model.patch_size
-  size = model.input_size if isinstance(model.input_size, (tuple, list)) else (model.input_size,) * 2
-  return params + (size[0] // p) * (size[1] // p) * model.hidden_size
+    """Trainable parameters plus the fixed position table, the way the DiT paper counts."""
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    p = model.patch_size
+    size = model.input_size if isinstance(model.input_size, (tuple, list)) else (model.input_size,) * 2
+    return params + (size[0] // p) * (size[1] // p) * model.hidden_size
 
 
 def flat_weights(model):
-  """{"blocks.0.attn.qkv.kernel": array, ...} of every Param and fixed Variable."""
-  out = {}
-  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Variable)):
-    out[".".join(str(k) for k in path)] = np.asarray(var[...])
-  return out
+    """{"blocks.0.attn.qkv.kernel": array, ...} of every Param and fixed Variable."""
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Variable)):
+        out[".".join(str(k) for k in path)] = np.asarray(var[...])
+    return out
 
 
 def load_flat_weights(model, weights):
-  """Copies named arrays into the model, checking that names and shapes match exactly."""
-  state = nnx.state(model, nnx.Variable)
-  flat = {".".join(str(k) for k in path): var for path, var in nnx.to_flat_state(state)}
-  missing, unexpected = sorted(set(flat) - set(weights)), sorted(set(weights) - set(flat))
-  if missing or unexpected:
-    raise ValueError(f"Weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
-  for name, var in flat.items():
-    if tuple(var.shape) != tuple(weights[name].shape):
-      raise ValueError(f"Weight {name} has shape {weights[name].shape}, the model wants {var.shape}.")
-    var.set_value(jnp.asarray(weights[name], dtype=var.get_raw_value().dtype))
-  nnx.update(model, state)
-  return model
+    """Copies named arrays into the model, checking that names and shapes match exactly."""
+    state = nnx.state(model, nnx.Variable)
+    flat = {".".join(str(k) for k in path): var for path, var in nnx.to_flat_state(state)}
+    missing, unexpected = sorted(set(flat) - set(weights)), sorted(set(weights) - set(flat))
+    if missing or unexpected:
+        raise ValueError(f"Weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+    for name, var in flat.items():
+        if tuple(var.shape) != tuple(weights[name].shape):
+            raise ValueError(f"Weight {name} has shape {weights[name].shape}, the model wants {var.shape}.")
+        var.set_value(jnp.asarray(weights[name], dtype=var.get_raw_value().dtype))
+    nnx.update(model, state)
+    return model
 
 
 def save_pretrained(model, config, directory):
-  """Writes config.json and model.safetensors, each atomically (temp file, then rename)."""
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, WEIGHTS_FILE)
-  save_file(flat_weights(model), path + ".tmp")
-  os.replace(path + ".tmp", path)
-  path = os.path.join(directory, CONFIG_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(config, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
+    """Writes config.json and model.safetensors, each atomically (temp file, then rename)."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, WEIGHTS_FILE)
+    save_file(flat_weights(model), path + ".tmp")
+    os.replace(path + ".tmp", path)
+    path = os.path.join(directory, CONFIG_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
 
 
 def load_pretrained(directory, **overrides):
-  """The model saved in directory; overrides change run-time options (dtype, attention, remat)."""
-  config_path, weights_path = (os.path.join(directory, f) for f in (CONFIG_FILE, WEIGHTS_FILE))
-  for path in (config_path, weights_path):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path} not found: pass a directory written by `python -m dit_jax.convert` "
-                              "or exported by training.")
-  with open(config_path) as f:
-    config = json.load(f)
-  model = nnx.eval_shape(lambda: build_model(config, **overrides))
-  return load_flat_weights(model, load_file(weights_path)), config
+    """The model saved in directory; overrides change run-time options (dtype, attention, remat)."""
+    config_path, weights_path = (os.path.join(directory, f) for f in (CONFIG_FILE, WEIGHTS_FILE))
+    for path in (config_path, weights_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: pass a directory written by `python -m dit_jax.convert` "
+                                                            "or exported by training.")
+    with open(config_path) as f:
+        config = json.load(f)
+    model = nnx.eval_shape(lambda: build_model(config, **overrides))
+    return load_flat_weights(model, load_file(weights_path)), config
