@@ -123,27 +123,36 @@ class TextEmbedder(nnx.Module):
             raise ValueError(f"null_text must be 'learned' or 'zeros', got {null_text!r}")
         self.cross, self.pooled, self.dropout_prob = cross, pooled, dropout_prob
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, init=nnx.initializers.normal(0.02))
-        null_init = (nnx.initializers.normal(text_dim ** -0.5) if null_text == "learned"
-                                 else nnx.initializers.zeros)
-        null_cls = nnx.Param if null_text == "learned" else nnx.Variable
+        self.text_len, self.text_dim, self.learned_null = text_len, text_dim, null_text == "learned"
+        null = lambda *shape: nnx.Param(
+            nnx.initializers.normal(text_dim ** -0.5)(rngs.params(), shape, param_dtype),
+            **param_axes(*(None,) * len(shape)))
         if cross:
             self.caption_fc1 = linear(text_dim, hidden_size, (None, "embed"), **kw)
             self.caption_fc2 = linear(hidden_size, hidden_size, ("embed", "embed"), **kw)
-            self.null_tokens = null_cls(null_init(rngs.params(), (text_len, text_dim), param_dtype),
-                                                                    **param_axes(None, None))
+            if self.learned_null:
+                self.null_tokens = null(text_len, text_dim)
         if pooled:
             self.pooled_fc1 = linear(text_dim, hidden_size, (None, "embed"), **kw)
             self.pooled_fc2 = linear(hidden_size, hidden_size, ("embed", "embed"), **kw)
-            self.null_pooled = null_cls(null_init(rngs.params(), (text_dim,), param_dtype),
-                                                                    **param_axes(None))
+            if self.learned_null:
+                self.null_pooled = null(text_dim)
+
+    def null_text(self):
+        """(tokens (L, D), pooled (D,)) that stand for "no caption"."""
+        if self.learned_null:
+            tokens = self.null_tokens[...] if self.cross else None
+            pooled = self.null_pooled[...] if self.pooled else None
+            return tokens, pooled
+        return jnp.zeros((self.text_len, self.text_dim)), jnp.zeros((self.text_dim,))
 
     def tokens(self, text, mask, drop):
         """(B, L, D_text) tokens and (B, L) mask -> (B, L, hidden) context and its key mask."""
-        text = jnp.where(drop[:, None, None], self.null_tokens[...].astype(text.dtype), text)
+        text = jnp.where(drop[:, None, None], self.null_text()[0].astype(text.dtype), text)
         mask = jnp.where(drop[:, None], True, mask.astype(bool))
         h = self.caption_fc2(jax.nn.gelu(self.caption_fc1(text), approximate=True))
         return h, mask
 
     def pooled_embedding(self, pooled, drop):
-        pooled = jnp.where(drop[:, None], self.null_pooled[...].astype(pooled.dtype), pooled)
+        pooled = jnp.where(drop[:, None], self.null_text()[1].astype(pooled.dtype), pooled)
         return self.pooled_fc2(jax.nn.silu(self.pooled_fc1(pooled)))
