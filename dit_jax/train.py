@@ -1,0 +1,236 @@
+"""Trains a DiT: the same command on one CPU, a GPU, a GPU cluster or every host of a TPU pod.
+
+  python -m dit_jax.train --config=configs/tiny.py --workdir=/tmp/tiny [--config.steps=1000 ...]
+
+Prepares the dataset on first use, resumes from the latest complete
+checkpoint in the workdir, saves on SIGTERM/SIGINT, and leaves TensorBoard
+logs, sample grids and an EMA export (safetensors) in the workdir.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+from jax.experimental import multihost_utils
+from ml_collections import config_flags
+
+from dit_jax.data import pipeline
+from dit_jax.diffusion.generate import check_sampler, generate
+from dit_jax.models.attention import BACKENDS
+from dit_jax.models.dit import REMAT_POLICIES
+from dit_jax.models.pretrained import save_pretrained
+from dit_jax.training import sharding, trainer as trainer_lib
+from dit_jax.training.checkpoint import Checkpointer
+from dit_jax.training.writers import MetricWriter, Progress
+from dit_jax.utils.flops import device_peak_flops, train_flops_per_image
+from dit_jax.utils.visualization import captioned_grid, to_uint8
+
+config_flags.DEFINE_config_file("config", None, "A recipe under configs/, e.g. configs/tiny.py[:runlocal].")
+flags.DEFINE_string("workdir", None, "Where checkpoints, logs, samples and exports go.")
+flags.DEFINE_string("data_dir", "~/.cache/dit_jax", "Where prepared datasets live.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
+                    "outside TPU pods and SLURM (which are detected automatically).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "transformers", "torch", "numpy")
+
+
+def init_distributed():
+    """Joins the other processes: explicit flags, else automatic on TPU pods and SLURM jobs."""
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        jax.distributed.initialize()
+
+
+def validate(config):
+    """Fails within seconds, in one line, on what would otherwise fail after a long compile."""
+    m = config.model
+    if m.hidden_size % m.num_heads:
+        raise ValueError(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads {m.num_heads}.")
+    if m.attention not in BACKENDS:
+        raise ValueError(f"Unknown model.attention {m.attention!r}; choose one of {sorted(BACKENDS)}.")
+    if m.remat not in REMAT_POLICIES:
+        raise ValueError(f"Unknown model.remat {m.remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
+    check_sampler(config.sample.sampler)
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch(config.batch_size, mesh, config.optim.get("accumulate", 1))
+    return mesh
+
+
+def write_run_info(workdir, config):
+    """The resolved config, package versions and git commit, next to the checkpoints."""
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    commit = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    info = dict(config=config.to_dict(), versions=versions, git_commit=commit or None,
+                devices=[str(d) for d in jax.devices()[:1]], device_count=jax.device_count(),
+                process_count=jax.process_count(), argv=sys.argv)
+    with open(os.path.join(workdir, "run.json"), "w") as f:
+        json.dump(info, f, indent=2, default=str)
+
+
+class SampleGrid:
+    """Fixed prompts, encoded once, sampled from the EMA weights every `every` steps."""
+
+    def __init__(self, config, manifest, trainer, workdir):
+        from dit_jax.text import encoders
+        text = manifest["text"]
+        encoder = encoders.load(text["encoder"], text.get("source", ""), text["max_length"], text["layer"])
+        tokens, mask, pooled = encoder.encode(list(config.sample.prompts))
+        self.prompts, self.workdir, self.cfg = list(config.sample.prompts), workdir, config.sample
+        self.cond = dict(text=jnp.asarray(tokens, jnp.float32), text_mask=jnp.asarray(mask),
+                         pooled=jnp.asarray(pooled, jnp.float32))
+        self.shape = (len(self.prompts), *manifest["image_shape"])
+        learn_sigma = config.model.get("learn_sigma", True)
+
+        def sample(ema):
+            model = trainer.model(ema)
+            return generate(model, self.cond, self.shape, jax.random.PRNGKey(self.cfg.seed), trainer.schedule,
+                            sampler=self.cfg.sampler, steps=self.cfg.steps, cfg_scale=self.cfg.cfg_scale,
+                            prediction=config.diffusion.prediction, learn_sigma=learn_sigma)
+        self.sample = jax.jit(sample)
+
+    def __call__(self, step, ema, writer):
+        images = to_uint8(multihost_utils.process_allgather(self.sample(ema), tiled=True))
+        grid = captioned_grid(images, self.prompts)
+        if jax.process_index() == 0:
+            path = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            grid.save(path)
+            writer.image(step, "samples", grid)
+        return grid
+
+
+class StopSignal:
+    """Turns SIGTERM / SIGINT (pre-emption, Ctrl-C) into a request to save and exit after this step."""
+
+    def __init__(self):
+        self.requested = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _):
+        self.requested = signal.Signals(signum).name
+
+
+def export_ema(trainer, state, model_kwargs, workdir):
+    """EMA weights as safetensors + config.json in workdir/export, for sampling and sharing."""
+    ema = multihost_utils.process_allgather(state["ema"], tiled=True)
+    if jax.process_index() == 0:
+        model = trainer.model(jax.tree.map(jnp.asarray, ema))
+        config = {k: (str(jnp.dtype(v)) if k.endswith("dtype") else v) for k, v in model_kwargs.items()}
+        save_pretrained(model, config, os.path.join(workdir, "export"))
+
+
+def train(config, workdir, data_dir):
+    """The training loop; returns the final state."""
+    mesh = validate(config)
+    workdir, data_dir = os.path.abspath(workdir), os.path.expanduser(data_dir)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+
+    manifest = pipeline.ensure_prepared(config, data_dir)
+    pipeline.check_compatible(manifest, config)
+    model_kwargs = {**config.model.to_dict(), **pipeline.model_kwargs(manifest, config)}
+    trainer = trainer_lib.create(config, model_kwargs, mesh)
+    loader = pipeline.make_loader(config, manifest, global_batch_size=config.batch_size, seed=config.seed,
+                                  sharding=sharding.batch_sharding(mesh))
+    checkpoints = Checkpointer(workdir, config.checkpoint)
+    if checkpoints.latest_step() is not None:
+        state, data_state = checkpoints.restore(trainer.abstract_state)
+        loader.set_state(data_state)
+        print(f"Resumed from step {int(state['step'])} in {checkpoints.directory}", flush=True)
+    else:
+        state = trainer.init()
+    if is_main:
+        write_run_info(workdir, config)
+
+    writer = MetricWriter(workdir, config.log, config.to_dict(), active=is_main)
+    samples = SampleGrid(config, manifest, trainer, workdir) if config.sample.every else None
+    stop = StopSignal()
+    step_fn = None
+    flops_per_image = train_flops_per_image(model_kwargs)
+    peak = device_peak_flops()
+    start = int(state["step"])
+    progress = Progress(start, config.steps, active=is_main)
+    window_start, window_steps, t0 = time.time(), 0, time.time()
+
+    for step in range(start + 1, config.steps + 1):
+        batch = next(loader)
+        if step_fn is None:
+            step_fn = trainer_lib.compile_step(trainer, batch)
+        state, metrics = step_fn(state, batch)
+        loss = float(metrics["loss"])
+        if not np.isfinite(loss):
+            checkpoints.close()
+            raise FloatingPointError(f"Loss is {loss} at step {step}; stopped. The last good checkpoint is "
+                                     f"step {checkpoints.latest_step()} in {checkpoints.directory}: lower "
+                                     "optim.lr or raise optim.warmup_steps and resume.")
+        if step == start + 1 and is_main:
+            print(f"First step done {time.time() - t0:.1f}s after start (includes compile).", flush=True)
+            window_start = time.time()
+        else:
+            window_steps += 1
+        progress.update(loss)
+
+        if step % config.log.every == 0 or step == config.steps:
+            values = {k: float(v) for k, v in metrics.items()}
+            if window_steps:
+                seconds = (time.time() - window_start) / window_steps
+                values["steps_per_s"] = 1 / seconds
+                values["img_per_s"] = config.batch_size / seconds
+                values["tflops_per_device"] = flops_per_image * config.batch_size / seconds / jax.device_count() / 1e12
+                if peak:
+                    values["mfu"] = values["tflops_per_device"] * 1e12 / peak
+            writer.scalars(step, values)
+            if is_main:
+                progress.summary(step, values)
+            window_start, window_steps = time.time(), 0
+        if samples and step % config.sample.every == 0:
+            samples(step, state["ema"], writer)
+        checkpoints.save(step, state, loader.get_state(), force=bool(stop.requested) or step == config.steps)
+        if stop.requested:
+            if is_main:
+                print(f"{stop.requested}: saved step {step}; exiting.", flush=True)
+            break
+
+    progress.close()
+    checkpoints.close()
+    if int(state["step"]) == config.steps:
+        export_ema(trainer, state, model_kwargs, workdir)
+        if samples and config.steps % config.sample.every:
+            samples(config.steps, state["ema"], writer)
+    writer.close()
+    return state
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax reports every file it writes at INFO
+    init_distributed()
+    try:
+        train(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        raise SystemExit(f"train: {e}") from None
+
+
+if __name__ == "__main__":
+    app.run(main)

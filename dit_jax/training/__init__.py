@@ -1,0 +1,1 @@
+"""Training: the train state and step, sharding, optimizer, checkpoints, logging."""

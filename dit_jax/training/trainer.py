@@ -1,0 +1,142 @@
+"""The train state and the jit-compiled, sharded train step.
+
+The state is a pytree: parameters, optimizer state, EMA, step and RNG key.
+Each step's randomness is folded from (key, step), so a resumed run draws
+exactly what an uninterrupted one would.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from dit_jax.diffusion import Schedule, beta_schedule, diffusion_loss, q_sample
+from dit_jax.models.pretrained import build_model
+from dit_jax.training import optim, sharding
+
+
+@dataclasses.dataclass
+class Trainer:
+    """What one compiled train step needs besides the state."""
+    graphdef: nnx.GraphDef
+    optimizer: optax.GradientTransformation
+    lr_schedule: callable
+    schedule: Schedule
+    config: object
+    mesh: jax.sharding.Mesh
+    state_shardings: dict
+    abstract_state: dict       # ShapeDtypeStructs with shardings: the restore target
+    init: callable             # () -> the initial state, each array born on its devices
+
+    def model(self, params):
+        return nnx.merge(self.graphdef, params)
+
+
+def diffusion_schedule(cfg):
+    return Schedule(beta_schedule(cfg.schedule, cfg.timesteps))
+
+
+def create(config, model_kwargs, mesh):
+    """A Trainer for this config and mesh; nothing is allocated until `trainer.init()`."""
+    sharding.check_batch(config.batch_size, mesh, config.optim.get("accumulate", 1))
+    abstract = nnx.eval_shape(lambda: build_model(model_kwargs, seed=config.seed))
+    graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+    param_shardings = sharding.param_shardings(abstract_params, mesh, config.get("sharding_rules")
+                                               or sharding.DEFAULT_RULES)
+    optimizer, lr_schedule = optim.make_optimizer(config.optim, config.steps)
+
+    def init():
+        params = nnx.state(build_model(model_kwargs, seed=config.seed), nnx.Param)
+        return dict(params=params, opt_state=optimizer.init(params), ema=params,
+                    step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(config.seed))
+
+    shapes = jax.eval_shape(init)
+    state_shardings = infer_state_shardings(shapes, param_shardings, mesh)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            shapes, state_shardings)
+    return Trainer(graphdef, optimizer, lr_schedule, diffusion_schedule(config.diffusion), config, mesh,
+                   state_shardings, abstract, jax.jit(init, out_shardings=state_shardings))
+
+
+def infer_state_shardings(abstract_state, param_shardings, mesh):
+    """Parameters and EMA by their rules; optimizer moments like the parameter of the same shape path."""
+    replicated = sharding.replicated(mesh)
+    params_flat = {path: s for path, s in jax.tree_util.tree_flatten_with_path(
+        param_shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))[0]}
+
+    def opt_sharding(path, leaf):
+        # optax moments mirror the parameter tree: their path ends with a parameter's path.
+        for n in range(len(path)):
+            if path[n:] in params_flat and leaf.ndim:
+                return params_flat[path[n:]]
+        return replicated
+
+    return dict(params=param_shardings,
+                opt_state=jax.tree_util.tree_map_with_path(opt_sharding, abstract_state["opt_state"]),
+                ema=param_shardings, step=replicated, rng=replicated)
+
+
+def loss_fn(trainer, params, batch, key):
+    """Mean diffusion loss of a batch at random timesteps and noise."""
+    cfg = trainer.config
+    x0 = batch["image"]
+    k_t, k_noise, k_model = jax.random.split(key, 3)
+    t = jax.random.randint(k_t, (x0.shape[0],), 0, len(trainer.schedule))
+    noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+    x_t = q_sample(x0, t, noise, trainer.schedule)
+    out = trainer.model(params)(x_t, t, y=batch.get("label"), text=batch.get("text"),
+                                text_mask=batch.get("text_mask"), pooled=batch.get("pooled"), rng=k_model)
+    gamma = cfg.diffusion.get("min_snr_gamma") or None
+    loss = diffusion_loss(out, x0, x_t, t, noise, trainer.schedule, prediction=cfg.diffusion.prediction,
+                          learn_sigma=cfg.model.get("learn_sigma", True), min_snr_gamma=gamma)
+    return loss.mean()
+
+
+def train_step(trainer, state, batch):
+    """One optimizer update from the global batch, split into `accumulate` micro-batches."""
+    key = jax.random.fold_in(state["rng"], state["step"])
+    grad_fn = jax.value_and_grad(lambda p, b, k: loss_fn(trainer, p, b, k))
+    accumulate = trainer.config.optim.get("accumulate", 1)
+    if accumulate == 1:
+        loss, grads = grad_fn(state["params"], batch, key)
+    else:
+        # Rows i, i + A, i + 2A... form micro-batch i, so each keeps the batch's sharding.
+        micro = jax.tree.map(lambda x: jnp.moveaxis(x.reshape(-1, accumulate, *x.shape[1:]), 1, 0), batch)
+
+        def add(carry, inputs):
+            mb, i = inputs
+            loss, grads = grad_fn(state["params"], mb, jax.random.fold_in(key, i))
+            return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+        zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state["params"]))
+        (loss, grads), _ = jax.lax.scan(add, zeros, (micro, jnp.arange(accumulate)))
+        loss, grads = jax.tree.map(lambda x: x / accumulate, (loss, grads))
+    updates, opt_state = trainer.optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    ema_cfg = trainer.config.ema
+    ema = optim.ema_update(state["ema"], params, optim.ema_decay(state["step"], ema_cfg.decay, ema_cfg.warmup))
+    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=trainer.lr_schedule(state["step"]))
+    new_state = dict(params=params, opt_state=opt_state, ema=ema, step=state["step"] + 1, rng=state["rng"])
+    return new_state, metrics
+
+
+def compile_step(trainer, batch_spec):
+    """The jitted step with explicit shardings and the state donated."""
+    batch_shardings = jax.tree.map(lambda _: sharding.batch_sharding(trainer.mesh), batch_spec)
+    return jax.jit(lambda s, b: train_step(trainer, s, b),
+                   in_shardings=(trainer.state_shardings, batch_shardings),
+                   out_shardings=(trainer.state_shardings, sharding.replicated(trainer.mesh)),
+                   donate_argnums=(0,))
+
+
+def state_bytes_per_device(compiled):
+    """Argument bytes of a compiled step per device: where FSDP's saving shows."""
+    return compiled.memory_analysis().argument_size_in_bytes
+
+
+def host_params(state, key="ema"):
+    """A state's parameters (or EMA) gathered to host numpy, for export."""
+    return jax.tree.map(np.asarray, state[key])

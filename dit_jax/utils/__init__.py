@@ -1,0 +1,1 @@
+"""Small utilities: FLOP accounting and image grids."""

@@ -1,0 +1,25 @@
+"""Model FLOPs and accelerator peaks, for TFLOP/s and MFU."""
+
+import jax
+
+from dit_jax.models.variants import forward_macs
+
+# Dense bf16 peak FLOP/s per chip.
+PEAK_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "A100": 312e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+}
+
+
+def train_flops_per_image(model_kwargs):
+    """A train step costs about 3x the forward pass (forward + two for backward); 2 FLOPs a MAC."""
+    return 3 * 2 * forward_macs(**model_kwargs)
+
+
+def device_peak_flops(device=None):
+    """The table's peak for this device kind, or None where it is not known (CPU)."""
+    kind = (device or jax.devices()[0]).device_kind
+    for name in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if name.lower() in kind.lower():
+            return PEAK_FLOPS[name]
+    return None
