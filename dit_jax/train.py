@@ -181,10 +181,12 @@ def train(config, workdir, data_dir):
         state, metrics = step_fn(state, batch)
         loss = float(metrics["loss"])
         if not np.isfinite(loss):
+            progress.close()
             checkpoints.close()
-            raise FloatingPointError(f"Loss is {loss} at step {step}; stopped. The last good checkpoint is "
-                                     f"step {checkpoints.latest_step()} in {checkpoints.directory}: lower "
-                                     "optim.lr or raise optim.warmup_steps and resume.")
+            last = checkpoints.latest_step()
+            kept = f"the last good checkpoint is step {last}" if last else "no checkpoint was written yet"
+            raise FloatingPointError(f"Loss is {loss} at step {step}; stopped, {kept} ({checkpoints.directory}). "
+                                     "Lower optim.lr or raise optim.warmup_steps, then resume.")
         if step == start + 1 and is_main:
             print(f"First step done {time.time() - t0:.1f}s after start (includes compile).", flush=True)
             window_start = time.time()

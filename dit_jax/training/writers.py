@@ -1,8 +1,9 @@
-"""Where training reports go: TensorBoard, optionally Weights & Biases and MLflow, and the console.
+"""Where training reports go: metrics.jsonl, TensorBoard, optionally W&B and MLflow, and the console.
 
 Only process 0 writes. W&B and MLflow are imported only when the config asks.
 """
 
+import json
 import os
 
 import numpy as np
@@ -14,6 +15,7 @@ class MetricWriter:
         self.active, self.writers = active, []
         if not active:
             return
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
         if cfg.tensorboard:
             from tensorboardX import SummaryWriter
             self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -33,6 +35,8 @@ class MetricWriter:
     def scalars(self, step, values):
         if not self.active:
             return
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
         if "tensorboard" in self.writers:
             for name, value in values.items():
                 self.tensorboard.add_scalar(name, value, step)
@@ -56,6 +60,8 @@ class MetricWriter:
             self.mlflow.log_image(array, f"{name}_{step:08d}.png")
 
     def close(self):
+        if self.active:
+            self.jsonl.close()
         if "tensorboard" in self.writers:
             self.tensorboard.close()
         if "wandb" in self.writers:

@@ -1,0 +1,170 @@
+"""`python -m dit_jax.train` end to end, in subprocesses: outputs, kill and resume, signals, errors, multi-host."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = ["--config.steps=12", "--config.batch_size=8", "--config.data.max_examples=64",
+       "--config.checkpoint.every=3", "--config.log.every=1", "--config.sample.every=0",
+       "--config.model.hidden_size=32", "--config.model.depth=1", "--config.model.patch_size=8"]
+
+
+def env(devices=1, cache=None):
+    e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    if cache:  # identical programs compile once across the runs of a test
+        e.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return e
+
+
+def command(workdir, data_dir, *extra):
+    return [sys.executable, "-m", "dit_jax.train", "--config=configs/tiny.py:runlocal",
+            f"--workdir={workdir}", f"--data_dir={data_dir}", *TOY, *extra]
+
+
+def train(workdir, data_dir, *extra, devices=1, cache=None, check=True):
+    return subprocess.run(command(workdir, data_dir, *extra), cwd=ROOT, env=env(devices, cache),
+                          capture_output=True, text=True, check=check, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("data"))
+    subprocess.run([sys.executable, "-m", "dit_jax.prepare", "--config=configs/tiny.py:runlocal",
+                    f"--data_dir={path}", "--config.data.max_examples=64"],
+                   cwd=ROOT, env=env(), check=True, capture_output=True, timeout=600)
+    return path
+
+
+def losses(workdir):
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return {row["step"]: row["loss"] for row in rows}
+
+
+def test_run_leaves_checkpoints_logs_samples_and_export(tmp_path, data_dir):
+    workdir = str(tmp_path / "run")
+    train(workdir, data_dir, "--config.sample.every=6", "--config.checkpoint.keep=2")
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "9"]
+    run = json.load(open(os.path.join(workdir, "run.json")))
+    assert run["config"]["steps"] == 12 and run["versions"]["jax"] and run["git_commit"]
+    assert sorted(losses(workdir)) == list(range(1, 13))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+    assert sorted(os.listdir(os.path.join(workdir, "samples"))) == ["step_00000006.png", "step_00000012.png"]
+    from dit_jax.models.pretrained import load_pretrained
+    model, config = load_pretrained(os.path.join(workdir, "export"))
+    assert config["text_dim"] == 384 and config["hidden_size"] == 32
+
+
+def wait_for_step(proc, workdir, step):
+    """Polls metrics.jsonl (a line per step) until the run has logged `step`."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    while proc.poll() is None:
+        if os.path.exists(path) and any(json.loads(l)["step"] >= step for l in open(path) if l.strip()):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the run ended before step {step}")
+
+
+def test_sigkill_and_resume_is_bit_identical(tmp_path, data_dir):
+    cache = str(tmp_path / "cache")
+    steps = ["--config.steps=30"]
+    reference = str(tmp_path / "reference")
+    train(reference, data_dir, *steps, cache=cache)
+    killed = str(tmp_path / "killed")
+    rng = random.Random(0)
+    for kill_at in sorted(rng.sample(range(4, 29), 2)):  # two random moments mid-run
+        proc = subprocess.Popen(command(killed, data_dir, *steps), cwd=ROOT, env=env(1, cache),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_step(proc, killed, kill_at)
+        proc.kill()
+        proc.wait()
+        assert not os.path.exists(os.path.join(killed, "export")), "killed after the end: nothing tested"
+    assert os.listdir(os.path.join(killed, "checkpoints")), "no checkpoint survived to resume from"
+    train(killed, data_dir, *steps, cache=cache)
+    a = load_file(os.path.join(reference, "export", "model.safetensors"))
+    b = load_file(os.path.join(killed, "export", "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert losses(killed)[30] == losses(reference)[30]
+
+
+def test_sigterm_saves_the_current_step(tmp_path, data_dir):
+    workdir = str(tmp_path / "run")
+    proc = subprocess.Popen(command(workdir, data_dir, "--config.steps=100000", "--config.checkpoint.every=0"),
+                            cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_step(proc, workdir, 3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    saved = int(out.split("SIGTERM: saved step ")[1].split(";")[0])
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(saved)]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.mesh.data=3", "does not fit 1 devices"),
+    ("--config.batch_size=7", None),
+    ("--config.model.num_heads=5", "not divisible by model.num_heads"),
+    ("--config.sample.sampler=euler", "Unknown sampler"),
+    ("--config.model.attention=flash9", "Unknown model.attention"),
+])
+def test_invalid_config_fails_fast_in_one_line(tmp_path, data_dir, override, message):
+    devices = 2 if "batch_size" in override else 1
+    start = time.time()
+    result = train(str(tmp_path / "run"), data_dir, override, devices=devices, check=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train: ") and (message or "use a multiple of 2") in last, result.stderr[-2000:]
+    assert time.time() - start < 60
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_unknown_dataset_and_encoder_fail_fast(tmp_path, data_dir):
+    for override, message in [("--config.data.name=imagenet9", "imagenet9"), ("--config.text.encoder=gpt", "gpt")]:
+        result = train(str(tmp_path / "run"), data_dir, override, check=False)
+        assert result.returncode != 0 and message in result.stderr.strip().splitlines()[-1]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
+    workdir = str(tmp_path / "run")
+    result = train(workdir, data_dir, "--config.optim.lr=1e30", "--config.optim.warmup_steps=0",
+                   "--config.optim.grad_clip=0", check=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train: Loss is nan at step") or last.startswith("train: Loss is inf at step"), last
+    bad_step = int(last.split(" at step ")[1].split(";")[0])
+    assert all(int(step) < bad_step for step in os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path, data_dir):
+    single = str(tmp_path / "single")
+    train(single, data_dir, "--config.steps=4", "--config.mesh.data=2", "--config.mesh.fsdp=4", devices=8)
+    multi = str(tmp_path / "multi")
+    port = free_port()
+    procs = [subprocess.Popen(command(multi, data_dir, "--config.steps=4", "--config.mesh.data=2",
+                                      "--config.mesh.fsdp=4", f"--coordinator_address=127.0.0.1:{port}",
+                                      "--num_processes=2", f"--process_id={i}"),
+                              cwd=ROOT, env=env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs[0][-3000:] + outputs[1][-3000:]
+    a, b = losses(single), losses(multi)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], atol=1e-5)
