@@ -7,6 +7,7 @@ checkpoint in the workdir, saves on SIGTERM/SIGINT, and leaves TensorBoard
 logs, sample grids and an EMA export (safetensors) in the workdir.
 """
 
+import importlib.util
 import json
 import os
 import signal
@@ -51,7 +52,7 @@ def init_distributed():
     """Joins the other processes: explicit flags, else automatic on TPU pods and SLURM jobs."""
     if FLAGS.coordinator_address:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or importlib.util.find_spec("libtpu"):
         jax.distributed.initialize()
 
 
@@ -88,30 +89,37 @@ def write_run_info(workdir, config):
 
 
 class SampleGrid:
-    """Fixed prompts, encoded once, sampled from the EMA weights every `every` steps."""
+    """Fixed prompts (or classes, for a label-only model), sampled from the EMA weights every `every` steps."""
 
-    def __init__(self, config, manifest, trainer, workdir):
-        from dit_jax.text import encoders
-        text = manifest["text"]
-        encoder = encoders.load(text["encoder"], text.get("source", ""), text["max_length"], text["layer"])
-        tokens, mask, pooled = encoder.encode(list(config.sample.prompts))
-        self.prompts, self.workdir, self.cfg = list(config.sample.prompts), workdir, config.sample
-        self.cond = dict(text=jnp.asarray(tokens, jnp.float32), text_mask=jnp.asarray(mask),
-                         pooled=jnp.asarray(pooled, jnp.float32))
-        self.shape = (len(self.prompts), *manifest["image_shape"])
-        learn_sigma = config.model.get("learn_sigma", True)
+    def __init__(self, config, manifest, trainer, model_kwargs, workdir):
+        self.workdir, self.cfg = workdir, config.sample
+        self.captions, self.cond = list(config.sample.prompts), {}
+        if model_kwargs["text_dim"]:
+            from dit_jax.text import encoders
+            text = manifest["text"]
+            encoder = encoders.load(text["encoder"], text.get("source", ""), text["max_length"], text["layer"])
+            tokens, mask, pooled = encoder.encode(self.captions)
+            self.cond.update(text=jnp.asarray(tokens, jnp.float32), text_mask=jnp.asarray(mask),
+                             pooled=jnp.asarray(pooled, jnp.float32))
+        if model_kwargs.get("num_classes"):
+            labels = np.arange(len(self.captions)) % model_kwargs["num_classes"]
+            names = manifest.get("class_names") or [str(i) for i in range(model_kwargs["num_classes"])]
+            if not model_kwargs["text_dim"]:
+                self.captions = [names[i] for i in labels]
+            self.cond["y"] = jnp.asarray(labels, jnp.int32)
+        shape = (len(self.captions), *manifest["image_shape"])
+        pixels = manifest["space"] != "latent"
 
         def sample(ema):
-            model = trainer.model(ema)
-            return generate(model, self.cond, self.shape, jax.random.PRNGKey(self.cfg.seed), trainer.schedule,
-                            sampler=self.cfg.sampler, steps=self.cfg.steps, cfg_scale=self.cfg.cfg_scale,
-                            prediction=config.diffusion.prediction, learn_sigma=learn_sigma,
-                            clip_x0=None if manifest["space"] == "latent" else 1.0)
+            return generate(trainer.model(ema), self.cond, shape, jax.random.PRNGKey(self.cfg.seed),
+                            trainer.schedule, sampler=self.cfg.sampler, steps=self.cfg.steps,
+                            cfg_scale=self.cfg.cfg_scale, prediction=config.diffusion.prediction,
+                            learn_sigma=model_kwargs.get("learn_sigma", True), clip_x0=1.0 if pixels else None)
         self.sample = jax.jit(sample)
 
     def __call__(self, step, ema, writer):
         images = to_uint8(multihost_utils.process_allgather(self.sample(ema), tiled=True))
-        grid = captioned_grid(images, self.prompts)
+        grid = captioned_grid(images, self.captions)
         if jax.process_index() == 0:
             path = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -165,7 +173,7 @@ def train(config, workdir, data_dir):
         write_run_info(workdir, config)
 
     writer = MetricWriter(workdir, config.log, config.to_dict(), active=is_main)
-    samples = SampleGrid(config, manifest, trainer, workdir) if config.sample.every else None
+    samples = SampleGrid(config, manifest, trainer, model_kwargs, workdir) if config.sample.every else None
     stop = StopSignal()
     step_fn = None
     flops_per_image = train_flops_per_image(model_kwargs)

@@ -4,7 +4,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -147,24 +146,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
     assert all(int(step) < bad_step for step in os.listdir(os.path.join(workdir, "checkpoints")))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one(tmp_path, data_dir):
     single = str(tmp_path / "single")
     train(single, data_dir, "--config.steps=4", "--config.mesh.data=2", "--config.mesh.fsdp=4", devices=8)
     multi = str(tmp_path / "multi")
-    port = free_port()
-    procs = [subprocess.Popen(command(multi, data_dir, "--config.steps=4", "--config.mesh.data=2",
-                                      "--config.mesh.fsdp=4", f"--coordinator_address=127.0.0.1:{port}",
-                                      "--num_processes=2", f"--process_id={i}"),
-                              cwd=ROOT, env=env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs[0][-3000:] + outputs[1][-3000:]
+    launch = ["bash", "launch/local.sh", "2", "4", *command(multi, data_dir, "--config.steps=4",
+                                                           "--config.mesh.data=2", "--config.mesh.fsdp=4")[3:]]
+    result = subprocess.run(launch, cwd=ROOT, env=dict(env(), PYTHON=sys.executable), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
     a, b = losses(single), losses(multi)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], atol=1e-5)

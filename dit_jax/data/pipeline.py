@@ -41,10 +41,11 @@ def ensure_prepared(config, data_dir):
 
 
 def model_kwargs(manifest, config):
-    """The DiT arguments the data decides: input size and channels, text width and length, and the
-    number of classes when model.num_classes is not 0 (-1: take it from the data)."""
+    """The DiT arguments the data decides: input size and channels, text width and length (0 when the
+    model reads no text), and the number of classes when model.num_classes is not 0 (-1: from the data)."""
     h, _, c = manifest["image_shape"]
-    kwargs = dict(input_size=h, in_channels=c, text_dim=manifest["text"]["dim"],
+    uses_text = config.model.get("text_cross_attention", True) or config.model.get("text_pooled", False)
+    kwargs = dict(input_size=h, in_channels=c, text_dim=manifest["text"]["dim"] if uses_text else 0,
                   text_len=manifest["text"]["max_length"])
     if config.model.get("num_classes", 0):
         kwargs["num_classes"] = manifest["num_classes"]
