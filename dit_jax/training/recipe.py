@@ -62,3 +62,17 @@ def apply_runlocal(c):
         else:
             c[key] = value
     return c
+
+
+def coco_latents_256(c):
+    """COCO captions at 256px in SD-VAE latents with CLIP ViT-L/14 text (its penultimate layer, as Stable
+    Diffusion and PixArt read it). Needs coco_captions prepared for tfds under data.source_dir (no
+    download offline) and the VAE and CLIP as hub ids or local copies."""
+    c.data.update(name="tfds:coco_captions", resolution=256, flip=True)
+    c.text.update(encoder="clip", path="openai/clip-vit-large-patch14", max_length=77, layer="penultimate")
+    c.vae.update(path="stabilityai/sd-vae-ft-ema", scale=0.18215)
+    c.sample.prompts = ["a cat sitting on a sofa", "a red double-decker bus on a city street",
+                        "a bowl of fruit on a wooden table", "a surfer riding a large wave",
+                        "a plate of pasta with tomato sauce", "a train crossing a bridge at sunset",
+                        "two dogs playing in the snow", "a kitchen with white cabinets"]
+    return c
