@@ -15,11 +15,11 @@ def get_config(arg=None):
     c.data.update(name="emoji", resolution=32)
     c.text.update(encoder="minilm", max_length=32)
     c.model.update(patch_size=4, hidden_size=128, depth=4, num_heads=4)
-    c.batch_size = 64
-    c.steps = 3000
+    c.batch_size = 32
+    c.steps = 2000
     c.optim.update(lr=5e-4, schedule="warmup_cosine", warmup_steps=100)
     c.ema.decay = 0.999
     c.checkpoint.update(every=500, keep=2, keep_every=0)
     c.log.every = 50
-    c.sample.update(every=1000, steps=25, cfg_scale=3.0)
+    c.sample.update(every=500, steps=25, cfg_scale=3.0)
     return apply_runlocal(c) if arg == "runlocal" else c

@@ -101,7 +101,7 @@ def test_dit_checkpoint_names_and_round_trip(diffusers_dir, tmp_path):
 
 def test_dit_training_checkpoint_uses_ema(diffusers_dir, tmp_path):
     ours, config = import_weights("diffusers", diffusers_dir, numerics="dit")
-    state = {k: torch.from_numpy(v) for k, v in convert.to_dit(flat_weights(ours), config).items()}
+    state = {k: torch.tensor(np.array(v)) for k, v in convert.to_dit(flat_weights(ours), config).items()}
     path = str(tmp_path / "0001000.pt")
     torch.save({"model": {k: v * 0 for k, v in state.items()}, "ema": state}, path)
     sd = convert.read_state_dict(path)

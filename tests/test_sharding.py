@@ -78,7 +78,13 @@ def test_restore_onto_another_mesh(tmp_path):
     _, state, _ = run(toy_config(2, 4, 1), steps=1)
     checkpoints = Checkpointer(str(tmp_path), ml_collections.ConfigDict(dict(every=1, keep=2, keep_every=0)))
     checkpoints.save(1, state, {"position": 7}, force=True)
-    checkpoints.wait()
+    checkpoints.close()
+    # A save cut off by a kill leaves only a temporary directory: it must be ignored (and cleaned up).
+    partial = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "manifest.ocdbt").write_bytes(b"cut off")
+    checkpoints = Checkpointer(str(tmp_path), ml_collections.ConfigDict(dict(every=1, keep=2, keep_every=0)))
+    assert checkpoints.latest_step() == 1
     config = toy_config(1, 2, 2)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:4])
     trainer = trainer_lib.create(config, {**config.model.to_dict(), **MODEL}, mesh)

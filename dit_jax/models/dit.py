@@ -42,7 +42,7 @@ class Attention(nnx.Module):
     """Multi-head attention: self-attention with a fused qkv, or cross-attention to a context."""
 
     def __init__(self, hidden_size, num_heads, *, cross, zero_out, backend, dtype, param_dtype, rngs):
-        self.num_heads, self.cross, self.attend = num_heads, cross, get_attention(backend)
+        self.num_heads, self.cross, self.attend = num_heads, cross, get_attention(backend, cross=cross)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if cross:
             self.q = linear(hidden_size, hidden_size, ("embed", "heads"), **kw)

@@ -118,7 +118,7 @@ def train_step(trainer, state, batch):
     params = optax.apply_updates(state["params"], updates)
     ema_cfg = trainer.config.ema
     ema = optim.ema_update(state["ema"], params, optim.ema_decay(state["step"], ema_cfg.decay, ema_cfg.warmup))
-    metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=trainer.lr_schedule(state["step"]))
+    metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), lr=trainer.lr_schedule(state["step"]))
     new_state = dict(params=params, opt_state=opt_state, ema=ema, step=state["step"] + 1, rng=state["rng"])
     return new_state, metrics
 
@@ -126,7 +126,12 @@ def train_step(trainer, state, batch):
 def compile_step(trainer, batch_spec):
     """The jitted step with explicit shardings and the state donated."""
     batch_shardings = jax.tree.map(lambda _: sharding.batch_sharding(trainer.mesh), batch_spec)
-    return jax.jit(lambda s, b: train_step(trainer, s, b),
+
+    def step(state, batch):
+        # The mesh in context lets attention kernels run under shard_map (models/attention.py).
+        with jax.sharding.use_abstract_mesh(trainer.mesh.abstract_mesh):
+            return train_step(trainer, state, batch)
+    return jax.jit(step,
                    in_shardings=(trainer.state_shardings, batch_shardings),
                    out_shardings=(trainer.state_shardings, sharding.replicated(trainer.mesh)),
                    donate_argnums=(0,))

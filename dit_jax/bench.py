@@ -1,0 +1,256 @@
+"""Benchmarks: the train step, attention backends, and diffusers' PyTorch DiT side by side.
+
+  python -m dit_jax.bench --mode=train [--config=configs/small.py] [--model=DiT-B/2 --batch=8]
+  python -m dit_jax.bench --mode=train --vs_torch        # class-conditional DiT-S/4, 32x32x4, batch 32, fp32
+  python -m dit_jax.bench --mode=attention --backends=xla,cudnn,pallas_flash --seq_lens=256,1024,4096,16384
+
+Batches are synthetic, shaped by the config, so nothing needs preparing.
+Prints a table; --json adds one JSON line per result.
+"""
+
+import json
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from dit_jax.models import attention
+from dit_jax.models.variants import variant
+from dit_jax.training import sharding, trainer as trainer_lib
+from dit_jax.training.recipe import base_config
+from dit_jax.utils.flops import device_peak_flops, train_flops_per_image
+
+config_flags.DEFINE_config_file("config", None, "A recipe under configs/; default: class-conditional DiT-S/4 "
+                                "on 32x32x4 latents, batch 32, fp32.")
+flags.DEFINE_enum("mode", "train", ["train", "attention"], "What to measure.")
+flags.DEFINE_string("model", None, "A named size (DiT-B/2, ...) replacing the config's model size.")
+flags.DEFINE_integer("batch", None, "Global batch size (default: the config's).")
+flags.DEFINE_string("attention", None, "Attention backend for the train step (default: the config's).")
+flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up); the median is reported.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
+flags.DEFINE_bool("vs_torch", False, "Also time diffusers' DiTTransformer2DModel with torch AdamW on the same batch.")
+flags.DEFINE_list("backends", None, "Attention backends (default: xla, dot_product, and this platform's kernels; "
+                  "on CPU only xla and dot_product, since interpreted kernels say nothing about speed).")
+flags.DEFINE_list("seq_lens", None, "Sequence lengths (default 256..16384; 256..2048 on CPU).")
+flags.DEFINE_integer("heads", 16, "Attention heads (attention mode).")
+flags.DEFINE_integer("head_dim", 64, "Head dimension (attention mode).")
+flags.DEFINE_integer("attn_batch", 1, "Batch size (attention mode).")
+flags.DEFINE_string("dtype", None, "Compute dtype: train mode overrides the config; attention mode default "
+                    "bfloat16 on accelerators, float32 on CPU.")
+flags.DEFINE_bool("json", False, "Print one JSON line per result as well.")
+FLAGS = flags.FLAGS
+
+TEXT_DIMS = {"minilm": 384, "clip": 768}  # the prepared embeddings' width, for synthetic text
+
+
+def default_config():
+    """Class-conditional DiT-S/4 on 32x32x4 inputs (latents of 256px), batch 32, fp32, plain AdamW."""
+    c = base_config()
+    c.data.resolution = 256
+    c.vae.path = "synthetic"  # latent space: 256px images are 32x32x4 inputs
+    c.model.update(variant("DiT-S/4"), num_classes=1000, text_cross_attention=False, text_pooled=False,
+                   dtype="float32")
+    c.batch_size = 32
+    c.optim.grad_clip = 0.0  # as torch's plain AdamW step
+    return c
+
+
+def model_kwargs(config):
+    """The model the config trains, with the sizes the prepared data would give (latents: /8, 4 channels)."""
+    latent = bool(config.vae.path)
+    kw = config.model.to_dict()
+    uses_text = kw.get("text_cross_attention", True) or kw.get("text_pooled", False)
+    kw.update(input_size=config.data.resolution // 8 if latent else config.data.resolution,
+              in_channels=4 if latent else 3,
+              text_dim=TEXT_DIMS.get(config.text.encoder, 768) if uses_text else 0,
+              text_len=config.text.max_length)
+    if kw.get("num_classes", 0) < 0:
+        kw["num_classes"] = 1000
+    return kw
+
+
+def synthetic_batch(kw, batch_size, seed=0):
+    """Random inputs with the shapes and dtypes the loader would deliver."""
+    rng = np.random.default_rng(seed)
+    size = kw["input_size"]
+    batch = dict(image=rng.standard_normal((batch_size, size, size, kw["in_channels"]), np.float32))
+    if kw.get("num_classes"):
+        batch["label"] = rng.integers(0, kw["num_classes"], batch_size).astype(np.int32)
+    if kw["text_dim"]:
+        n, d = kw["text_len"], kw["text_dim"]
+        batch["text"] = rng.standard_normal((batch_size, n, d), np.float32)
+        batch["text_mask"] = np.arange(n)[None] < rng.integers(1, n + 1, batch_size)[:, None]
+        batch["pooled"] = rng.standard_normal((batch_size, d), np.float32)
+    return batch
+
+
+def timed(fn, steps, warmup):
+    """Median seconds of fn() (which must block) over `steps` calls after `warmup`."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_bytes(compiled):
+    m = compiled.memory_analysis()
+    return getattr(m, "peak_memory_in_bytes", 0) or (m.argument_size_in_bytes + m.output_size_in_bytes
+                                                     + m.temp_size_in_bytes - m.alias_size_in_bytes)
+
+
+def matmul_peak(dtype=jnp.float32, n=4096, steps=5):
+    """FLOP/s of one large jnp.dot on this device: the CPU's practical peak (no table entry for CPUs)."""
+    a = jnp.ones((n, n), dtype)
+    dot = jax.jit(lambda a: a @ a)
+    dot(a).block_until_ready()
+    return 2 * n ** 3 / timed(lambda: dot(a).block_until_ready(), steps, 1)
+
+
+def bench_train(config):
+    """Compiles and times our train step; the dict holds the figures of one result row."""
+    if FLAGS.model:
+        config.model.update(variant(FLAGS.model))
+    if FLAGS.batch:
+        config.batch_size = FLAGS.batch
+    if FLAGS.attention:
+        config.model.attention = FLAGS.attention
+    if FLAGS.dtype:
+        config.model.dtype = FLAGS.dtype
+    kw = model_kwargs(config)
+    mesh = sharding.make_mesh(config.mesh)
+    trainer = trainer_lib.create(config, kw, mesh)
+    host_batch = synthetic_batch(kw, config.batch_size)
+    batch = jax.device_put(host_batch, sharding.batch_sharding(mesh))
+    state = trainer.init()
+    start = time.perf_counter()
+    step = trainer_lib.compile_step(trainer, batch).lower(trainer.abstract_state, batch).compile()
+    compile_s = time.perf_counter() - start
+    holder = [state]
+
+    def run():
+        holder[0], metrics = step(holder[0], batch)
+        metrics["loss"].block_until_ready()
+    seconds = timed(run, FLAGS.steps, FLAGS.warmup)
+
+    devices = jax.device_count()
+    flops = train_flops_per_image(kw) * config.batch_size / seconds / devices
+    peak = device_peak_flops()
+    peak_source = "table"
+    if peak is None:
+        peak, peak_source = matmul_peak(jnp.dtype(config.model.dtype)), "measured jnp.dot"
+    name = FLAGS.model or f"hidden {kw['hidden_size']} depth {kw['depth']} patch {kw['patch_size']}"
+    result = dict(mode="train", model=name, input=f"{kw['input_size']}x{kw['input_size']}x{kw['in_channels']}",
+                  batch=config.batch_size, dtype=config.model.dtype, attention=config.model.attention,
+                  device=jax.devices()[0].device_kind, devices=devices, step_s=seconds,
+                  img_per_s=config.batch_size / seconds, tflops_per_device=flops / 1e12,
+                  peak_tflops=peak / 1e12, peak_source=peak_source, mfu=flops / peak, compile_s=compile_s,
+                  peak_memory_gb=peak_bytes(step) / 1e9)
+    if FLAGS.vs_torch:
+        torch_s = bench_torch(kw, host_batch, config)
+        result.update(torch_step_s=torch_s, torch_img_per_s=config.batch_size / torch_s,
+                      ratio_vs_torch=torch_s / seconds)
+    return [result]
+
+
+def bench_torch(kw, batch, config):
+    """diffusers' DiTTransformer2DModel, same size, batch and loss (eps MSE), torch AdamW + EMA; seconds/step."""
+    import torch
+    from diffusers import DiTTransformer2DModel
+
+    if kw["text_dim"] or kw["dtype"] != "float32" or not kw.get("num_classes"):
+        raise ValueError("--vs_torch compares class-conditional fp32 models (diffusers' DiT has no text input).")
+    torch.manual_seed(0)
+    heads = kw["num_heads"]
+    model = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=kw["hidden_size"] // heads,
+                                  in_channels=kw["in_channels"], out_channels=2 * kw["in_channels"],
+                                  num_layers=kw["depth"], sample_size=kw["input_size"], patch_size=kw["patch_size"],
+                                  num_embeds_ada_norm=kw["num_classes"]).train()
+    ema = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=0.0)
+    x0 = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
+    labels = torch.from_numpy(batch["label"]).long()
+    alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
+
+    def step():
+        t = torch.randint(0, 1000, (x0.shape[0],))
+        noise = torch.randn_like(x0)
+        a = alphas[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        out = model(x_t, timestep=t, class_labels=labels).sample
+        loss = torch.nn.functional.mse_loss(out[:, :x0.shape[1]], noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1 - config.ema.decay)
+    return timed(step, FLAGS.steps, FLAGS.warmup)
+
+
+def bench_attention():
+    """Each backend at each length: forward and forward+backward seconds and compiled memory."""
+    platform = jax.default_backend()
+    backends = FLAGS.backends or (["xla", "dot_product"] + {"gpu": ["cudnn", "pallas_flash"],
+                                                            "tpu": ["pallas_flash", "splash"]}.get(platform, []))
+    lengths = [int(n) for n in FLAGS.seq_lens or ([256, 512, 1024, 2048] if platform == "cpu"
+                                                  else [256, 1024, 4096, 16384])]
+    dtype = jnp.dtype(FLAGS.dtype or ("float32" if platform == "cpu" else "bfloat16"))
+    results = []
+    for name in backends:
+        attend = attention.get_attention(name)
+        for length in lengths:
+            shape = (FLAGS.attn_batch, length, FLAGS.heads, FLAGS.head_dim)
+            q, k, v = (jax.random.normal(key, shape, dtype) for key in jax.random.split(jax.random.PRNGKey(0), 3))
+            forward = jax.jit(lambda q, k, v: attend(q, k, v))
+            backward = jax.jit(jax.grad(lambda q, k, v: attend(q, k, v).astype(jnp.float32).sum(), (0, 1, 2)))
+            row = dict(mode="attention", backend=name, seq_len=length, batch=FLAGS.attn_batch, heads=FLAGS.heads,
+                       head_dim=FLAGS.head_dim, dtype=str(dtype), device=jax.devices()[0].device_kind,
+                       interpreted=platform == "cpu" and name in ("pallas_flash", "splash"))
+            try:
+                for label, fn in (("fwd", forward), ("fwd_bwd", backward)):
+                    compiled = fn.lower(q, k, v).compile()
+                    row[f"{label}_ms"] = 1e3 * timed(lambda: jax.block_until_ready(compiled(q, k, v)),
+                                                     FLAGS.steps, 1)
+                    row[f"{label}_memory_mb"] = compiled.memory_analysis().temp_size_in_bytes / 1e6
+            except Exception as e:  # one backend failing (e.g. out of memory at 16k) must not end the sweep
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            results.append(row)
+    return results
+
+
+def table(rows):
+    keys = [k for k in rows[0] if k not in ("mode", "device")]
+    for row in rows[1:]:
+        keys += [k for k in row if k not in keys and k not in ("mode", "device")]
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    cells = [[fmt(row.get(k, "")) for k in keys] for row in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    lines = [f"device: {rows[0]['device']}, jax {jax.__version__}",
+             "  ".join(k.ljust(w) for k, w in zip(keys, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    if FLAGS.mode == "train":
+        rows = bench_train(FLAGS.config if FLAGS.config is not None else default_config())
+    else:
+        rows = bench_attention()
+    print(table(rows), flush=True)
+    if FLAGS.json:
+        for row in rows:
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(main)
