@@ -6,6 +6,8 @@ comes from here and can be overridden with --config.KEY=VALUE.
 
 import ml_collections
 
+from dit_jax.training.sharding import DEFAULT_RULES
+
 # What `:runlocal` turns any recipe into: a toy on the emoji that ship in packages, minutes on a CPU.
 RUNLOCAL = dict(
     data=dict(name="emoji", resolution=32, source_dir="", max_examples=512),
@@ -46,6 +48,8 @@ def base_config():
                    schedule="constant", warmup_steps=1000, restart_period=0, restart_mult=1, min_lr=0.0)
     c.ema = dict(decay=0.9999, warmup=True)
     c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1)
+    # Logical parameter axis -> mesh axis (None: replicated); batches split over data x fsdp.
+    c.sharding_rules = [list(rule) for rule in DEFAULT_RULES]
     c.checkpoint = dict(every=5000, keep=3, keep_every=50_000)
     c.log = dict(every=100, tensorboard=True, wandb=False, mlflow=False)
     c.sample = dict(every=10_000, sampler="dpmpp_2m", steps=25, cfg_scale=4.0, seed=0,

@@ -9,7 +9,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
@@ -44,8 +43,8 @@ def create(config, model_kwargs, mesh):
     sharding.check_batch(config.batch_size, mesh, config.optim.get("accumulate", 1))
     abstract = nnx.eval_shape(lambda: build_model(model_kwargs, seed=config.seed))
     graphdef, abstract_params = nnx.split(abstract, nnx.Param)
-    param_shardings = sharding.param_shardings(abstract_params, mesh, config.get("sharding_rules")
-                                               or sharding.DEFAULT_RULES)
+    rules = [tuple(rule) for rule in config.get("sharding_rules", sharding.DEFAULT_RULES)]
+    param_shardings = sharding.param_shardings(abstract_params, mesh, rules)
     optimizer, lr_schedule = optim.make_optimizer(config.optim, config.steps)
 
     def init():
@@ -141,7 +140,3 @@ def state_bytes_per_device(compiled):
     """Argument bytes of a compiled step per device: where FSDP's saving shows."""
     return compiled.memory_analysis().argument_size_in_bytes
 
-
-def host_params(state, key="ema"):
-    """A state's parameters (or EMA) gathered to host numpy, for export."""
-    return jax.tree.map(np.asarray, state[key])
