@@ -7,7 +7,6 @@ checkpoint in the workdir, saves on SIGTERM/SIGINT, and leaves TensorBoard
 logs, sample grids and an EMA export (safetensors) in the workdir.
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -20,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from flax import nnx
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
@@ -32,29 +30,18 @@ from dit_jax.models.pretrained import save_pretrained
 from dit_jax.training import sharding, trainer as trainer_lib
 from dit_jax.training.checkpoint import Checkpointer
 from dit_jax.training.writers import MetricWriter, Progress
+from dit_jax.utils import distributed
 from dit_jax.utils.flops import device_peak_flops, train_flops_per_image
 from dit_jax.utils.visualization import captioned_grid, to_uint8
 
 config_flags.DEFINE_config_file("config", None, "A recipe under configs/, e.g. configs/tiny.py[:runlocal].")
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs, samples and exports go.")
 flags.DEFINE_string("data_dir", "~/.cache/dit_jax", "Where prepared datasets live.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
-                    "outside TPU pods and SLURM (which are detected automatically).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
-flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 STARTED = time.time()  # for "time from command to first step"
 VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "transformers", "torch", "numpy")
-
-
-def init_distributed():
-    """Joins the other processes: explicit flags, else automatic on TPU pods and SLURM jobs."""
-    if FLAGS.coordinator_address:
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or importlib.util.find_spec("libtpu"):
-        jax.distributed.initialize()
 
 
 def validate(config):
@@ -238,7 +225,7 @@ def train(config, workdir, data_dir):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax reports every file it writes at INFO
-    init_distributed()
+    distributed.initialize()
     try:
         train(FLAGS.config, FLAGS.workdir, FLAGS.data_dir)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:

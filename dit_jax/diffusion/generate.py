@@ -1,47 +1,75 @@
-"""Conditions to images: a DiT, classifier-free guidance and a named sampler."""
+"""Conditions to images: a DiT, classifier-free guidance and a named sampler, optionally editing an image."""
 
 import functools
 
 import jax
 import jax.numpy as jnp
 
+from dit_jax.diffusion import editing
 from dit_jax.diffusion.guidance import classifier_free_guidance
-from dit_jax.diffusion.samplers import ddim_sample, ddpm_sample, dpm_solver_pp_sample
+from dit_jax.diffusion.samplers import Trajectory, ddim_sample, ddpm_sample, dpm_solver_pp_sample
+from dit_jax.diffusion.schedules import sampling_grid
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m")
+INPAINT_SAMPLERS = {"ddpm": 1.0, "ddim": 0.0}  # inpainting's steps, by DDIM eta
 
 
-def check_sampler(name):
+def check_sampler(name, inpaint=False):
     if name not in SAMPLERS:
         raise ValueError(f"Unknown sampler {name!r}; choose one of {SAMPLERS}.")
+    if inpaint and name not in INPAINT_SAMPLERS:
+        raise ValueError(f"Inpainting takes ddpm or ddim steps (RePaint), not {name!r}.")
 
 
-def generate(model, cond, shape, key, schedule, *, sampler="dpmpp_2m", steps=20, cfg_scale=4.0,
-             guidance_channels=None, prediction="eps", learn_sigma=True, clip_x0=None,
-             return_trajectory=False):
-    """Samples `shape` = (B, H, W, C) from the model under `cond` (dict of y / text / text_mask / pooled).
+def sampler_grid(schedule, sampler, steps):
+    """The descending schedule indices `sampler` visits in `steps` steps, with each sampler's diffusers spacing."""
+    if sampler in ("ddpm", "ddim"):
+        return sampling_grid(schedule, steps, "leading")
+    return sampling_grid(schedule, steps, "linspace", exclude_zero=True)
 
-    Guidance runs the conditional and null halves in one batched call; cfg_scale 1 skips the null half.
-    clip_x0=1 keeps each step's predicted image in [-1, 1], as DiT and diffusers do for pixels.
-    """
-    check_sampler(sampler)
-    batch = shape[0]
 
+def guided_model(model, cond, batch, cfg_scale, guidance_channels=None):
+    """`fn(x, t)` for the samplers: the model under `cond`, guided against its null condition unless cfg_scale is 1."""
     def model_fn(x, t, c):
         return model(x, t, **c)
 
     cond = dict(cond, drop=jnp.zeros((batch,), bool))
     if cfg_scale == 1:
-        fn = functools.partial(model_fn, c=cond)
-    else:
-        null = dict(cond, drop=jnp.ones((batch,), bool))
-        fn = classifier_free_guidance(model_fn, cond, null, cfg_scale, guidance_channels)
+        return functools.partial(model_fn, c=cond)
+    null = dict(cond, drop=jnp.ones((batch,), bool))
+    return classifier_free_guidance(model_fn, cond, null, cfg_scale, guidance_channels)
+
+
+def generate(model, cond, shape, key, schedule, *, sampler="dpmpp_2m", steps=20, cfg_scale=4.0,
+             guidance_channels=None, prediction="eps", learn_sigma=True, clip_x0=None,
+             return_trajectory=False, image=None, mask=None, strength=1.0, resample=1, x_T=None):
+    """Samples `shape` = (B, H, W, C) from the model under `cond` (dict of y / text / text_mask / pooled).
+
+    Guidance runs the conditional and null halves in one batched call; cfg_scale 1 skips the null half.
+    clip_x0=1 keeps each step's predicted image in [-1, 1], as DiT and diffusers do for pixels.
+    Editing (`image` in the model's space, broadcast against `shape`): with `mask` (1 = regenerate)
+    inpaint with ddpm or ddim steps and `resample` RePaint passes; without, SDEdit from `strength`.
+    The key gives the same starting noise either way, so strength 1 is exactly plain sampling.
+    `x_T` replaces the starting noise drawn from the key (e.g. noise drawn per image).
+    """
+    check_sampler(sampler, inpaint=mask is not None)
+    fn = guided_model(model, cond, shape[0], cfg_scale, guidance_channels)
     k_init, k_steps = jax.random.split(key)
-    x_T = jax.random.normal(k_init, shape, jnp.float32)
+    x_T = jax.random.normal(k_init, shape, jnp.float32) if x_T is None else x_T
+    grid = sampler_grid(schedule, sampler, steps)
     common = dict(prediction=prediction, clip_x0=clip_x0, return_trajectory=return_trajectory)
+    if mask is not None:
+        image = jnp.broadcast_to(image, shape)
+        return editing.inpaint(fn, x_T, k_steps, schedule, grid, image, mask, eta=INPAINT_SAMPLERS[sampler],
+                               resample=resample, **common)
+    if image is not None:
+        grid, x_T = editing.sdedit_start(jnp.broadcast_to(image, shape), x_T, schedule, grid, strength)
+        if len(grid) == 0:
+            empty = jnp.zeros((0, *shape), jnp.float32)
+            return (x_T, Trajectory(jnp.zeros((0,), jnp.int32), empty, empty)) if return_trajectory else x_T
     if sampler == "ddpm":
-        return ddpm_sample(fn, x_T, k_steps, schedule, steps,
+        return ddpm_sample(fn, x_T, k_steps, schedule, grid,
                            variance="learned_range" if learn_sigma else "fixed_small", **common)
     if sampler == "ddim":
-        return ddim_sample(fn, x_T, None, schedule, steps, **common)
-    return dpm_solver_pp_sample(fn, x_T, schedule, steps, order=2 if sampler == "dpmpp_2m" else 3, **common)
+        return ddim_sample(fn, x_T, None, schedule, grid, **common)
+    return dpm_solver_pp_sample(fn, x_T, schedule, grid, order=2 if sampler == "dpmpp_2m" else 3, **common)

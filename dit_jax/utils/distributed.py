@@ -1,0 +1,21 @@
+"""Joining the other processes of a multi-host run (flags shared by train and sample)."""
+
+import importlib.util
+import os
+
+import jax
+from absl import flags
+
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
+                    "outside TPU pods and SLURM (which are detected automatically).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+FLAGS = flags.FLAGS
+
+
+def initialize():
+    """Explicit flags, else automatic on TPU pods and SLURM jobs; a single process needs nothing."""
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or importlib.util.find_spec("libtpu"):
+        jax.distributed.initialize()
