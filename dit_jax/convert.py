@@ -16,14 +16,25 @@ import numpy as np
 from absl import app, flags
 
 from dit_jax.models import convert
-from dit_jax.models.pretrained import (abstract_model, flat_weights, load_flat_weights,
-                                                                             load_pretrained, save_pretrained)
+from dit_jax.models.pretrained import (
+    abstract_model,
+    flat_weights,
+    load_flat_weights,
+    load_pretrained,
+    save_pretrained,
+)
 
 flags.DEFINE_enum("from", None, ["dit", "diffusers", "dit_jax"], "Format of --src.")
-flags.DEFINE_string("src", None, "A DiT .pt/.safetensors file, a diffusers directory, or a dit_jax directory.")
+flags.DEFINE_string(
+    "src", None, "A DiT .pt/.safetensors file, a diffusers directory, or a dit_jax directory."
+)
 flags.DEFINE_string("out", None, "Output directory (dit_jax) or .pt file (when --from=dit_jax).")
-flags.DEFINE_enum("numerics", "source", ["source", "dit", "diffusers"],
-                                    "Timestep-frequency shift and MLP LayerNorm eps to use.")
+flags.DEFINE_enum(
+    "numerics",
+    "source",
+    ["source", "dit", "diffusers"],
+    "Timestep-frequency shift and MLP LayerNorm eps to use.",
+)
 flags.DEFINE_integer("num_heads", None, "Attention heads, for DiT widths other than the named sizes.")
 flags.mark_flags_as_required(["from", "src", "out"])
 FLAGS = flags.FLAGS
@@ -47,6 +58,7 @@ def import_weights(source, src, numerics="source", num_heads=None):
 def export_dit(src, out):
     """Writes a dit_jax model as a DiT state dict (plain tensors, loadable with weights_only=True)."""
     import torch
+
     model, config = load_pretrained(src)
     state_dict = convert.to_dit(flat_weights(model), config)
     torch.save({k: torch.tensor(np.array(v)) for k, v in state_dict.items()}, out + ".tmp")

@@ -21,9 +21,16 @@ DEPTH = 2
 def diffusers_dir(tmp_path_factory):
     """A random tiny diffusers DiT, saved as diffusers saves it, sharing one conditioning embedder."""
     torch.manual_seed(0)
-    model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4,
-                                                                out_channels=8, num_layers=DEPTH, sample_size=8, patch_size=2,
-                                                                num_embeds_ada_norm=10).eval()
+    model = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=8,
+        num_layers=DEPTH,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+    ).eval()
     state = model.state_dict()
     for key in [k for k in state if k.startswith("transformer_blocks.0.norm1.emb.")]:
         for i in range(1, DEPTH):
@@ -82,11 +89,20 @@ def test_dit_checkpoint_names_and_round_trip(diffusers_dir, tmp_path):
     export_dit(src, pt)
     state = torch.load(pt, weights_only=True)
     # Exactly the names of facebookresearch/DiT's models.py state dict.
-    expected = {"pos_embed", "x_embedder.proj.weight", "x_embedder.proj.bias",
-                            "t_embedder.mlp.0.weight", "t_embedder.mlp.0.bias", "t_embedder.mlp.2.weight",
-                            "t_embedder.mlp.2.bias", "y_embedder.embedding_table.weight",
-                            "final_layer.linear.weight", "final_layer.linear.bias",
-                            "final_layer.adaLN_modulation.1.weight", "final_layer.adaLN_modulation.1.bias"}
+    expected = {
+        "pos_embed",
+        "x_embedder.proj.weight",
+        "x_embedder.proj.bias",
+        "t_embedder.mlp.0.weight",
+        "t_embedder.mlp.0.bias",
+        "t_embedder.mlp.2.weight",
+        "t_embedder.mlp.2.bias",
+        "y_embedder.embedding_table.weight",
+        "final_layer.linear.weight",
+        "final_layer.linear.bias",
+        "final_layer.adaLN_modulation.1.weight",
+        "final_layer.adaLN_modulation.1.bias",
+    }
     for i in range(DEPTH):
         for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1"):
             expected |= {f"blocks.{i}.{m}.weight", f"blocks.{i}.{m}.bias"}
@@ -125,7 +141,14 @@ def test_differing_block_embedders_are_refused(diffusers_dir):
 
 def test_cli_converts_and_reports_missing_source(diffusers_dir, tmp_path):
     out = str(tmp_path / "converted")
-    cmd = [sys.executable, "-m", "dit_jax.convert", "--from=diffusers", f"--src={diffusers_dir}", f"--out={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dit_jax.convert",
+        "--from=diffusers",
+        f"--src={diffusers_dir}",
+        f"--out={out}",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
     cmd = [sys.executable, "-m", "dit_jax.convert", "--from=dit", "--src=/nonexistent.pt", f"--out={out}"]

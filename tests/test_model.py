@@ -11,24 +11,28 @@ from dit_jax.models.embeddings import sincos_2d, timestep_frequencies
 from dit_jax.models.pretrained import abstract_model, build_model, count_parameters
 from dit_jax.models.variants import VARIANTS, forward_macs, variant
 
-TOY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4,
-                     num_classes=10)
+TOY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4, num_classes=10)
 TEXT = dict(TOY, num_classes=0, text_dim=12, text_len=5)
 
 
 def inputs(batch=3, seed=0):
     rng = np.random.RandomState(seed)
-    return dict(x=jnp.asarray(rng.randn(batch, 8, 8, 4), jnp.float32),
-                            t=jnp.asarray(rng.randint(0, 1000, batch)),
-                            y=jnp.asarray(rng.randint(0, 10, batch)))
+    return dict(
+        x=jnp.asarray(rng.randn(batch, 8, 8, 4), jnp.float32),
+        t=jnp.asarray(rng.randint(0, 1000, batch)),
+        y=jnp.asarray(rng.randint(0, 10, batch)),
+    )
 
 
 def text_inputs(batch=3, seed=1):
     rng = np.random.RandomState(seed)
     mask = np.ones((batch, 5), bool)
     mask[0, 3:] = False
-    return dict(text=jnp.asarray(rng.randn(batch, 5, 12), jnp.float32), text_mask=jnp.asarray(mask),
-                            pooled=jnp.asarray(rng.randn(batch, 12), jnp.float32))
+    return dict(
+        text=jnp.asarray(rng.randn(batch, 5, 12), jnp.float32),
+        text_mask=jnp.asarray(mask),
+        pooled=jnp.asarray(rng.randn(batch, 12), jnp.float32),
+    )
 
 
 def randomize(model, seed=0, scale=0.2):
@@ -36,13 +40,19 @@ def randomize(model, seed=0, scale=0.2):
     state = nnx.state(model, nnx.Param)
     leaves, tree = jax.tree.flatten(state)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
-    nnx.update(model, jax.tree.unflatten(
-            tree, [scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]))
+    nnx.update(
+        model,
+        jax.tree.unflatten(
+            tree, [scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+        ),
+    )
     return model
 
 
-@pytest.mark.parametrize("name,expected", [("DiT-S/2", 32_963_360), ("DiT-B/2", 130_512_416),
-                                                                                     ("DiT-L/2", 458_102_816), ("DiT-XL/2", 675_129_632)])
+@pytest.mark.parametrize(
+    "name,expected",
+    [("DiT-S/2", 32_963_360), ("DiT-B/2", 130_512_416), ("DiT-L/2", 458_102_816), ("DiT-XL/2", 675_129_632)],
+)
 def test_parameter_counts_equal_reference(name, expected):
     cfg = variant(name, input_size=32, in_channels=4, num_classes=1000, learn_sigma=True)
     assert count_parameters(abstract_model(cfg)) == expected
@@ -58,6 +68,7 @@ def test_forward_macs_match_paper():
 
 def test_models_table_prints_every_variant(capsys):
     from dit_jax.models.__main__ import main
+
     main()
     out = capsys.readouterr().out
     assert all(name in out for name in VARIANTS)
@@ -69,7 +80,7 @@ def test_position_table_layout():
     table = sincos_2d(8, 2, 3)
     assert table.shape == (6, 8)
     np.testing.assert_allclose(table[1, :2], [np.sin(1.0), np.sin(1e-2)], rtol=1e-12)  # column 1
-    np.testing.assert_allclose(table[1, 4:6], [0.0, 0.0], atol=1e-12)                   # row 0
+    np.testing.assert_allclose(table[1, 4:6], [0.0, 0.0], atol=1e-12)  # row 0
     np.testing.assert_allclose(table[3, 4:6], [np.sin(1.0), np.sin(1e-2)], rtol=1e-12)  # row 1
 
 
@@ -80,13 +91,20 @@ def test_timestep_frequencies():
     np.testing.assert_allclose(emb[1], np.concatenate([np.cos(10 * freqs), np.sin(10 * freqs)]), rtol=1e-6)
     shifted = np.asarray(timestep_frequencies(t, dim=8, freq_shift=1.0))
     freqs = np.exp(-np.log(10000) * np.arange(4) / 3)
-    np.testing.assert_allclose(shifted[1], np.concatenate([np.cos(10 * freqs), np.sin(10 * freqs)]), rtol=1e-6)
+    np.testing.assert_allclose(
+        shifted[1], np.concatenate([np.cos(10 * freqs), np.sin(10 * freqs)]), rtol=1e-6
+    )
 
 
 def test_reference_initialisation():
     model = build_model(dict(TOY, depth=1))
-    zero = [model.blocks[0].adaLN_modulation.kernel, model.final_layer.adaLN_modulation.kernel,
-                    model.final_layer.linear.kernel, model.final_layer.linear.bias, model.blocks[0].attn.qkv.bias]
+    zero = [
+        model.blocks[0].adaLN_modulation.kernel,
+        model.final_layer.adaLN_modulation.kernel,
+        model.final_layer.linear.kernel,
+        model.final_layer.linear.bias,
+        model.blocks[0].attn.qkv.bias,
+    ]
     assert all(float(jnp.abs(p[...]).max()) == 0 for p in zero)
     table = model.y_embedder.embedding_table[...]
     assert table.shape == (11, 32) and abs(float(table.std()) - 0.02) < 0.005
@@ -204,8 +222,13 @@ def test_dropped_caption_is_the_null_text(null_text):
     null_pooled = np.broadcast_to(np.asarray(pooled), (3, 12))
     if null_text == "zeros":
         assert not np.any(null_tokens) and not np.any(null_pooled)
-    explicit = model(args["x"], args["t"], text=jnp.asarray(null_tokens), text_mask=jnp.ones((3, 5), bool),
-                                     pooled=jnp.asarray(null_pooled))
+    explicit = model(
+        args["x"],
+        args["t"],
+        text=jnp.asarray(null_tokens),
+        text_mask=jnp.ones((3, 5), bool),
+        pooled=jnp.asarray(null_pooled),
+    )
     np.testing.assert_allclose(dropped, explicit, atol=1e-6)
     learned = {p for p in ("null_tokens", "null_pooled") if hasattr(model.text_embedder, p)}
     assert learned == ({"null_tokens", "null_pooled"} if null_text == "learned" else set())
@@ -238,8 +261,12 @@ def test_parameters_carry_logical_axes():
     model = abstract_model(dict(TEXT, text_pooled=True, num_classes=10))
     specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
     flat = dict(nnx.to_flat_state(specs))
-    assert flat[("blocks", 0, "mlp", "fc1", "kernel")].get_value() == jax.sharding.PartitionSpec("embed", "mlp")
-    assert flat[("blocks", 0, "attn", "qkv", "kernel")].get_value() == jax.sharding.PartitionSpec("embed", "heads")
+    assert flat[("blocks", 0, "mlp", "fc1", "kernel")].get_value() == jax.sharding.PartitionSpec(
+        "embed", "mlp"
+    )
+    assert flat[("blocks", 0, "attn", "qkv", "kernel")].get_value() == jax.sharding.PartitionSpec(
+        "embed", "heads"
+    )
     shapes = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     for path, spec in flat.items():
         assert len(spec.get_value()) == len(shapes[path].shape), path

@@ -15,14 +15,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dit_jax.models.attention import get_attention
-from dit_jax.models.embeddings import (LabelEmbedder, PatchEmbed, TextEmbedder, TimestepEmbedder,
-                                                                             linear, sincos_2d)
+from dit_jax.models.embeddings import (
+    LabelEmbedder,
+    PatchEmbed,
+    TextEmbedder,
+    TimestepEmbedder,
+    linear,
+    sincos_2d,
+)
 
 REMAT_POLICIES = {
-        "none": None,
-        "full": jax.checkpoint_policies.nothing_saveable,
-        "dots": jax.checkpoint_policies.dots_saveable,
-        "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -75,13 +81,28 @@ class Mlp(nnx.Module):
 class DiTBlock(nnx.Module):
     """adaLN-Zero block: self-attention, optional text cross-attention, MLP."""
 
-    def __init__(self, hidden_size, num_heads, mlp_ratio, *, cross_attention, mlp_norm_eps,
-                             dropout, attention, dtype, param_dtype, rngs):
+    def __init__(
+        self,
+        hidden_size,
+        num_heads,
+        mlp_ratio,
+        *,
+        cross_attention,
+        mlp_norm_eps,
+        dropout,
+        attention,
+        dtype,
+        param_dtype,
+        rngs,
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.mlp_norm_eps = mlp_norm_eps
         self.attn = Attention(hidden_size, num_heads, cross=False, zero_out=False, backend=attention, **kw)
-        self.cross_attn = (Attention(hidden_size, num_heads, cross=True, zero_out=True,
-                                                                 backend=attention, **kw) if cross_attention else None)
+        self.cross_attn = (
+            Attention(hidden_size, num_heads, cross=True, zero_out=True, backend=attention, **kw)
+            if cross_attention
+            else None
+        )
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), **kw)
         self.adaLN_modulation = linear(hidden_size, 6 * hidden_size, ("embed", "adaln"), zero=True, **kw)
         self.dropout = nnx.Dropout(dropout)
@@ -120,12 +141,34 @@ class DiT(nnx.Module):
     diffusers' variant of the numerics (1 and 1e-5) instead of DiT's (0, 1e-6).
     """
 
-    def __init__(self, *, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28,
-                             num_heads=16, mlp_ratio=4.0, num_classes=1000, class_dropout_prob=0.1,
-                             learn_sigma=True, text_dim=0, text_len=77, text_cross_attention=True,
-                             text_pooled=False, null_text="learned", caption_dropout_prob=0.1, dropout=0.0,
-                             freq_shift=0.0, mlp_norm_eps=1e-6, attention="xla", remat="none",
-                             dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        input_size=32,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=1152,
+        depth=28,
+        num_heads=16,
+        mlp_ratio=4.0,
+        num_classes=1000,
+        class_dropout_prob=0.1,
+        learn_sigma=True,
+        text_dim=0,
+        text_len=77,
+        text_cross_attention=True,
+        text_pooled=False,
+        null_text="learned",
+        caption_dropout_prob=0.1,
+        dropout=0.0,
+        freq_shift=0.0,
+        mlp_norm_eps=1e-6,
+        attention="xla",
+        remat="none",
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}.")
         if remat not in REMAT_POLICIES:
@@ -140,16 +183,41 @@ class DiT(nnx.Module):
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size, **kw)
         self.t_embedder = TimestepEmbedder(hidden_size, freq_shift=freq_shift, **kw)
-        self.y_embedder = (LabelEmbedder(num_classes, hidden_size, class_dropout_prob,
-                                                                         param_dtype=param_dtype, rngs=rngs) if num_classes else None)
+        self.y_embedder = (
+            LabelEmbedder(num_classes, hidden_size, class_dropout_prob, param_dtype=param_dtype, rngs=rngs)
+            if num_classes
+            else None
+        )
         cross = bool(text_dim and text_cross_attention)
-        self.text_embedder = (TextEmbedder(text_dim, text_len, hidden_size, cross=cross,
-                                                                             pooled=bool(text_pooled), null_text=null_text,
-                                                                             dropout_prob=caption_dropout_prob, **kw) if text_dim else None)
-        self.blocks = nnx.List([
-                DiTBlock(hidden_size, num_heads, mlp_ratio, cross_attention=cross,
-                                 mlp_norm_eps=mlp_norm_eps, dropout=dropout, attention=attention, **kw)
-                for _ in range(depth)])
+        self.text_embedder = (
+            TextEmbedder(
+                text_dim,
+                text_len,
+                hidden_size,
+                cross=cross,
+                pooled=bool(text_pooled),
+                null_text=null_text,
+                dropout_prob=caption_dropout_prob,
+                **kw,
+            )
+            if text_dim
+            else None
+        )
+        self.blocks = nnx.List(
+            [
+                DiTBlock(
+                    hidden_size,
+                    num_heads,
+                    mlp_ratio,
+                    cross_attention=cross,
+                    mlp_norm_eps=mlp_norm_eps,
+                    dropout=dropout,
+                    attention=attention,
+                    **kw,
+                )
+                for _ in range(depth)
+            ]
+        )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, **kw)
 
     def pos_embed(self, grid_h, grid_w):
@@ -161,8 +229,9 @@ class DiT(nnx.Module):
         x = x.reshape(x.shape[0], grid_h, grid_w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
         return x.reshape(x.shape[0], grid_h * p, grid_w * p, c)
 
-    def __call__(self, x, t, y=None, text=None, text_mask=None, pooled=None, drop=None,
-                             residuals=None, *, rng=None):
+    def __call__(
+        self, x, t, y=None, text=None, text_mask=None, pooled=None, drop=None, residuals=None, *, rng=None
+    ):
         """Predicts noise (and variance) for a noisy NHWC batch.
 
         x: (B, H, W, C) noisy input; t: (B,) timesteps; y: (B,) class labels;

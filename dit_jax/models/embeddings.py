@@ -22,12 +22,16 @@ def linear(din, dout, axes, *, dtype, param_dtype, rngs, init=None, zero=False):
     if zero:
         init = nnx.initializers.zeros
     return nnx.Linear(
-            din, dout,
-            kernel_init=init or nnx.initializers.xavier_uniform(),
-            bias_init=nnx.initializers.zeros,
-            kernel_metadata=param_axes(*axes),
-            bias_metadata=param_axes(axes[1]),
-            dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        din,
+        dout,
+        kernel_init=init or nnx.initializers.xavier_uniform(),
+        bias_init=nnx.initializers.zeros,
+        kernel_metadata=param_axes(*axes),
+        bias_metadata=param_axes(axes[1]),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
 
 
 def sincos_1d(dim, pos):
@@ -65,13 +69,19 @@ class PatchEmbed(nnx.Module):
         self.patch_size = patch_size
         # Initialised like a Linear over the flattened patch, as the reference does.
         self.proj = nnx.Conv(
-                in_channels, hidden_size, kernel_size=(patch_size, patch_size),
-                strides=(patch_size, patch_size), padding="VALID",
-                kernel_init=nnx.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3),
-                bias_init=nnx.initializers.zeros,
-                kernel_metadata=param_axes(None, None, None, "embed"),
-                bias_metadata=param_axes("embed"),
-                dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            in_channels,
+            hidden_size,
+            kernel_size=(patch_size, patch_size),
+            strides=(patch_size, patch_size),
+            padding="VALID",
+            kernel_init=nnx.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3),
+            bias_init=nnx.initializers.zeros,
+            kernel_metadata=param_axes(None, None, None, "embed"),
+            bias_metadata=param_axes("embed"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
 
     def __call__(self, x):
         x = self.proj(x)
@@ -100,8 +110,9 @@ class LabelEmbedder(nnx.Module):
         self.num_classes, self.dropout_prob = num_classes, dropout_prob
         rows = num_classes + int(dropout_prob > 0)
         self.embedding_table = nnx.Param(
-                nnx.initializers.normal(0.02)(rngs.params(), (rows, hidden_size), param_dtype),
-                **param_axes("vocab", "embed"))
+            nnx.initializers.normal(0.02)(rngs.params(), (rows, hidden_size), param_dtype),
+            **param_axes("vocab", "embed"),
+        )
 
     def __call__(self, labels, drop):
         labels = jnp.where(drop, self.num_classes, labels)
@@ -117,16 +128,29 @@ class TextEmbedder(nnx.Module):
     text (learned, or zeros) with every token attended.
     """
 
-    def __init__(self, text_dim, text_len, hidden_size, *, cross, pooled, null_text,
-                             dropout_prob, dtype, param_dtype, rngs):
+    def __init__(
+        self,
+        text_dim,
+        text_len,
+        hidden_size,
+        *,
+        cross,
+        pooled,
+        null_text,
+        dropout_prob,
+        dtype,
+        param_dtype,
+        rngs,
+    ):
         if null_text not in ("learned", "zeros"):
             raise ValueError(f"null_text must be 'learned' or 'zeros', got {null_text!r}")
         self.cross, self.pooled, self.dropout_prob = cross, pooled, dropout_prob
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, init=nnx.initializers.normal(0.02))
         self.text_len, self.text_dim, self.learned_null = text_len, text_dim, null_text == "learned"
         null = lambda *shape: nnx.Param(
-            nnx.initializers.normal(text_dim ** -0.5)(rngs.params(), shape, param_dtype),
-            **param_axes(*(None,) * len(shape)))
+            nnx.initializers.normal(text_dim**-0.5)(rngs.params(), shape, param_dtype),
+            **param_axes(*(None,) * len(shape)),
+        )
         if cross:
             self.caption_fc1 = linear(text_dim, hidden_size, (None, "embed"), **kw)
             self.caption_fc2 = linear(hidden_size, hidden_size, ("embed", "embed"), **kw)

@@ -54,7 +54,9 @@ def load_flat_weights(model, weights):
     flat = {".".join(str(k) for k in path): var for path, var in nnx.to_flat_state(state)}
     missing, unexpected = sorted(set(flat) - set(weights)), sorted(set(weights) - set(flat))
     if missing or unexpected:
-        raise ValueError(f"Weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+        raise ValueError(
+            f"Weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
     for name, var in flat.items():
         if tuple(var.shape) != tuple(weights[name].shape):
             raise ValueError(f"Weight {name} has shape {weights[name].shape}, the model wants {var.shape}.")
@@ -80,8 +82,10 @@ def load_pretrained(directory, **overrides):
     config_path, weights_path = (os.path.join(directory, f) for f in (CONFIG_FILE, WEIGHTS_FILE))
     for path in (config_path, weights_path):
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found: pass a directory written by `python -m dit_jax.convert` "
-                                                            "or exported by training.")
+            raise FileNotFoundError(
+                f"{path} not found: pass a directory written by `python -m dit_jax.convert` "
+                "or exported by training."
+            )
     with open(config_path) as f:
         config = json.load(f)
     model = nnx.eval_shape(lambda: build_model(config, **overrides))
