@@ -42,6 +42,7 @@ flags.DEFINE_integer("head_dim", 64, "Head dimension (attention mode).")
 flags.DEFINE_integer("attn_batch", 1, "Batch size (attention mode).")
 flags.DEFINE_string("dtype", None, "Compute dtype: train mode overrides the config; attention mode default "
                     "bfloat16 on accelerators, float32 on CPU.")
+flags.DEFINE_integer("peak_size", 4096, "n of the n x n jnp.dot that measures a CPU's matmul peak.")
 flags.DEFINE_bool("json", False, "Print one JSON line per result as well.")
 FLAGS = flags.FLAGS
 
@@ -146,7 +147,7 @@ def bench_train(config):
     peak = device_peak_flops()
     peak_source = "table"
     if peak is None:
-        peak, peak_source = matmul_peak(jnp.dtype(config.model.dtype)), "measured jnp.dot"
+        peak, peak_source = matmul_peak(jnp.dtype(config.model.dtype), FLAGS.peak_size), "measured jnp.dot"
     name = FLAGS.model or f"hidden {kw['hidden_size']} depth {kw['depth']} patch {kw['patch_size']}"
     result = dict(mode="train", model=name, input=f"{kw['input_size']}x{kw['input_size']}x{kw['in_channels']}",
                   batch=config.batch_size, dtype=config.model.dtype, attention=config.model.attention,

@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 from dit_jax.data import pipeline
 from dit_jax.diffusion.generate import check_sampler, generate
-from dit_jax.models.attention import BACKENDS
+from dit_jax.models import attention
 from dit_jax.models.dit import REMAT_POLICIES
 from dit_jax.models.pretrained import save_pretrained
 from dit_jax.training import sharding, trainer as trainer_lib
@@ -49,8 +49,7 @@ def validate(config):
     m = config.model
     if m.hidden_size % m.num_heads:
         raise ValueError(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads {m.num_heads}.")
-    if m.attention not in BACKENDS:
-        raise ValueError(f"Unknown model.attention {m.attention!r}; choose one of {sorted(BACKENDS)}.")
+    attention.parse(m.attention)  # a backend name, optionally with a sparse pattern
     if m.remat not in REMAT_POLICIES:
         raise ValueError(f"Unknown model.remat {m.remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
     check_sampler(config.sample.sampler)

@@ -116,7 +116,7 @@ def test_sigterm_saves_the_current_step(tmp_path, data_dir):
     ("--config.batch_size=7", None),
     ("--config.model.num_heads=5", "not divisible by model.num_heads"),
     ("--config.sample.sampler=euler", "Unknown sampler"),
-    ("--config.model.attention=flash9", "Unknown model.attention"),
+    ("--config.model.attention=flash9", "Unknown attention backend"),
 ])
 def test_invalid_config_fails_fast_in_one_line(tmp_path, data_dir, override, message):
     devices = 2 if "batch_size" in override else 1

@@ -136,15 +136,20 @@ def tpu_flash(q, k, v, mask=None, *, interpret=False):
 
 @functools.lru_cache(maxsize=64)
 def _splash_kernel(q_len, k_len, valid_q, heads, sparsity, interpret):
-    """A splash kernel for one shape and static pattern (building its block map costs a NumPy pass)."""
+    """A splash kernel for one shape and static pattern (building its block map costs a NumPy pass).
+
+    Built with compile-time evaluation, so its block maps are constants even when first asked for
+    inside a trace, and the cached kernel can serve later traces.
+    """
     if sparsity is None:
         mask = splash_lib.FullMask((q_len, k_len))
     else:
         rows, cols = np.arange(q_len)[:, None], np.arange(k_len)[None, :]
         # Padded query rows may see every key, so that no row is empty; they are cut off anyway.
         mask = splash_lib.NumpyMask(sparsity.allowed(rows, cols) | (rows >= valid_q))
-    return splash_lib.make_splash_mha_single_device(splash_lib.MultiHeadMask([mask] * heads),
-                                                    interpret=interpret)
+    with jax.ensure_compile_time_eval():
+        return splash_lib.make_splash_mha_single_device(splash_lib.MultiHeadMask([mask] * heads),
+                                                        interpret=interpret)
 
 
 def splash(q, k, v, mask=None, *, sparsity=None, interpret=False):
