@@ -1,6 +1,7 @@
 """`prepare`: killed mid-run and resumed gives the same shards; bad inputs fail or are counted clearly."""
 
 import importlib.util
+import io
 import json
 import os
 import signal
@@ -8,8 +9,12 @@ import subprocess
 import sys
 import time
 
+import io
+
+import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from dit_jax.data import pipeline, prepare, records
@@ -121,3 +126,39 @@ def test_mismatched_manifest_fails_in_one_line():
     with pytest.raises(ValueError) as error:
         pipeline.check_compatible(manifest, config)
     assert "data.resolution=64 but the data is 32px" in str(error.value) and "no labels" in str(error.value)
+
+
+class TinyShapes(tfds.core.GeneratorBasedBuilder):
+    """A registered tfds dataset standing in for imagenet2012 / coco_captions: built locally, no download."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(20, 24, 3)),
+            "label": tfds.features.ClassLabel(names=["red square", "blue square"])}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(6):
+            image = np.full((20, 24, 3), 255, np.uint8)
+            image[5:15, 6:18] = (200, 0, 0) if i % 2 == 0 else (0, 0, 200)
+            png = io.BytesIO()
+            Image.fromarray(image).save(png, format="PNG")  # encoded bytes: tfds needs no TensorFlow
+            yield i, {"image": png.getvalue(), "label": i % 2}
+
+
+def test_registered_tfds_dataset_with_labels(tmp_path):
+    config = tiny_config(name="tfds:tiny_shapes", source_dir=str(tmp_path / "tfds"), max_examples=0)
+    manifest = prepare.prepare(config, str(tmp_path / "data"))
+    assert manifest["examples"] == 6 and manifest["class_names"] == ["red square", "blue square"]
+    assert manifest["image_shape"] == [32, 32, 3]
+    loader = pipeline.make_loader(config, manifest, global_batch_size=6, seed=0,
+                                  sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    batch = next(loader)
+    labels = np.asarray(batch["label"])
+    centre = np.asarray(batch["image"])[:, 16, 16]  # red (label 0) or blue (label 1) at the centre
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert all((c[0] > c[2]) == (label == 0) for c, label in zip(centre, labels))
