@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-import io
-
 import jax
 import numpy as np
 import pytest
