@@ -145,9 +145,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
     assert all(int(step) < bad_step for step in os.listdir(os.path.join(workdir, "checkpoints")))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open bug: process p reads examples p, p+P, ... of each global batch, so with 2 processes the global "
-    "batch is a permutation of the 1-process one and pairs examples with other timesteps and noise"))
 def test_two_processes_match_one(tmp_path, data_dir):
     single = str(tmp_path / "single")
     train(single, data_dir, "--config.steps=4", "--config.mesh.data=2", "--config.mesh.fsdp=4", devices=8)

@@ -11,9 +11,9 @@ What the training loop calls:
 
 The stream of examples is the prepared set shuffled with the seed and repeated
 forever (each epoch reshuffled); global batch k is elements [kB, (k+1)B) of
-it, and process p of P reads elements p, p+P, ... of each batch: disjoint
-shares that together cover the data, and the same global batches for any
-number of processes. Randomness (which caption of several, augmentation, the
+it, and process p of P reads its p-th contiguous block of B/P elements:
+disjoint shares that together cover the data, and the same global batches,
+row for row, for any number of processes. Randomness (which caption of several, augmentation, the
 latent posterior sample) is drawn from (seed, position in the stream), so a
 resumed run sees exactly the batches an uninterrupted one would.
 
@@ -136,8 +136,10 @@ def make_loader(config, manifest, *, global_batch_size, seed, sharding, process_
                .shuffle(seed=seed)
                .repeat()
                .map_with_index(Example(config, manifest, seed))
-               [index::count]
-               .batch(global_batch_size // count, drop_remainder=True))
+               # Process p takes rows [p*b, (p+1)*b) of each global batch: the global batch is the same,
+               # in the same order, for any number of processes.
+               .batch(global_batch_size // count, drop_remainder=True)
+               [index::count])
     threads = min(4, os.cpu_count() or 1)
     dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                                         prefetch_buffer_size=max(1, config.data.prefetch)))
