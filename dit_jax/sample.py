@@ -268,10 +268,7 @@ def encode_conditions(setup, captions, labels):
     cond = {}
     if setup.text:
         from dit_jax.text import encoders  # pylint: disable=import-outside-toplevel
-        t = setup.text
-        tokens, mask, pooled = encoders.load(t["encoder"], t.get("source", ""), t["max_length"], t["layer"]).encode(
-            captions)
-        cond.update(text=tokens.astype(np.float32), text_mask=mask, pooled=pooled.astype(np.float32))
+        cond.update(encoders.text_conditions(setup.text, captions))
     if labels is not None:
         cond["y"] = np.asarray(labels, np.int32)
     return cond

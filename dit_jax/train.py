@@ -83,11 +83,8 @@ class SampleGrid:
         self.captions, self.cond = list(config.sample.prompts), {}
         if model_kwargs["text_dim"]:
             from dit_jax.text import encoders
-            text = manifest["text"]
-            encoder = encoders.load(text["encoder"], text.get("source", ""), text["max_length"], text["layer"])
-            tokens, mask, pooled = encoder.encode(self.captions)
-            self.cond.update(text=jnp.asarray(tokens, jnp.float32), text_mask=jnp.asarray(mask),
-                             pooled=jnp.asarray(pooled, jnp.float32))
+            conditions = encoders.text_conditions(manifest["text"], self.captions)
+            self.cond.update({k: jnp.asarray(v) for k, v in conditions.items()})
         if model_kwargs.get("num_classes"):
             labels = np.arange(len(self.captions)) % model_kwargs["num_classes"]
             names = manifest.get("class_names") or [str(i) for i in range(model_kwargs["num_classes"])]
