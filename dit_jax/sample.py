@@ -40,7 +40,6 @@ GRID_MAX = 64  # the grid shows at most this many images; every image is written
 
 flags.DEFINE_string("workdir", None, "A training run: its export/ weights and run.json settings.")
 flags.DEFINE_string("checkpoint", None, "Instead of --workdir: a directory with config.json + model.safetensors.")
-flags.DEFINE_string("data_dir", "~/.cache/dit_jax", "Where the run's prepared data (its manifest) lives.")
 flags.DEFINE_multi_string("prompt", [], "A prompt (repeatable).")
 flags.DEFINE_string("prompts", None, "A file of prompts, one a line.")
 flags.DEFINE_multi_string("class", [], "A class index or name (repeatable), for class-conditional models.")

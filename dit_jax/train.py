@@ -36,7 +36,6 @@ from dit_jax.utils.visualization import captioned_grid, to_uint8
 
 config_flags.DEFINE_config_file("config", None, "A recipe under configs/, e.g. configs/tiny.py[:runlocal].")
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs, samples and exports go.")
-flags.DEFINE_string("data_dir", "~/.cache/dit_jax", "Where prepared datasets live.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 

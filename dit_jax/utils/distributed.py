@@ -1,4 +1,4 @@
-"""Joining the other processes of a multi-host run (flags shared by train and sample)."""
+"""Flags shared by train and sample: joining the other processes, and the prepared-data directory."""
 
 import importlib.util
 import os
@@ -10,6 +10,7 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for mu
                     "outside TPU pods and SLURM (which are detected automatically).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.DEFINE_string("data_dir", "~/.cache/dit_jax", "Where prepared datasets live.")
 FLAGS = flags.FLAGS
 
 
