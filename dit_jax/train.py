@@ -23,11 +23,10 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from dit_jax.data import pipeline
-from dit_jax.diffusion.generate import check_sampler, generate
-from dit_jax.models import attention
-from dit_jax.models.dit import REMAT_POLICIES
+from dit_jax.diffusion.generate import generate
 from dit_jax.models.pretrained import save_pretrained
 from dit_jax.training import sharding, trainer as trainer_lib
+from dit_jax.training.checks import validate
 from dit_jax.training.checkpoint import Checkpointer
 from dit_jax.training.writers import MetricWriter, Progress
 from dit_jax.utils import distributed
@@ -41,20 +40,6 @@ FLAGS = flags.FLAGS
 
 STARTED = time.time()  # for "time from command to first step"
 VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "transformers", "torch", "numpy")
-
-
-def validate(config):
-    """Fails within seconds, in one line, on what would otherwise fail after a long compile."""
-    m = config.model
-    if m.hidden_size % m.num_heads:
-        raise ValueError(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads {m.num_heads}.")
-    attention.parse(m.attention)  # a backend name, optionally with a sparse pattern
-    if m.remat not in REMAT_POLICIES:
-        raise ValueError(f"Unknown model.remat {m.remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
-    check_sampler(config.sample.sampler)
-    mesh = sharding.make_mesh(config.mesh)
-    sharding.check_batch(config.batch_size, mesh, config.optim.get("accumulate", 1))
-    return mesh
 
 
 def write_run_info(workdir, config):

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from dit_jax.models.pretrained import abstract_model, count_parameters
-from dit_jax.train import validate
+from dit_jax.training.checks import validate
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 RECIPES = ["tiny", "small", "base", "large", "xl"]
