@@ -25,25 +25,30 @@ from dit_jax.training import sharding, trainer as trainer_lib
 from dit_jax.training.recipe import base_config
 from dit_jax.utils.flops import device_peak_flops, train_flops_per_image
 
-config_flags.DEFINE_config_file("config", None, "A recipe under configs/; default: class-conditional DiT-S/4 "
-                                "on 32x32x4 latents, batch 32, fp32.")
-flags.DEFINE_enum("mode", "train", ["train", "attention"], "What to measure.")
-flags.DEFINE_string("model", None, "A named size (DiT-B/2, ...) replacing the config's model size.")
-flags.DEFINE_integer("batch", None, "Global batch size (default: the config's).")
-flags.DEFINE_string("attention", None, "Attention backend for the train step (default: the config's).")
-flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up); the median is reported.")
-flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
-flags.DEFINE_bool("vs_torch", False, "Also time diffusers' DiTTransformer2DModel with torch AdamW on the same batch.")
-flags.DEFINE_list("backends", None, "Attention backends (default: xla, dot_product, and this platform's kernels; "
-                  "on CPU only xla and dot_product, since interpreted kernels say nothing about speed).")
-flags.DEFINE_list("seq_lens", None, "Sequence lengths (default 256..16384; 256..2048 on CPU).")
-flags.DEFINE_integer("heads", 16, "Attention heads (attention mode).")
-flags.DEFINE_integer("head_dim", 64, "Head dimension (attention mode).")
-flags.DEFINE_integer("attn_batch", 1, "Batch size (attention mode).")
-flags.DEFINE_string("dtype", None, "Compute dtype: train mode overrides the config; attention mode default "
-                    "bfloat16 on accelerators, float32 on CPU.")
-flags.DEFINE_integer("peak_size", 4096, "n of the n x n jnp.dot that measures a CPU's matmul peak.")
-flags.DEFINE_bool("json", False, "Print one JSON line per result as well.")
+
+def define_flags():
+    """Defined only when this module runs as the program, so other CLIs and tests can import it."""
+    config_flags.DEFINE_config_file("config", None, "A recipe under configs/; default: class-conditional DiT-S/4 "
+                                    "on 32x32x4 latents, batch 32, fp32.")
+    flags.DEFINE_enum("mode", "train", ["train", "attention"], "What to measure.")
+    flags.DEFINE_string("model", None, "A named size (DiT-B/2, ...) replacing the config's model size.")
+    flags.DEFINE_integer("batch", None, "Global batch size (default: the config's).")
+    flags.DEFINE_string("attention", None, "Attention backend for the train step (default: the config's).")
+    flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up); the median is reported.")
+    flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
+    flags.DEFINE_bool("vs_torch", False, "Also time diffusers' DiTTransformer2DModel with torch AdamW on the same batch.")
+    flags.DEFINE_list("backends", None, "Attention backends (default: xla, dot_product, and this platform's kernels; "
+                      "on CPU only xla and dot_product, since interpreted kernels say nothing about speed).")
+    flags.DEFINE_list("seq_lens", None, "Sequence lengths (default 256..16384; 256..2048 on CPU).")
+    flags.DEFINE_integer("heads", 16, "Attention heads (attention mode).")
+    flags.DEFINE_integer("head_dim", 64, "Head dimension (attention mode).")
+    flags.DEFINE_integer("attn_batch", 1, "Batch size (attention mode).")
+    flags.DEFINE_string("dtype", None, "Compute dtype: train mode overrides the config; attention mode default "
+                        "bfloat16 on accelerators, float32 on CPU.")
+    flags.DEFINE_integer("peak_size", 4096, "n of the n x n jnp.dot that measures a CPU's matmul peak.")
+    flags.DEFINE_bool("json", False, "Print one JSON line per result as well.")
+
+
 FLAGS = flags.FLAGS
 
 TEXT_DIMS = {"minilm": 384, "clip": 768}  # the prepared embeddings' width, for synthetic text

@@ -24,19 +24,24 @@ from dit_jax.models.pretrained import (
     save_pretrained,
 )
 
-flags.DEFINE_enum("from", None, ["dit", "diffusers", "dit_jax"], "Format of --src.")
-flags.DEFINE_string(
-    "src", None, "A DiT .pt/.safetensors file, a diffusers directory, or a dit_jax directory."
-)
-flags.DEFINE_string("out", None, "Output directory (dit_jax) or .pt file (when --from=dit_jax).")
-flags.DEFINE_enum(
-    "numerics",
-    "source",
-    ["source", "dit", "diffusers"],
-    "Timestep-frequency shift and MLP LayerNorm eps to use.",
-)
-flags.DEFINE_integer("num_heads", None, "Attention heads, for DiT widths other than the named sizes.")
-flags.mark_flags_as_required(["from", "src", "out"])
+
+def define_flags():
+    """Defined only when this module runs as the program, so other CLIs and tests can import it."""
+    flags.DEFINE_enum("from", None, ["dit", "diffusers", "dit_jax"], "Format of --src.")
+    flags.DEFINE_string(
+        "src", None, "A DiT .pt/.safetensors file, a diffusers directory, or a dit_jax directory."
+    )
+    flags.DEFINE_string("out", None, "Output directory (dit_jax) or .pt file (when --from=dit_jax).")
+    flags.DEFINE_enum(
+        "numerics",
+        "source",
+        ["source", "dit", "diffusers"],
+        "Timestep-frequency shift and MLP LayerNorm eps to use.",
+    )
+    flags.DEFINE_integer("num_heads", None, "Attention heads, for DiT widths other than the named sizes.")
+    flags.mark_flags_as_required(["from", "src", "out"])
+
+
 FLAGS = flags.FLAGS
 
 
@@ -80,4 +85,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

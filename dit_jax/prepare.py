@@ -12,10 +12,14 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dit_jax.data import prepare
+from dit_jax.utils import distributed
 
-config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/tiny.py[:runlocal].", lock_config=True)
-flags.DEFINE_string("data_dir", "~/.cache/dit_jax", "Where prepared datasets live (train and sample read it too).")
-flags.mark_flags_as_required(["config"])
+
+def define_flags():
+    """Defined only when this module runs as the program, so other CLIs and tests can import it."""
+    config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/tiny.py[:runlocal].", lock_config=True)
+    flags.mark_flags_as_required(["config"])
+    distributed.define_data_dir()
 
 
 def main(argv):
@@ -27,4 +31,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -38,33 +38,39 @@ from dit_jax.utils.visualization import captioned_grid, to_uint8, trajectory_fra
 MODES = ("sample", "inpaint", "img2img")
 GRID_MAX = 64  # the grid shows at most this many images; every image is written singly
 
-flags.DEFINE_string("workdir", None, "A training run: its export/ weights and run.json settings.")
-flags.DEFINE_string("checkpoint", None, "Instead of --workdir: a directory with config.json + model.safetensors.")
-flags.DEFINE_multi_string("prompt", [], "A prompt (repeatable).")
-flags.DEFINE_string("prompts", None, "A file of prompts, one a line.")
-flags.DEFINE_multi_string("class", [], "A class index or name (repeatable), for class-conditional models.")
-flags.DEFINE_enum("mode", "sample", MODES, "sample from noise, inpaint --image under --mask, or img2img (SDEdit).")
-flags.DEFINE_string("image", None, "The image to edit (inpaint, img2img).")
-flags.DEFINE_string("mask", None, "Inpainting mask: white = regenerate, black = keep.")
-flags.DEFINE_integer("resample", 1, "Inpainting: passes per step (RePaint resampling; 1 = replacement only).")
-flags.DEFINE_float("strength", 0.6, "img2img: how far the image is noised, 0 (kept) to 1 (pure noise).")
-flags.DEFINE_string("sampler", "dpmpp_2m", "ddpm | ddim | dpmpp_2m | dpmpp_3m (inpainting: ddpm | ddim).")
-flags.DEFINE_integer("steps", 25, "Sampling steps.")
-flags.DEFINE_float("cfg_scale", 4.0, "Classifier-free guidance scale (1 = none).")
-flags.DEFINE_integer("guidance_channels", None, "Guide only the first k channels (DiT's latents: 3); default all.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
-flags.DEFINE_integer("num_images", 4, "Images per prompt or class.")
-flags.DEFINE_integer("batch_size", 32, "Images per sampling call over all devices (a multiple of the device count).")
-flags.DEFINE_string("out", None, "Captioned PNG grid, single images beside it (default samples.png unless --npz).")
-flags.DEFINE_string("npz", None, "Write every sample as uint8 NHWC `arr_0` (with `captions`) for evaluation.")
-flags.DEFINE_string("trajectory", None, "Write x_t and the predicted x0 over the steps of the first image here.")
-flags.DEFINE_string("text_encoder", None, "--checkpoint only: clip | t5 | minilm, for text-conditioned models.")
-flags.DEFINE_string("text_path", "", "--checkpoint only: the text encoder's local directory or hub id.")
-flags.DEFINE_string("text_layer", "last", "--checkpoint only: last | penultimate.")
-flags.DEFINE_string("vae", None, "--checkpoint only: a diffusers AutoencoderKL for latent models.")
-flags.DEFINE_float("vae_scale", 0.18215, "--checkpoint only: the latent scale.")
-flags.DEFINE_string("schedule", "linear", "--checkpoint only: the beta schedule it was trained with.")
-flags.DEFINE_string("prediction", "eps", "--checkpoint only: what it predicts (eps | v | x0).")
+
+def define_flags():
+    """Defined only when this module runs as the program, so other CLIs and tests can import it."""
+    distributed.define_flags()
+    flags.DEFINE_string("workdir", None, "A training run: its export/ weights and run.json settings.")
+    flags.DEFINE_string("checkpoint", None, "Instead of --workdir: a directory with config.json + model.safetensors.")
+    flags.DEFINE_multi_string("prompt", [], "A prompt (repeatable).")
+    flags.DEFINE_string("prompts", None, "A file of prompts, one a line.")
+    flags.DEFINE_multi_string("class", [], "A class index or name (repeatable), for class-conditional models.")
+    flags.DEFINE_enum("mode", "sample", MODES, "sample from noise, inpaint --image under --mask, or img2img (SDEdit).")
+    flags.DEFINE_string("image", None, "The image to edit (inpaint, img2img).")
+    flags.DEFINE_string("mask", None, "Inpainting mask: white = regenerate, black = keep.")
+    flags.DEFINE_integer("resample", 1, "Inpainting: passes per step (RePaint resampling; 1 = replacement only).")
+    flags.DEFINE_float("strength", 0.6, "img2img: how far the image is noised, 0 (kept) to 1 (pure noise).")
+    flags.DEFINE_string("sampler", "dpmpp_2m", "ddpm | ddim | dpmpp_2m | dpmpp_3m (inpainting: ddpm | ddim).")
+    flags.DEFINE_integer("steps", 25, "Sampling steps.")
+    flags.DEFINE_float("cfg_scale", 4.0, "Classifier-free guidance scale (1 = none).")
+    flags.DEFINE_integer("guidance_channels", None, "Guide only the first k channels (DiT's latents: 3); default all.")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_integer("num_images", 4, "Images per prompt or class.")
+    flags.DEFINE_integer("batch_size", 32, "Images per sampling call over all devices (a multiple of the device count).")
+    flags.DEFINE_string("out", None, "Captioned PNG grid, single images beside it (default samples.png unless --npz).")
+    flags.DEFINE_string("npz", None, "Write every sample as uint8 NHWC `arr_0` (with `captions`) for evaluation.")
+    flags.DEFINE_string("trajectory", None, "Write x_t and the predicted x0 over the steps of the first image here.")
+    flags.DEFINE_string("text_encoder", None, "--checkpoint only: clip | t5 | minilm, for text-conditioned models.")
+    flags.DEFINE_string("text_path", "", "--checkpoint only: the text encoder's local directory or hub id.")
+    flags.DEFINE_string("text_layer", "last", "--checkpoint only: last | penultimate.")
+    flags.DEFINE_string("vae", None, "--checkpoint only: a diffusers AutoencoderKL for latent models.")
+    flags.DEFINE_float("vae_scale", 0.18215, "--checkpoint only: the latent scale.")
+    flags.DEFINE_string("schedule", "linear", "--checkpoint only: the beta schedule it was trained with.")
+    flags.DEFINE_string("prediction", "eps", "--checkpoint only: what it predicts (eps | v | x0).")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -376,4 +382,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

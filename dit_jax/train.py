@@ -33,9 +33,15 @@ from dit_jax.utils import distributed
 from dit_jax.utils.flops import device_peak_flops, train_flops_per_image
 from dit_jax.utils.visualization import captioned_grid, to_uint8
 
-config_flags.DEFINE_config_file("config", None, "A recipe under configs/, e.g. configs/tiny.py[:runlocal].")
-flags.DEFINE_string("workdir", None, "Where checkpoints, logs, samples and exports go.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def define_flags():
+    """Defined only when this module runs as the program, so other CLIs and tests can import it."""
+    distributed.define_flags()
+    config_flags.DEFINE_config_file("config", None, "A recipe under configs/, e.g. configs/tiny.py[:runlocal].")
+    flags.DEFINE_string("workdir", None, "Where checkpoints, logs, samples and exports go.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
 FLAGS = flags.FLAGS
 
 STARTED = time.time()  # for "time from command to first step"
@@ -213,4 +219,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

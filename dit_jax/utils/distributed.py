@@ -6,12 +6,21 @@ import os
 import jax
 from absl import flags
 
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
-                    "outside TPU pods and SLURM (which are detected automatically).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
-flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
-flags.DEFINE_string("data_dir", "~/.cache/dit_jax", "Where prepared datasets live.")
 FLAGS = flags.FLAGS
+
+
+def define_data_dir():
+    flags.DEFINE_string("data_dir", "~/.cache/dit_jax", "Where prepared datasets live (prepare writes, train and "
+                        "sample read).")
+
+
+def define_flags():
+    """For the CLIs that may run as several processes; each defines them only when it is the program."""
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
+                        "outside TPU pods and SLURM (which are detected automatically).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+    flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+    define_data_dir()
 
 
 def initialize():
