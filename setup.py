@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "ml-collections==1.1.0",
     "absl-py==2.5.1",
     "numpy==2.4.6",
+    "scipy==1.17.1",  # FID: the matrix square root
     "tensorflow-datasets==4.9.10",
     "array-record==0.8.6",
     "grain==0.2.18",

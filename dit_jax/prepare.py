@@ -20,6 +20,7 @@ def define_flags():
     config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/tiny.py[:runlocal].", lock_config=True)
     flags.mark_flags_as_required(["config"])
     distributed.define_data_dir()
+    flags.adopt_module_key_flags(distributed)  # so --help lists it
 
 
 def main(argv):

@@ -42,6 +42,7 @@ GRID_MAX = 64  # the grid shows at most this many images; every image is written
 def define_flags():
     """Defined only when this module runs as the program, so other CLIs and tests can import it."""
     distributed.define_flags()
+    flags.adopt_module_key_flags(distributed)  # so --help lists them
     flags.DEFINE_string("workdir", None, "A training run: its export/ weights and run.json settings.")
     flags.DEFINE_string("checkpoint", None, "Instead of --workdir: a directory with config.json + model.safetensors.")
     flags.DEFINE_multi_string("prompt", [], "A prompt (repeatable).")

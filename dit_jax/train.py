@@ -37,6 +37,7 @@ from dit_jax.utils.visualization import captioned_grid, to_uint8
 def define_flags():
     """Defined only when this module runs as the program, so other CLIs and tests can import it."""
     distributed.define_flags()
+    flags.adopt_module_key_flags(distributed)  # so --help lists them
     config_flags.DEFINE_config_file("config", None, "A recipe under configs/, e.g. configs/tiny.py[:runlocal].")
     flags.DEFINE_string("workdir", None, "Where checkpoints, logs, samples and exports go.")
     flags.mark_flags_as_required(["config", "workdir"])

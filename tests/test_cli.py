@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-CLIS = {"train": "--workdir", "sample": "--cfg_scale", "prepare": "--data_dir", "convert": "--numerics",
-        "bench": "--vs_torch"}
+# A flag of each, as absl's --help lists it ("--name: help"); docstrings never write it so.
+CLIS = {"train": "--workdir:", "sample": "--cfg_scale:", "prepare": "--data_dir:", "convert": "--numerics:",
+        "bench": "--peak_size:", "evaluate": "--num_samples:"}
 
 
 def test_all_import_in_one_process():

@@ -9,7 +9,7 @@ from dit_jax.models.pretrained import abstract_model, count_parameters
 from dit_jax.training.checks import validate
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-RECIPES = ["tiny", "small", "base", "large", "xl"]
+RECIPES = ["tiny", "fashion_tiny", "small", "base", "large", "xl"]
 
 
 def load(name, arg=None):

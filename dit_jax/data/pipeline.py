@@ -124,14 +124,18 @@ class Loader:
         self._iterator.set_state(state)
 
 
+def _source(manifest):
+    paths = [os.path.join(manifest["dir"], s["file"]) for s in manifest["shards"] if s["count"]]
+    return grain.sources.ArrayRecordDataSource(paths)
+
+
 def make_loader(config, manifest, *, global_batch_size, seed, sharding, process_index=None, process_count=None):
     """An endless, seeded, sharded loader over the prepared data (see the module docstring)."""
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     if global_batch_size % count:
         raise ValueError(f"Global batch {global_batch_size} is not divisible by {count} processes.")
-    paths = [os.path.join(manifest["dir"], s["file"]) for s in manifest["shards"] if s["count"]]
-    source = grain.sources.ArrayRecordDataSource(paths)
+    source = _source(manifest)
     dataset = (grain.MapDataset.source(source)
                .shuffle(seed=seed)
                .repeat()
@@ -145,3 +149,9 @@ def make_loader(config, manifest, *, global_batch_size, seed, sharding, process_
                                                         prefetch_buffer_size=max(1, config.data.prefetch)))
     is_global = (index, count) == (jax.process_index(), jax.process_count())
     return Loader(dataset, sharding, global_batch_size, is_global)
+
+
+def read_prepared(manifest, indices):
+    """Prepared examples by position in the manifest's order, decoded (evaluation's prompts and references)."""
+    source = _source(manifest)
+    return [records.decode(source[int(i)]) for i in indices]

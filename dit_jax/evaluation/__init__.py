@@ -1,0 +1,1 @@
+"""Evaluation: FID features, prompt adherence metrics."""

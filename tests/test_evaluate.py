@@ -1,0 +1,146 @@
+"""`python -m dit_jax.evaluate` on a Fashion-MNIST slice: the judges, their wiring, outputs and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from dit_jax.data import fashion_mnist, pipeline, prepare
+from dit_jax.evaluate import Judge, evaluate, parse_samplers
+from dit_jax.evaluation import classifier, retrieval
+from dit_jax.training.recipe import base_config
+from test_data import write_idx_slice
+from test_sample import save_random_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.skipif(not os.path.isdir(fashion_mnist.DEFAULT_DIR),
+                                reason="apt-get install dataset-fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A Fashion-MNIST slice prepared with MiniLM, and a run on it with a random toy model exported."""
+    root = tmp_path_factory.mktemp("evaluate")
+    idx, data_dir, workdir = root / "idx", str(root / "data"), root / "run"
+    write_idx_slice(idx, n_train=160, n_test=100)
+    config = base_config()
+    config.data.update(name="fashion_mnist", source_dir=str(idx))
+    config.text.update(max_length=16)
+    config.steps = 7
+    manifest = prepare.prepare(config, data_dir)
+    save_random_model(dict(input_size=32, patch_size=8, in_channels=1, hidden_size=32, depth=1, num_heads=2,
+                           learn_sigma=True, num_classes=0, text_dim=384, text_len=16, text_pooled=True),
+                      workdir / "export")
+    (workdir / "run.json").write_text(json.dumps({"config": config.to_dict()}))
+    return str(workdir), data_dir, manifest
+
+
+def test_top_k_hits_by_hand():
+    gallery = np.eye(4) + 0.1  # query i is nearest to gallery i, then to the others in a tie (broken by index)
+    queries = np.array([[1.0, 0, 0, 0], [0, 0, 0, 1.0], [0, 1.0, 0.9, 0]])
+    hits = retrieval.top_k_hits(queries, gallery, targets=[{0}, {2}, {2}], ks=(1, 2))
+    assert hits == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3)}
+
+
+def test_judge_scores_real_images_as_perfect(run_dir):
+    """The reference's own images: FID 0, retrieval finds each one first, adherence is the classifier's accuracy."""
+    workdir, data_dir, manifest = run_dir
+    examples = pipeline.read_prepared(manifest, range(20))
+    judge = Judge(["fid", "adherence", "retrieval"], manifest, data_dir, np.arange(20), None)
+    images = np.stack([e["image"] for e in examples])
+    labels = [int(e["label"]) for e in examples]
+    result = judge(images, [str(e["captions"][0]) for e in examples], labels)
+    assert abs(result["fid_20"]) < 1e-3
+    assert np.load(os.path.join(manifest["dir"], "fid_inception_done.npy")).all()  # the retrieval gallery: all 160
+    assert result["retrieval_top1"] == 1.0
+    expected = np.mean(classifier.predict(judge.classifier, images) == np.asarray(labels))
+    assert result["adherence"] == pytest.approx(expected)
+    shuffled = judge(images[::-1], [], labels)  # wrong images for their prompts
+    assert shuffled["fid_20"] < 1e-3 and shuffled["retrieval_top1"] < 0.5
+
+
+def test_evaluate_writes_metrics_samples_and_plot(run_dir, tmp_path):
+    workdir, data_dir, _ = run_dir
+    results = evaluate(workdir, data_dir, samplers=[("ddim", 2), ("dpmpp_2m", 3)], num_samples=16, batch_size=8,
+                       metrics=["fid", "adherence"], out=str(tmp_path))
+    assert [(r["sampler"], r["steps"]) for r in results] == [("ddim", 2), ("dpmpp_2m", 3)]
+    for r in results:
+        assert r["fid_16"] > 1.0 and 0.0 <= r["adherence"] <= 1.0  # random weights: far from the data
+        assert set(r["adherence_per_class"]) <= set(fashion_mnist.CLASSES)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == results
+    samples = np.load(tmp_path / "ddim_2.npz")
+    assert samples["arr_0"].shape == (16, 32, 32, 1) and samples["arr_0"].dtype == np.uint8
+    assert all(str(c).split(" ")[-1] in " ".join(fashion_mnist.CLASSES) for c in samples["captions"])
+    assert (tmp_path / "fid_vs_steps.png").exists() and (tmp_path / "ddim_2.png").exists()
+    assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_classifier_learns_and_is_cached(run_dir, monkeypatch):
+    _, data_dir, manifest = run_dir
+    model, accuracy = classifier.train(epochs=1, limit=12800)  # the real files, a fifth of them once
+    assert accuracy > 0.7
+    calls = []
+    monkeypatch.setattr(classifier, "train", lambda source_dir: calls.append(source_dir) or (model, accuracy))
+    cache = os.path.join(data_dir, "cache_test")
+    first, first_accuracy = classifier.load_or_train(cache)
+    again, again_accuracy = classifier.load_or_train(cache)
+    assert calls == [""] and first_accuracy == again_accuracy == accuracy
+    images, _ = classifier.load_split("test")
+    np.testing.assert_array_equal(classifier.predict(again, images[:200]), classifier.predict(model, images[:200]))
+
+
+def test_bad_input_fails_in_one_line(run_dir, tmp_path):
+    workdir, data_dir, _ = run_dir
+    with pytest.raises(ValueError, match="sampler:steps"):
+        parse_samplers(["ddim"])
+    with pytest.raises(ValueError, match="exceeds"):
+        evaluate(workdir, data_dir, num_samples=10_000)
+    with pytest.raises(ValueError, match="--clip_model"):
+        evaluate(workdir, data_dir, metrics=["clip"])
+    with pytest.raises(FileNotFoundError, match="No prepared data"):
+        evaluate(workdir, str(tmp_path))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-m", "dit_jax.evaluate", f"--workdir={tmp_path}/none"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("evaluate:") and "training run" in result.stderr
+
+
+def test_clip_score_is_100_times_the_models_own_cosine(tmp_path):
+    """A tiny random CLIP with the real tokenizer: our score equals CLIPModel's logits / logit scale, floored at 0."""
+    import torch
+    import transformers
+    from PIL import Image
+    from dit_jax.evaluation.clip_score import clip_score
+    from test_text import write_clip_tokenizer
+
+    folder = str(tmp_path)
+    write_clip_tokenizer(folder)
+    tokenizer = transformers.CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"))
+    image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32},
+                                                      crop_size={"height": 32, "width": 32})
+    transformers.CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    config = transformers.CLIPConfig(text_config=dict(small, max_position_embeddings=77),
+                                     vision_config=dict(small, image_size=32, patch_size=8), projection_dim=16)
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(config).eval()
+    model.save_pretrained(folder)
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    captions = ["a red apple", "a rocket", "a green heart", "a cat face"]
+    mean, scores = clip_score(images, captions, folder, batch_size=3)
+    inputs = transformers.CLIPProcessor.from_pretrained(folder)(
+        text=captions, images=[Image.fromarray(x) for x in images], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        cosine = torch.diagonal(model(**inputs).logits_per_image) / model.logit_scale.exp()
+    np.testing.assert_allclose(scores, np.maximum(100 * cosine.numpy(), 0), rtol=1e-4, atol=1e-4)
+    assert mean == pytest.approx(scores.mean())
+    grey = images[..., :1]  # Fashion-MNIST: one channel, scored as RGB
+    np.testing.assert_allclose(clip_score(grey, captions, folder)[1], clip_score(grey.repeat(3, -1), captions, folder)[1])
+    with pytest.raises(FileNotFoundError, match="CLIP model"):
+        clip_score(images, captions, str(tmp_path / "missing"))
