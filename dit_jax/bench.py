@@ -34,9 +34,11 @@ def define_flags():
     flags.DEFINE_string("model", None, "A named size (DiT-B/2, ...) replacing the config's model size.")
     flags.DEFINE_integer("batch", None, "Global batch size (default: the config's).")
     flags.DEFINE_string("attention", None, "Attention backend for the train step (default: the config's).")
+    flags.DEFINE_bool("scan_blocks", None, "Run the blocks as one lax.scan (default: the config's).")
     flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up); the median is reported.")
     flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
-    flags.DEFINE_bool("vs_torch", False, "Also time diffusers' DiTTransformer2DModel with torch AdamW on the same batch.")
+    flags.DEFINE_bool("vs_torch", False, "Also time diffusers' DiTTransformer2DModel with torch AdamW on the same "
+                      "batch.")
     flags.DEFINE_list("backends", None, "Attention backends (default: xla, dot_product, and this platform's kernels; "
                       "on CPU only xla and dot_product, since interpreted kernels say nothing about speed).")
     flags.DEFINE_list("seq_lens", None, "Sequence lengths (default 256..16384; 256..2048 on CPU).")
@@ -131,6 +133,8 @@ def bench_train(config):
         config.model.attention = FLAGS.attention
     if FLAGS.dtype:
         config.model.dtype = FLAGS.dtype
+    if FLAGS.scan_blocks is not None:
+        config.model.scan_blocks = FLAGS.scan_blocks
     kw = model_kwargs(config)
     mesh = sharding.make_mesh(config.mesh)
     trainer = trainer_lib.create(config, kw, mesh)
@@ -156,6 +160,7 @@ def bench_train(config):
     name = FLAGS.model or f"hidden {kw['hidden_size']} depth {kw['depth']} patch {kw['patch_size']}"
     result = dict(mode="train", model=name, input=f"{kw['input_size']}x{kw['input_size']}x{kw['in_channels']}",
                   batch=config.batch_size, dtype=config.model.dtype, attention=config.model.attention,
+                  scan_blocks=config.model.scan_blocks,
                   device=jax.devices()[0].device_kind, devices=devices, step_s=seconds,
                   img_per_s=config.batch_size / seconds, tflops_per_device=flops / 1e12,
                   peak_tflops=peak / 1e12, peak_source=peak_source, mfu=flops / peak, compile_s=compile_s,

@@ -59,7 +59,8 @@ def define_flags():
     flags.DEFINE_integer("guidance_channels", None, "Guide only the first k channels (DiT's latents: 3); default all.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_integer("num_images", 4, "Images per prompt or class.")
-    flags.DEFINE_integer("batch_size", 32, "Images per sampling call over all devices (a multiple of the device count).")
+    flags.DEFINE_integer("batch_size", 32, "Images per sampling call over all devices (a multiple of the device "
+                         "count).")
     flags.DEFINE_string("out", None, "Captioned PNG grid, single images beside it (default samples.png unless --npz).")
     flags.DEFINE_string("npz", None, "Write every sample as uint8 NHWC `arr_0` (with `captions`) for evaluation.")
     flags.DEFINE_string("trajectory", None, "Write x_t and the predicted x0 over the steps of the first image here.")

@@ -26,7 +26,7 @@ def run_dir(tmp_path_factory):
     """A Fashion-MNIST slice prepared with MiniLM, and a run on it with a random toy model exported."""
     root = tmp_path_factory.mktemp("evaluate")
     idx, data_dir, workdir = root / "idx", str(root / "data"), root / "run"
-    write_idx_slice(idx, n_train=160, n_test=100)
+    write_idx_slice(idx, n_train=32, n_test=16)
     config = base_config()
     config.data.update(name="fashion_mnist", source_dir=str(idx))
     config.text.update(max_length=16)
@@ -49,18 +49,18 @@ def test_top_k_hits_by_hand():
 def test_judge_scores_real_images_as_perfect(run_dir):
     """The reference's own images: FID 0, retrieval finds each one first, adherence is the classifier's accuracy."""
     workdir, data_dir, manifest = run_dir
-    examples = pipeline.read_prepared(manifest, range(20))
-    judge = Judge(["fid", "adherence", "retrieval"], manifest, data_dir, np.arange(20), None)
+    examples = pipeline.read_prepared(manifest, range(16))
+    judge = Judge(["fid", "adherence", "retrieval"], manifest, data_dir, np.arange(16), None)
     images = np.stack([e["image"] for e in examples])
     labels = [int(e["label"]) for e in examples]
     result = judge(images, [str(e["captions"][0]) for e in examples], labels)
-    assert abs(result["fid_20"]) < 1e-3
-    assert np.load(os.path.join(manifest["dir"], "fid_inception_done.npy")).all()  # the retrieval gallery: all 160
+    assert abs(result["fid_16"]) < 1e-3
+    assert np.load(os.path.join(manifest["dir"], "fid_inception_done.npy")).all()  # the retrieval gallery: all 32
     assert result["retrieval_top1"] == 1.0
     expected = np.mean(classifier.predict(judge.classifier, images) == np.asarray(labels))
     assert result["adherence"] == pytest.approx(expected)
     shuffled = judge(images[::-1], [], labels)  # wrong images for their prompts
-    assert shuffled["fid_20"] < 1e-3 and shuffled["retrieval_top1"] < 0.5
+    assert shuffled["fid_16"] < 1e-3 and shuffled["retrieval_top1"] < 0.5
 
 
 def test_evaluate_writes_metrics_samples_and_plot(run_dir, tmp_path):
@@ -141,6 +141,7 @@ def test_clip_score_is_100_times_the_models_own_cosine(tmp_path):
     np.testing.assert_allclose(scores, np.maximum(100 * cosine.numpy(), 0), rtol=1e-4, atol=1e-4)
     assert mean == pytest.approx(scores.mean())
     grey = images[..., :1]  # Fashion-MNIST: one channel, scored as RGB
-    np.testing.assert_allclose(clip_score(grey, captions, folder)[1], clip_score(grey.repeat(3, -1), captions, folder)[1])
+    np.testing.assert_allclose(clip_score(grey, captions, folder)[1],
+                               clip_score(grey.repeat(3, -1), captions, folder)[1])
     with pytest.raises(FileNotFoundError, match="CLIP model"):
         clip_score(images, captions, str(tmp_path / "missing"))

@@ -167,6 +167,22 @@ def test_remat_keeps_values_and_gradients(policy):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1, g2)
 
 
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scanned_blocks_equal_the_loop(remat):
+    """scan_blocks: same weights, same outputs and gradients, with dropout keys, text and per-block residuals."""
+    config = dict(TEXT, num_classes=10, text_pooled=True, depth=3, dropout=0.1, remat=remat)
+    loop, scanned = randomize(build_model(config)), randomize(build_model(dict(config, scan_blocks=True)))
+    residuals = [None, jax.random.normal(jax.random.key(0), (3, 16, 32)), None]
+
+    def loss(m):
+        out = m(**inputs(), **text_inputs(), residuals=residuals, rng=jax.random.key(1))
+        return jnp.mean(out**2)
+
+    np.testing.assert_allclose(loss(loop), loss(scanned), rtol=1e-6)
+    g1, g2 = nnx.grad(loss)(loop), nnx.grad(loss)(scanned)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g1, g2)
+
+
 def test_bf16_compute_keeps_fp32_params():
     args = inputs()
     f32 = randomize(build_model(TOY))

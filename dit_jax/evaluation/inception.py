@@ -293,7 +293,8 @@ def load_params(path=None):
 def load_fid_inception(path=None, batch_size=100):
     """features(images) -> (N, 2048) float32 numpy: images (N, H, W, 3 or 1) uint8 or float in [0, 255], any size.
 
-    Runs in batches of batch_size (the last one padded, so one compiled shape), so 50k images fit in memory.
+    Runs in batches of batch_size, so 50k images fit in memory; batches are padded (to a power of two for small
+    sets), so few shapes compile.
     Grayscale images go in as RGB, as FID tools read them.
     """
     params = load_params(path)
@@ -304,7 +305,8 @@ def load_fid_inception(path=None, batch_size=100):
             raise ValueError(f"expected (N, H, W, 3) or (N, H, W, 1) images, got shape {images.shape}")
         if images.shape[-1] == 1:
             images = np.repeat(images, 3, axis=-1)
-        n, size = len(images), max(1, min(batch_size, len(images)))
+        n = len(images)
+        size = min(batch_size, 1 << max(0, n - 1).bit_length())  # few compiled shapes: powers of 2, then batch_size
         out = []
         for start in tqdm.trange(0, n, size, desc="Inception features", unit="batch", disable=n <= size):
             batch = images[start:start + size]

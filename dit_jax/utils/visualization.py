@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dit_jax.diffusion.samplers import Trajectory
 
+FONT_SIZE = 12  # the default 10 px font runs words together
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -29,7 +30,7 @@ def captioned_grid(images, captions=None, columns=4, scale=None, caption_height=
     cell_w, cell_h = w * scale, h * scale + (caption_height if captions else 0)
     rows = -(-n // columns)
     grid = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
-    draw, font = ImageDraw.Draw(grid), ImageFont.load_default()
+    draw, font = ImageDraw.Draw(grid), ImageFont.load_default(size=FONT_SIZE)
     for i, image in enumerate(images):
         x, y = (i % columns) * cell_w, (i // columns) * cell_h
         grid.paste(Image.fromarray(image).resize((w * scale, h * scale), Image.NEAREST), (x, y))
@@ -56,7 +57,7 @@ def trajectory_strip(frames, scale=None, label_width=24, header=14):
     scale = scale or max(1, 96 // max(h, w))
     cw, ch = w * scale, h * scale
     strip = Image.new("RGB", (label_width + f * cw, header + 2 * ch), "white")
-    draw, font = ImageDraw.Draw(strip), ImageFont.load_default()
+    draw, font = ImageDraw.Draw(strip), ImageFont.load_default(size=FONT_SIZE)
     for row, (name, images) in enumerate((("x_t", x), ("x0", x0))):
         draw.text((2, header + row * ch + ch // 2 - 5), name, fill="black", font=font)
         for i, image in enumerate(images):
@@ -82,7 +83,7 @@ def line_plot(series, title="", xlabel="", ylabel="", log_x=False, size=(640, 40
     width, height = size
     left, right, top, bottom = 64, 16, 28, 44
     image = Image.new("RGB", size, "white")
-    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default(size=FONT_SIZE)
     xs = np.concatenate([np.asarray(x, np.float64) for x, _ in series.values()])
     ys = np.concatenate([np.asarray(y, np.float64) for _, y in series.values()])
     fx = np.log10 if log_x else (lambda v: np.asarray(v, np.float64))
