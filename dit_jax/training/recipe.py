@@ -39,7 +39,7 @@ def base_config():
         patch_size=2, hidden_size=384, depth=12, num_heads=6, mlp_ratio=4.0,
         num_classes=0, class_dropout_prob=0.1, learn_sigma=True,
         text_cross_attention=True, text_pooled=True, null_text="learned", caption_dropout_prob=0.1,
-        dropout=0.0, attention="xla", remat="none", scan_blocks=False, dtype="float32",
+        dropout=0.0, attention="xla", remat="none", scan_blocks=True, dtype="float32",
     )
     c.diffusion = dict(schedule="linear", timesteps=1000, prediction="eps", min_snr_gamma=0.0)
     c.batch_size = 256
