@@ -16,6 +16,7 @@ from dit_jax.models.pretrained import abstract_model, load_flat_weights, save_pr
 from dit_jax.sample import Options, run
 from dit_jax.text.encoders import resolve
 from dit_jax.training.recipe import apply_runlocal, base_config
+from dit_jax.utils.visualization import CAPTION_HEIGHT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = dict(input_size=16, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, learn_sigma=True)
@@ -65,7 +66,7 @@ def test_cli_writes_grid_singles_and_npz_the_same_on_one_and_eight_devices(run_d
     result = cli(f"--workdir={workdir}", f"--data_dir={data_dir}", "--prompt=red apple", "--prompt=rocket",
                  "--num_images=3", "--sampler=ddim", "--steps=3", "--cfg_scale=2", f"--out={out}", f"--npz={npz}")
     assert result.returncode == 0, result.stderr
-    assert Image.open(out).size == (3 * 128, 2 * (128 + 28))  # a row per prompt, 16 px images shown at 128 px
+    assert Image.open(out).size == (3 * 128, 2 * (128 + CAPTION_HEIGHT))  # a row per prompt, 16 px images shown at 128 px
     singles = sorted(p for p in os.listdir(tmp_path) if p.startswith("grid_"))
     assert singles == [f"grid_{i:04d}.png" for i in range(6)]
     data = np.load(npz)

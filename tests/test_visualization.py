@@ -7,14 +7,23 @@ import pytest
 from PIL import Image
 
 from dit_jax.diffusion import Trajectory
-from dit_jax.utils.visualization import (captioned_grid, loss_curves, read_metrics, sampler_comparison, to_uint8,
+from dit_jax.utils.visualization import (CAPTION_HEIGHT, captioned_grid, loss_curves, read_metrics, sampler_comparison, to_uint8,
                                          trajectory_frames, trajectory_strip)
 
 
 def test_captioned_grid_size():
     images = np.zeros((5, 16, 16, 1), np.uint8)
     grid = captioned_grid(images, [f"image {i}" for i in range(5)], columns=3)
-    assert grid.size == (3 * 128, 2 * (128 + 28))
+    assert grid.size == (3 * 128, 2 * (128 + CAPTION_HEIGHT))
+
+
+def test_captioned_grid_shows_two_caption_lines_whole():
+    grid = np.asarray(captioned_grid(np.full((1, 16, 16, 3), 255, np.uint8), ["a long caption that wraps onto "
+                                                                                "a second line of text"]).convert("L"))
+    band = grid[128:]
+    inked_rows = np.flatnonzero((band < 128).any(axis=1))
+    assert inked_rows.min() < CAPTION_HEIGHT // 2 < inked_rows.max()  # two lines of text
+    assert inked_rows.max() < CAPTION_HEIGHT - 2  # the second is not cut off at the band's edge
 
 
 def test_trajectory_strip_shows_evenly_spaced_steps(tmp_path):

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from dit_jax.diffusion.samplers import Trajectory
 
 FONT_SIZE = 12  # the default 10 px font runs words together
+CAPTION_HEIGHT = 2 * (FONT_SIZE + 4) + 4  # two lines of captions under each grid picture
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -20,7 +21,7 @@ def to_uint8(images):
     return np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
-def captioned_grid(images, captions=None, columns=4, scale=None, caption_height=28):
+def captioned_grid(images, captions=None, columns=4, scale=None, caption_height=CAPTION_HEIGHT):
     """(N, H, W, C) uint8 -> one PIL image: each picture enlarged to ~128 px with its caption under it."""
     images = np.asarray(images)
     if images.shape[-1] == 1:
@@ -36,7 +37,7 @@ def captioned_grid(images, captions=None, columns=4, scale=None, caption_height=
         grid.paste(Image.fromarray(image).resize((w * scale, h * scale), Image.NEAREST), (x, y))
         if captions:
             lines = textwrap.wrap(captions[i], width=max(8, cell_w // 6))[:2]
-            draw.multiline_text((x + 2, y + h * scale + 2), "\n".join(lines), fill="black", font=font)
+            draw.multiline_text((x + 2, y + h * scale + 2), "\n".join(lines), fill="black", font=font, spacing=4)
     return grid
 
 
