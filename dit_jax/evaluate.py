@@ -14,9 +14,11 @@ Metrics, by what the data allows:
   retrieval  other text datasets in pixel space (emoji): top-1 / top-5 retrieval of the prompted training image
              among all training images, in Inception feature space.
   clip       CLIP score, when --clip_model is given.
-Writes OUT/metrics.json, OUT/<sampler>_<steps>.npz and a captioned grid per
-sampler, TensorBoard scalars under OUT/tensorboard, and with several samplers
-OUT/fid_vs_steps.png.
+Writes OUT/<sampler>_<steps>.npz and a captioned grid per sampler, and after
+each sampler OUT/metrics.json (every result so far), its TensorBoard scalars
+under OUT/tensorboard and, with several samplers, OUT/fid_vs_steps.png.
+--reuse_samples scores an existing npz of the same captions instead of
+sampling again (a killed evaluation resumes at the sampler it was on).
 """
 
 import json
@@ -50,6 +52,8 @@ def define_flags():
     flags.DEFINE_integer("batch_size", 100, "Images per sampling call.")
     flags.DEFINE_integer("seed", 0, "Chooses the training examples whose captions are sampled, and the noise.")
     flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval).")
+    flags.DEFINE_bool("reuse_samples", False, "Score OUT/<sampler>_<steps>.npz where it holds this evaluation's "
+                      "captions, instead of sampling again (single host).")
     flags.mark_flags_as_required(["workdir"])
 
 
@@ -104,7 +108,7 @@ def run_manifest(workdir, data_dir):
 
 
 def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=(("dpmpp_2m", 25),), num_samples=1000,
-             cfg_scale=None, metrics=None, clip_model=None, batch_size=100, seed=0, out=None):
+             cfg_scale=None, metrics=None, clip_model=None, batch_size=100, seed=0, out=None, reuse_samples=False):
     """Generates and scores samples for each (sampler, steps); returns one result dict per sampler."""
     for path in (workdir, os.path.join(workdir, "run.json"), os.path.join(workdir, "export", "config.json")):
         if not os.path.exists(path):
@@ -112,6 +116,8 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=(("dpmpp_2m", 25),),
     config, manifest = run_manifest(workdir, data_dir)
     metrics = list(metrics) if metrics else default_metrics(manifest, clip_model)
     check_metrics(metrics, manifest, clip_model)
+    if reuse_samples and jax.process_count() > 1:
+        raise ValueError("--reuse_samples runs on one host: each host would have to find the same files.")
     if num_samples > manifest["examples"]:
         raise ValueError(f"--num_samples {num_samples} exceeds the {manifest['examples']} prepared examples.")
     out = out or os.path.join(workdir, "eval")
@@ -127,14 +133,16 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=(("dpmpp_2m", 25),),
     conditions = dict(prompt=captions) if model_config.get("text_dim") else {}
     if model_config.get("num_classes"):
         conditions["classes"] = [str(label) for label in labels]
-    judge = Judge(metrics, manifest, data_dir, chosen, clip_model) if jax.process_index() == 0 else None
+    judge = Judge(metrics, manifest, data_dir, chosen, captions, clip_model) if jax.process_index() == 0 else None
 
     results = []
     for name, steps in samplers:
         npz = os.path.join(out, f"{name}_{steps}.npz")
         options = sample.Options(workdir=workdir, data_dir=data_dir, sampler=name, steps=steps, cfg_scale=cfg_scale,
                                  seed=seed, num_images=1, batch_size=batch_size, npz=npz, **conditions)
-        images, _ = sample.run(options)
+        images = saved_samples(npz, captions) if reuse_samples else None
+        if images is None:
+            images, _ = sample.run(options)
         if jax.process_index():
             continue
         captioned_grid(images[:32], captions[:32], columns=8).save(os.path.join(out, f"{name}_{steps}.png"))
@@ -142,9 +150,20 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=(("dpmpp_2m", 25),),
                       **judge(images, captions, labels))
         print(json.dumps(result), flush=True)
         results.append(result)
-    if jax.process_index() == 0:
         write_results(out, results, int(config.steps))
     return results
+
+
+def saved_samples(npz, captions):
+    """The images of an earlier run's npz when it holds exactly these captions, else None."""
+    if not os.path.exists(npz):
+        return None
+    with np.load(npz) as saved:
+        if "captions" in saved and [str(c) for c in saved["captions"]] == captions:
+            print(f"Reusing the samples in {npz}.", flush=True)
+            return saved["arr_0"]
+    print(f"{npz} holds other captions: sampling again.", flush=True)
+    return None
 
 
 def reference_features(manifest, indices, features, chunk=500):
@@ -171,7 +190,7 @@ def reference_features(manifest, indices, features, chunk=500):
 class Judge:
     """Scores sample sets against the fixed reference: loads each judge (and the reference features) once."""
 
-    def __init__(self, metrics, manifest, data_dir, indices, clip_model):
+    def __init__(self, metrics, manifest, data_dir, indices, captions, clip_model):
         self.metrics, self.clip_model, self.n = metrics, clip_model, len(indices)
         if {"fid", "retrieval"} & set(metrics):
             from dit_jax.evaluation import inception  # pylint: disable=import-outside-toplevel
@@ -181,15 +200,17 @@ class Judge:
             self.reference = inception.statistics(reference_features(manifest, indices, self.features))
         if "adherence" in metrics:
             from dit_jax.evaluation import classifier  # pylint: disable=import-outside-toplevel
+            self.classifier_lib = classifier
             self.classifier, self.classifier_accuracy = classifier.load_or_train(data_dir, manifest["source_dir"])
             self.class_names = manifest["class_names"]
         if "retrieval" in metrics:
-            gallery = pipeline.read_prepared(manifest, range(manifest["examples"]))
-            by_caption = {}
-            for index, example in enumerate(gallery):
-                for caption in example["captions"]:
-                    by_caption.setdefault(str(caption), set()).add(index)
-            self.targets = [by_caption[str(gallery[i]["captions"][0])] for i in indices]
+            by_caption, n = {}, manifest["examples"]
+            for start in range(0, n, 1000):  # in chunks: decoded records hold their text embeddings
+                for index, example in enumerate(pipeline.read_prepared(manifest, range(start, min(start + 1000, n))),
+                                                start):
+                    for caption in example["captions"]:
+                        by_caption.setdefault(str(caption), set()).add(index)
+            self.targets = [by_caption[caption] for caption in captions]
             self.gallery = reference_features(manifest, range(manifest["examples"]), self.features)
 
     def __call__(self, images, captions, labels):
@@ -201,8 +222,7 @@ class Judge:
             result[name] = self.inception.frechet_distance(*self.inception.statistics(sample_features),
                                                            *self.reference)
         if "adherence" in self.metrics:
-            from dit_jax.evaluation import classifier  # pylint: disable=import-outside-toplevel
-            correct = classifier.predict(self.classifier, images) == np.asarray(labels)
+            correct = self.classifier_lib.predict(self.classifier, images) == np.asarray(labels)
             result["adherence"] = float(correct.mean())
             result["adherence_per_class"] = {name: float(correct[np.asarray(labels) == i].mean())
                                              for i, name in enumerate(self.class_names) if i in labels}
@@ -218,15 +238,16 @@ class Judge:
 
 
 def write_results(out, results, step):
+    """metrics.json holds every result so far; TensorBoard gets the newest."""
     with open(os.path.join(out, "metrics.json.tmp"), "w") as f:
         json.dump(results, f, indent=1)
     os.replace(os.path.join(out, "metrics.json.tmp"), os.path.join(out, "metrics.json"))
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     with SummaryWriter(os.path.join(out, "tensorboard")) as writer:
-        for r in results:
-            for key, value in r.items():
-                if isinstance(value, float) and key not in ("cfg_scale", "classifier_test_accuracy"):
-                    writer.add_scalar(f"eval/{r['sampler']}_{r['steps']}/{key}", value, step)
+        r = results[-1]
+        for key, value in r.items():
+            if isinstance(value, float) and key not in ("cfg_scale", "classifier_test_accuracy"):
+                writer.add_scalar(f"eval/{r['sampler']}_{r['steps']}/{key}", value, step)
     fids = {r["sampler"]: {} for r in results}
     for r in results:
         fid = next((v for k, v in r.items() if k.startswith("fid_")), None)
@@ -243,7 +264,7 @@ def main(argv):
     distributed.initialize()
     try:
         evaluate(FLAGS.workdir, FLAGS.data_dir, parse_samplers(FLAGS.samplers), FLAGS.num_samples, FLAGS.cfg_scale,
-                 FLAGS.metrics, FLAGS.clip_model, FLAGS.batch_size, FLAGS.seed, FLAGS.out)
+                 FLAGS.metrics, FLAGS.clip_model, FLAGS.batch_size, FLAGS.seed, FLAGS.out, FLAGS.reuse_samples)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"evaluate: {e}") from None
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from dit_jax import sample
 from dit_jax.data import fashion_mnist, pipeline, prepare
 from dit_jax.evaluate import Judge, default_metrics, evaluate, parse_samplers
 from dit_jax.evaluation import classifier, retrieval
@@ -57,10 +58,11 @@ def test_judge_scores_real_images_as_perfect(run_dir):
     """The reference's own images: FID 0, retrieval finds each one first, adherence is the classifier's accuracy."""
     workdir, data_dir, manifest = run_dir
     examples = pipeline.read_prepared(manifest, range(16))
-    judge = Judge(["fid", "adherence", "retrieval"], manifest, data_dir, np.arange(16), None)
+    captions = [str(e["captions"][0]) for e in examples]
+    judge = Judge(["fid", "adherence", "retrieval"], manifest, data_dir, np.arange(16), captions, None)
     images = np.stack([e["image"] for e in examples])
     labels = [int(e["label"]) for e in examples]
-    result = judge(images, [str(e["captions"][0]) for e in examples], labels)
+    result = judge(images, captions, labels)
     assert abs(result["fid_16"]) < 1e-3
     assert np.load(os.path.join(manifest["dir"], "fid_inception_done.npy")).all()  # the retrieval gallery: all 32
     assert result["retrieval_top1"] == 1.0
@@ -70,7 +72,7 @@ def test_judge_scores_real_images_as_perfect(run_dir):
     assert shuffled["fid_16"] < 1e-3 and shuffled["retrieval_top1"] < 0.5
 
 
-def test_evaluate_writes_metrics_samples_and_plot(run_dir, tmp_path):
+def test_evaluate_writes_metrics_samples_and_plot(run_dir, tmp_path, monkeypatch):
     workdir, data_dir, _ = run_dir
     results = evaluate(workdir, data_dir, samplers=[("ddim", 2), ("dpmpp_2m", 3)], num_samples=16, batch_size=8,
                        metrics=["fid", "adherence"], out=str(tmp_path))
@@ -84,6 +86,14 @@ def test_evaluate_writes_metrics_samples_and_plot(run_dir, tmp_path):
     assert all(str(c).split(" ")[-1] in " ".join(fashion_mnist.CLASSES) for c in samples["captions"])
     assert (tmp_path / "fid_vs_steps.png").exists() and (tmp_path / "ddim_2.png").exists()
     assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
+
+    def no_sampling(options):
+        raise RuntimeError(f"sampled {options.sampler} again")
+    monkeypatch.setattr(sample, "run", no_sampling)
+    with pytest.raises(RuntimeError, match="sampled ddpm again"):  # the saved two are reused, the third is new
+        evaluate(workdir, data_dir, samplers=[("ddim", 2), ("dpmpp_2m", 3), ("ddpm", 2)], num_samples=16,
+                 metrics=["fid", "adherence"], out=str(tmp_path), reuse_samples=True)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == results  # written after each sampler
 
 
 def test_classifier_learns_and_is_cached(run_dir, monkeypatch):
