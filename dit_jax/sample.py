@@ -255,13 +255,7 @@ class Codec:
         """(B, h, w, c) in the model's space -> [-1, 1] pixels (B, H, W, C)."""
         if self.vae is None:
             return np.asarray(x)
-        import torch  # pylint: disable=import-outside-toplevel
-        out = []
-        with torch.no_grad():
-            for chunk in np.array_split(np.asarray(x, np.float32) / self.scale, max(1, len(x) // 16)):
-                z = torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2).to(self.vae.device)
-                out.append(self.vae.model.decode(z).sample.permute(0, 2, 3, 1).float().cpu().numpy())
-        return np.concatenate(out)
+        return self.vae.decode(np.asarray(x, np.float32) / self.scale)
 
 
 def read_image(path, resolution, channels):

@@ -84,6 +84,10 @@ class SampleGrid:
             self.cond["y"] = jnp.asarray(labels, jnp.int32)
         shape = (len(self.captions), *manifest["image_shape"])
         pixels = manifest["space"] != "latent"
+        self.vae = None
+        if not pixels:  # grids show images: decode the latents (on the host, with the VAE they were made with)
+            from dit_jax.data.latents import Vae
+            self.vae, self.scale = Vae(manifest["vae"]["source"]), manifest["vae"]["scale"]
 
         def sample(ema):
             return generate(trainer.model(ema), self.cond, shape, jax.random.PRNGKey(self.cfg.seed),
@@ -93,7 +97,8 @@ class SampleGrid:
         self.sample = jax.jit(sample)
 
     def __call__(self, step, ema, writer):
-        images = to_uint8(multihost_utils.process_allgather(self.sample(ema), tiled=True))
+        samples = np.asarray(multihost_utils.process_allgather(self.sample(ema), tiled=True))
+        images = to_uint8(samples if self.vae is None else self.vae.decode(samples / self.scale))
         grid = captioned_grid(images, self.captions)
         if jax.process_index() == 0:
             path = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")

@@ -59,12 +59,17 @@ def test_missing_fashion_mnist_files_say_how(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.isdir(fashion_mnist.DEFAULT_DIR), reason="apt-get install dataset-fashion-mnist")
-def test_latents_from_a_vae(tmp_path):
-    import jax
+def save_tiny_vae(path):
+    """A randomly initialised diffusers AutoencoderKL that halves the resolution into 4 latent channels."""
     from diffusers import AutoencoderKL
     AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
                   up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, latent_channels=4,
-                  sample_size=32).save_pretrained(tmp_path / "vae")
+                  sample_size=32).save_pretrained(path)
+
+
+def test_latents_from_a_vae(tmp_path):
+    import jax
+    save_tiny_vae(tmp_path / "vae")
     write_idx_slice(tmp_path / "idx", n_train=24)
     config = tiny_config(name="fashion_mnist", source_dir=str(tmp_path / "idx"), max_examples=0, flip=True)
     config.vae.path = str(tmp_path / "vae")

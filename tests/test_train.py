@@ -10,7 +10,10 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 from safetensors.numpy import load_file
+
+from dit_jax.data import fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = ["--config.steps=12", "--config.batch_size=8", "--config.data.max_examples=64", "--config.checkpoint.every=3", "--config.log.every=1", "--config.sample.every=0",
@@ -62,6 +65,22 @@ def test_run_leaves_checkpoints_logs_samples_and_export(tmp_path, data_dir):
     from dit_jax.models.pretrained import load_pretrained
     model, config = load_pretrained(os.path.join(workdir, "export"))
     assert config["text_dim"] == 384 and config["hidden_size"] == 32
+
+
+@pytest.mark.skipif(not os.path.isdir(fashion_mnist.DEFAULT_DIR), reason="apt-get install dataset-fashion-mnist")
+def test_latent_run_grids_show_decoded_images(tmp_path):
+    """A latent model's grids are VAE-decoded 32 px images (4x4 px blocks at 128 px), not its 16 px latents (8x8)."""
+    from test_data import save_tiny_vae, write_idx_slice
+    save_tiny_vae(tmp_path / "vae")
+    write_idx_slice(tmp_path / "idx", n_train=16)
+    workdir = str(tmp_path / "run")
+    train(workdir, str(tmp_path / "data"), "--config.data.name=fashion_mnist", "--config.data.resolution=32",
+          f"--config.data.source_dir={tmp_path / 'idx'}", f"--config.vae.path={tmp_path / 'vae'}",
+          "--config.steps=2", "--config.sample.every=2", "--config.sample.steps=2")
+    assert json.load(open(os.path.join(workdir, "run.json")))["config"]["vae"]["path"]
+    cell = np.asarray(Image.open(os.path.join(workdir, "samples", "step_00000002.png")).convert("RGB"))[:128, :128]
+    blocks = cell.astype(int).reshape(16, 8, 16, 8, 3)
+    assert (blocks.max(axis=(1, 3)) != blocks.min(axis=(1, 3))).any()  # detail finer than a latent
 
 
 def wait_for_step(proc, workdir, step):

@@ -1,4 +1,4 @@
-"""A diffusers AutoencoderKL that turns images into the posterior's mean and std, run once by `prepare`.
+"""A diffusers AutoencoderKL: images to the posterior's mean and std (run once by `prepare`), latents to images.
 
 Training samples latents from the stored posterior (mean + std * noise, times
 the VAE's scale), as latent DiTs are trained, instead of a fixed encoding.
@@ -38,3 +38,13 @@ class Vae:
         posterior = self.model.encode(x.float() / 127.5 - 1.0).latent_dist
         to_np = lambda t: t.permute(0, 2, 3, 1).float().cpu().numpy().astype(np.float16)
         return to_np(posterior.mean), to_np(posterior.std)
+
+    @torch.no_grad()
+    def decode(self, latents, chunk=16):
+        """float (B, h, w, c) latents, already divided by the scale -> float32 pixels in [-1, 1] (B, H, W, 3)."""
+        latents = np.asarray(latents, np.float32)
+        out = []
+        for part in np.array_split(latents, max(1, len(latents) // chunk)):
+            z = torch.from_numpy(np.ascontiguousarray(part)).permute(0, 3, 1, 2).to(self.device)
+            out.append(self.model.decode(z).sample.permute(0, 2, 3, 1).float().cpu().numpy())
+        return np.concatenate(out)
