@@ -2,6 +2,7 @@
 
   python -m dit_jax.bench --mode=train [--config=configs/small.py] [--model=DiT-B/2 --batch=8]
   python -m dit_jax.bench --mode=train --vs_torch        # class-conditional DiT-S/4, 32x32x4, batch 32, fp32
+  python -m dit_jax.bench --mode=train --profile=/tmp/trace   # and where the step's time goes, by kind of op
   python -m dit_jax.bench --mode=attention --backends=xla,cudnn,pallas_flash --seq_lens=256,1024,4096,16384
 
 Batches are synthetic, shaped by the config, so nothing needs preparing.
@@ -23,6 +24,7 @@ from dit_jax.models import attention
 from dit_jax.models.variants import variant
 from dit_jax.training import sharding, trainer as trainer_lib
 from dit_jax.training.recipe import base_config
+from dit_jax.utils import profile
 from dit_jax.utils.flops import device_peak_flops, train_flops_per_image
 
 
@@ -47,6 +49,8 @@ def define_flags():
     flags.DEFINE_integer("attn_batch", 1, "Batch size (attention mode).")
     flags.DEFINE_string("dtype", None, "Compute dtype: train mode overrides the config; attention mode default "
                         "bfloat16 on accelerators, float32 on CPU.")
+    flags.DEFINE_string("profile", None, "Train mode: also trace --steps steps into this directory (Perfetto / "
+                        "TensorBoard) and print the kinds of op that take the most time per step.")
     flags.DEFINE_integer("peak_size", 4096, "n of the n x n jnp.dot that measures a CPU's matmul peak.")
     flags.DEFINE_bool("json", False, "Print one JSON line per result as well.")
 
@@ -150,6 +154,13 @@ def bench_train(config):
         holder[0], metrics = step(holder[0], batch)
         metrics["loss"].block_until_ready()
     seconds = timed(run, FLAGS.steps, FLAGS.warmup)
+    if FLAGS.profile:
+        with jax.profiler.trace(FLAGS.profile, create_perfetto_trace=True):
+            for _ in range(FLAGS.steps):
+                run()
+        print(f"Time per step by kind of op, over {FLAGS.steps} traced steps (share of the {seconds:.4g} s median "
+              f"step; ops on parallel threads can add up to more). Trace: {FLAGS.profile}", flush=True)
+        print(profile.report(profile.op_seconds(FLAGS.profile, FLAGS.steps), seconds), flush=True)
 
     devices = jax.device_count()
     flops = train_flops_per_image(kw) * config.batch_size / seconds / devices

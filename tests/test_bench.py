@@ -1,30 +1,58 @@
 """`python -m dit_jax.bench` runs each mode at toy size and prints a table and JSON lines."""
 
+import gzip
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
+from dit_jax.utils import profile
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def bench(*args):
+def bench(*args, stdout=None):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     out = subprocess.run([sys.executable, "-m", "dit_jax.bench", "--json", "--steps=1", "--warmup=0", *args],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert rows and "device: cpu" in out.stdout
+    if stdout is not None:
+        stdout.append(out.stdout)
     return rows
 
 
-def test_train_mode_against_torch():
+def test_train_mode_against_torch_with_a_profile(tmp_path):
+    stdout = []
     row, = bench("--mode=train", "--vs_torch", "--batch=4", "--peak_size=512", "--config=configs/tiny.py:runlocal",
                  "--config.model.num_classes=10", "--config.model.text_cross_attention=False",
-                 "--config.model.text_pooled=False")
+                 "--config.model.text_pooled=False", f"--profile={tmp_path}", stdout=stdout)
     assert row["img_per_s"] > 0 and row["torch_img_per_s"] > 0 and row["ratio_vs_torch"] > 0
     assert row["peak_source"] == "measured jnp.dot" and 0 < row["mfu"] < 1.5
     assert row["peak_memory_gb"] > 0 and row["compile_s"] > 0
+    assert "Time per step by kind of op" in stdout[0]
+    assert sum(profile.op_seconds(str(tmp_path), steps=1).values()) > 0  # the trace it wrote holds ops
+
+
+def test_profile_sums_op_kinds_per_step(tmp_path):
+    events = [dict(ph="X", name="fusion.1", dur=1000), dict(ph="X", name="fusion.2", dur=3000),
+              dict(ph="X", name="dot", dur=2000), dict(ph="X", name="$train.py:10 run", dur=10**6),
+              dict(ph="X", name="ThunkExecutor::Execute", dur=10**6), dict(ph="X", name="end: fusion", dur=7),
+              dict(ph="i", name="marker")]
+    folder = tmp_path / "plugins" / "profile" / "2026_11_26"
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "perfetto_trace.json.gz", "wt") as f:
+        json.dump(dict(traceEvents=events), f)
+    totals = profile.op_seconds(str(tmp_path), steps=2)  # microseconds over 2 steps -> seconds per step
+    assert totals == {"fusion": pytest.approx(0.002), "dot": pytest.approx(0.001)}
+    lines = profile.report(totals, step_seconds=0.004, top=1).splitlines()
+    assert lines[0].split() == ["0.0020", "s", "50.0%", "fusion"]
+    assert lines[1].split() == ["0.0010", "s", "25.0%", "(1", "other", "kinds)"]
+    with pytest.raises(FileNotFoundError, match="create_perfetto_trace"):
+        profile.op_seconds(str(tmp_path / "none"), steps=1)
 
 
 def test_attention_mode():

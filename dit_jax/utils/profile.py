@@ -1,0 +1,37 @@
+"""Where a step's time goes: op durations from a `jax.profiler` trace, summed per step by kind of op."""
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+
+# Not ops: Python frames ($...), runtime internals (Class::method), dispatch and the ends of async ops.
+NOT_AN_OP = re.compile(r"^\$|^end: |::|^PjitFunction|^ParseArguments$")
+
+
+def op_seconds(trace_dir, steps):
+    """{op kind: seconds per step} from the newest Perfetto trace that jax.profiler.trace wrote under trace_dir.
+
+    Numbered instances of a kind (fusion.12, fusion.13) are pooled, so one table row is one kind of work.
+    """
+    pattern = os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz")
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise FileNotFoundError(f"No {pattern}: trace with jax.profiler.trace(..., create_perfetto_trace=True).")
+    with gzip.open(paths[-1]) as f:
+        trace = json.load(f)
+    totals = collections.Counter()
+    for event in trace["traceEvents"] if isinstance(trace, dict) else trace:
+        if event.get("ph") == "X" and not NOT_AN_OP.search(event["name"]):
+            totals[re.sub(r"\.\d+$", "", event["name"])] += event.get("dur", 0) / 1e6 / steps
+    return totals
+
+
+def report(totals, step_seconds, top=12):
+    """The `top` kinds as lines: seconds per step, share of the step, name; then what the rest add up to."""
+    lines = [f"  {seconds:8.4f} s  {seconds / step_seconds:6.1%}  {name}" for name, seconds in totals.most_common(top)]
+    rest = sum(totals.values()) - sum(seconds for _, seconds in totals.most_common(top))
+    lines.append(f"  {rest:8.4f} s  {rest / step_seconds:6.1%}  ({max(0, len(totals) - top)} other kinds)")
+    return "\n".join(lines)
