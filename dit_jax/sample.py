@@ -70,6 +70,7 @@ def define_flags():
     flags.DEFINE_string("vae", None, "--checkpoint only: a diffusers AutoencoderKL for latent models.")
     flags.DEFINE_float("vae_scale", 0.18215, "--checkpoint only: the latent scale.")
     flags.DEFINE_string("schedule", "linear", "--checkpoint only: the beta schedule it was trained with.")
+    flags.DEFINE_integer("timesteps", 1000, "--checkpoint only: the number of diffusion timesteps it was trained with.")
     flags.DEFINE_string("prediction", "eps", "--checkpoint only: what it predicts (eps | v | x0).")
 
 
@@ -106,6 +107,7 @@ class Options:
     vae: str = None
     vae_scale: float = 0.18215
     schedule: str = "linear"
+    timesteps: int = 1000
     prediction: str = "eps"
 
 
@@ -138,7 +140,9 @@ def read_setup(o):
         vae = dict(source=o.vae, scale=o.vae_scale) if o.vae else None
         if o.prediction not in PREDICTIONS:
             raise ValueError(f"Unknown --prediction {o.prediction!r}; choose one of {PREDICTIONS}.")
-        return Setup(export, config, text, vae, Schedule(beta_schedule(o.schedule)), o.prediction, [])
+        if o.timesteps < 2:
+            raise ValueError(f"--timesteps must be at least 2, got {o.timesteps}.")
+        return Setup(export, config, text, vae, Schedule(beta_schedule(o.schedule, o.timesteps)), o.prediction, [])
 
     if not os.path.isdir(o.workdir):
         raise FileNotFoundError(f"Workdir {o.workdir} does not exist.")

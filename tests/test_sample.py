@@ -13,7 +13,8 @@ from PIL import Image
 
 from dit_jax.data import prepare
 from dit_jax.models.pretrained import abstract_model, load_flat_weights, save_pretrained
-from dit_jax.sample import Options, run
+from dit_jax.diffusion import beta_schedule
+from dit_jax.sample import Options, read_setup, run
 from dit_jax.text.encoders import resolve
 from dit_jax.training.recipe import apply_runlocal, base_config
 from dit_jax.utils.visualization import CAPTION_HEIGHT
@@ -112,6 +113,14 @@ def test_inpainting_keeps_the_known_pixels_and_img2img_at_strength_zero_returns_
         assert not np.array_equal(image[~keep], original[~keep])
     images, _ = run(dataclasses.replace(base, mode="img2img", strength=0.0, sampler="dpmpp_2m"))
     np.testing.assert_array_equal(images, np.stack([original] * 2))
+
+
+def test_checkpoint_schedule_has_the_given_timesteps(class_checkpoint):
+    assert len(read_setup(Options(checkpoint=class_checkpoint)).schedule.betas) == 1000
+    setup = read_setup(Options(checkpoint=class_checkpoint, schedule="cosine", timesteps=500))
+    np.testing.assert_allclose(setup.schedule.betas, beta_schedule("cosine", 500))
+    with pytest.raises(ValueError, match="--timesteps must be at least 2"):
+        read_setup(Options(checkpoint=class_checkpoint, timesteps=0))
 
 
 @pytest.mark.parametrize("change, message", [
