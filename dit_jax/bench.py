@@ -37,6 +37,8 @@ def define_flags():
     flags.DEFINE_integer("batch", None, "Global batch size (default: the config's).")
     flags.DEFINE_string("attention", None, "Attention backend for the train step (default: the config's).")
     flags.DEFINE_bool("scan_blocks", None, "Run the blocks as one lax.scan (default: the config's).")
+    flags.DEFINE_string("remat", None, "Rematerialisation policy per block: none | full | dots | dots_no_batch "
+                        "(default: the config's).")
     flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up); the median is reported.")
     flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
     flags.DEFINE_bool("vs_torch", False, "Also time diffusers' DiTTransformer2DModel with torch AdamW on the same "
@@ -139,6 +141,8 @@ def bench_train(config):
         config.model.dtype = FLAGS.dtype
     if FLAGS.scan_blocks is not None:
         config.model.scan_blocks = FLAGS.scan_blocks
+    if FLAGS.remat:
+        config.model.remat = FLAGS.remat
     kw = model_kwargs(config)
     mesh = sharding.make_mesh(config.mesh)
     trainer = trainer_lib.create(config, kw, mesh)
@@ -171,7 +175,7 @@ def bench_train(config):
     name = FLAGS.model or f"hidden {kw['hidden_size']} depth {kw['depth']} patch {kw['patch_size']}"
     result = dict(mode="train", model=name, input=f"{kw['input_size']}x{kw['input_size']}x{kw['in_channels']}",
                   batch=config.batch_size, dtype=config.model.dtype, attention=config.model.attention,
-                  scan_blocks=config.model.scan_blocks,
+                  scan_blocks=config.model.scan_blocks, remat=config.model.remat,
                   device=jax.devices()[0].device_kind, devices=devices, step_s=seconds,
                   img_per_s=config.batch_size / seconds, tflops_per_device=flops / 1e12,
                   peak_tflops=peak / 1e12, peak_source=peak_source, mfu=flops / peak, compile_s=compile_s,

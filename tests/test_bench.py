@@ -29,7 +29,8 @@ def test_train_mode_against_torch_with_a_profile(tmp_path):
     stdout = []
     row, = bench("--mode=train", "--vs_torch", "--batch=4", "--peak_size=512", "--config=configs/tiny.py:runlocal",
                  "--config.model.num_classes=10", "--config.model.text_cross_attention=False",
-                 "--config.model.text_pooled=False", f"--profile={tmp_path}", stdout=stdout)
+                 "--config.model.text_pooled=False", "--remat=dots", f"--profile={tmp_path}", stdout=stdout)
+    assert row["remat"] == "dots"
     assert row["img_per_s"] > 0 and row["torch_img_per_s"] > 0 and row["ratio_vs_torch"] > 0
     assert row["peak_source"] == "measured jnp.dot" and 0 < row["mfu"] < 1.5
     assert row["peak_memory_gb"] > 0 and row["compile_s"] > 0
