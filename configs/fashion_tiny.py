@@ -16,9 +16,7 @@ def get_config(arg=None):
     c = base_config()
     c.data.update(name="fashion_mnist", resolution=32)
     c.text.update(encoder="minilm", max_length=16)
-    # At depth 4 the plain loop over blocks is ~10% faster on CPU than scan_blocks, and compiles in 11 s
-    # against 17 s (BENCHMARKS.md); the scan pays off from about depth 12.
-    c.model.update(patch_size=4, hidden_size=128, depth=4, num_heads=4, scan_blocks=False)
+    c.model.update(patch_size=4, hidden_size=128, depth=4, num_heads=4, scan_blocks=False)  # see configs/tiny.py
     c.diffusion.update(prediction="v", min_snr_gamma=5.0)  # see configs/tiny.py
     c.batch_size = 64
     c.steps = 3000

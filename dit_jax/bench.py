@@ -21,6 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dit_jax.models import attention
+from dit_jax.models.dit import REMAT_POLICIES
 from dit_jax.models.variants import variant
 from dit_jax.training import sharding, trainer as trainer_lib
 from dit_jax.training.recipe import base_config
@@ -37,8 +38,8 @@ def define_flags():
     flags.DEFINE_integer("batch", None, "Global batch size (default: the config's).")
     flags.DEFINE_string("attention", None, "Attention backend for the train step (default: the config's).")
     flags.DEFINE_bool("scan_blocks", None, "Run the blocks as one lax.scan (default: the config's).")
-    flags.DEFINE_string("remat", None, "Rematerialisation policy per block: none | full | dots | dots_no_batch "
-                        "(default: the config's).")
+    flags.DEFINE_enum("remat", None, sorted(REMAT_POLICIES), "Rematerialisation policy per block (default: the "
+                      "config's).")
     flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up); the median is reported.")
     flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
     flags.DEFINE_bool("vs_torch", False, "Also time diffusers' DiTTransformer2DModel with torch AdamW on the same "
@@ -266,11 +267,17 @@ def table(rows):
 
 
 def main(argv):
-    del argv
-    if FLAGS.mode == "train":
-        rows = bench_train(FLAGS.config if FLAGS.config is not None else default_config())
-    else:
-        rows = bench_attention()
+    if len(argv) > 1:
+        raise SystemExit(f"bench: unexpected arguments {argv[1:]}")
+    if FLAGS.profile and FLAGS.mode != "train":
+        raise SystemExit("bench: --profile traces train steps; use it with --mode=train.")
+    try:
+        if FLAGS.mode == "train":
+            rows = bench_train(FLAGS.config if FLAGS.config is not None else default_config())
+        else:
+            rows = bench_attention()
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"bench: {e}") from None
     print(table(rows), flush=True)
     if FLAGS.json:
         for row in rows:

@@ -60,3 +60,16 @@ def test_attention_mode():
     rows = bench("--mode=attention", "--backends=xla,pallas_flash", "--seq_lens=48", "--heads=2", "--head_dim=16")
     assert [(r["backend"], r["interpreted"]) for r in rows] == [("xla", False), ("pallas_flash", True)]
     assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and "error" not in r for r in rows)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode=attention", "--profile=/tmp/trace"], "bench: --profile traces train steps"),
+    (["--model=DiT-Q/3"], "bench: Unknown DiT variant 'DiT-Q/3'"),
+    (["--remat=bogus"], "flag --remat=bogus: value should be one of"),
+])
+def test_bad_input_fails_in_one_line(args, message):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-m", "dit_jax.bench", "--steps=1", "--warmup=0", *args], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert message in out.stderr

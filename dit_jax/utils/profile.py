@@ -31,7 +31,8 @@ def op_seconds(trace_dir, steps):
 
 def report(totals, step_seconds, top=12):
     """The `top` kinds as lines: seconds per step, share of the step, name; then what the rest add up to."""
-    lines = [f"  {seconds:8.4f} s  {seconds / step_seconds:6.1%}  {name}" for name, seconds in totals.most_common(top)]
-    rest = sum(totals.values()) - sum(seconds for _, seconds in totals.most_common(top))
+    shown = totals.most_common(top)
+    lines = [f"  {seconds:8.4f} s  {seconds / step_seconds:6.1%}  {name}" for name, seconds in shown]
+    rest = sum(totals.values()) - sum(seconds for _, seconds in shown)
     lines.append(f"  {rest:8.4f} s  {rest / step_seconds:6.1%}  ({max(0, len(totals) - top)} other kinds)")
     return "\n".join(lines)
