@@ -64,12 +64,16 @@ TEXT_DIMS = {"minilm": 384, "clip": 768}  # the prepared embeddings' width, for 
 
 
 def default_config():
-    """Class-conditional DiT-S/4 on 32x32x4 inputs (latents of 256px), batch 32, fp32, plain AdamW."""
+    """Class-conditional DiT-S/4 on 32x32x4 inputs (latents of 256px), batch 32, fp32, plain AdamW.
+
+    On CPU the blocks keep only their matmul outputs for the backward pass (remat "dots"): the same
+    numbers, 10-25% faster there (BENCHMARKS.md).
+    """
     c = base_config()
     c.data.resolution = 256
     c.vae.path = "synthetic"  # latent space: 256px images are 32x32x4 inputs
     c.model.update(variant("DiT-S/4"), num_classes=1000, text_cross_attention=False, text_pooled=False,
-                   dtype="float32")
+                   dtype="float32", remat="dots" if jax.default_backend() == "cpu" else "none")
     c.batch_size = 32
     c.optim.grad_clip = 0.0  # as torch's plain AdamW step
     return c
@@ -164,7 +168,8 @@ def bench_train(config):
             for _ in range(FLAGS.steps):
                 run()
         print(f"Time per step by kind of op, over {FLAGS.steps} traced steps (share of the {seconds:.4g} s median "
-              f"step; ops on parallel threads can add up to more). Trace: {FLAGS.profile}", flush=True)
+              f"step; ops on parallel threads can add up to more; {profile.IDLE}: no thread ran an op, e.g. waits on "
+              f"asynchronous dots). Trace: {FLAGS.profile}", flush=True)
         print(profile.report(profile.op_seconds(FLAGS.profile, FLAGS.steps), seconds), flush=True)
 
     devices = jax.device_count()

@@ -38,9 +38,17 @@ def test_train_mode_against_torch_with_a_profile(tmp_path):
     assert sum(profile.op_seconds(str(tmp_path), steps=1).values()) > 0  # the trace it wrote holds ops
 
 
+def test_default_comparison_is_dit_s4_rematerialised_on_cpu():
+    from dit_jax.bench import default_config
+    c = default_config()
+    assert (c.model.hidden_size, c.model.depth, c.model.patch_size, c.batch_size) == (384, 12, 4, 32)
+    assert c.model.dtype == "float32" and c.model.remat == "dots"  # the tests run on CPU
+
+
 def test_profile_sums_op_kinds_per_step(tmp_path):
-    events = [dict(ph="X", name="fusion.1", dur=1000), dict(ph="X", name="fusion.2", dur=3000),
-              dict(ph="X", name="dot", dur=2000), dict(ph="X", name="$train.py:10 run", dur=10**6),
+    # fusion.2 runs on another thread alongside fusion.1; nothing runs from 3500 to 4500 us.
+    events = [dict(ph="X", name="fusion.1", ts=0, dur=1000), dict(ph="X", name="fusion.2", ts=500, dur=3000),
+              dict(ph="X", name="dot", ts=4500, dur=2000), dict(ph="X", name="$train.py:10 run", dur=10**6),
               dict(ph="X", name="ThunkExecutor::Execute", dur=10**6), dict(ph="X", name="end: fusion", dur=7),
               dict(ph="i", name="marker")]
     folder = tmp_path / "plugins" / "profile" / "2026_11_26"
@@ -48,10 +56,11 @@ def test_profile_sums_op_kinds_per_step(tmp_path):
     with gzip.open(folder / "perfetto_trace.json.gz", "wt") as f:
         json.dump(dict(traceEvents=events), f)
     totals = profile.op_seconds(str(tmp_path), steps=2)  # microseconds over 2 steps -> seconds per step
-    assert totals == {"fusion": pytest.approx(0.002), "dot": pytest.approx(0.001)}
+    assert totals == {"fusion": pytest.approx(0.002), "dot": pytest.approx(0.001),
+                      profile.IDLE: pytest.approx(0.0005)}
     lines = profile.report(totals, step_seconds=0.004, top=1).splitlines()
     assert lines[0].split() == ["0.0020", "s", "50.0%", "fusion"]
-    assert lines[1].split() == ["0.0010", "s", "25.0%", "(1", "other", "kinds)"]
+    assert lines[1].split() == ["0.0015", "s", "37.5%", "(2", "other", "kinds)"]
     with pytest.raises(FileNotFoundError, match="create_perfetto_trace"):
         profile.op_seconds(str(tmp_path / "none"), steps=1)
 
