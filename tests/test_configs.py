@@ -29,6 +29,15 @@ def test_recipe_validates_and_shrinks(name):
     assert config.data.name and config.text.encoder and config.data.resolution
 
 
+def test_validation_reads_attention_specs():
+    config = load("tiny")
+    config.model.attention = "splash:local=64,strided=8"  # a backend with a sparse pattern
+    validate(config)
+    config.model.attention = "splash:window=64"
+    with pytest.raises(ValueError, match="use local=W and/or strided=S"):
+        validate(config)
+
+
 def test_xl_recipe_is_the_reference_dit_xl2():
     config = load("xl")
     kwargs = dict(config.model.to_dict(), input_size=32, in_channels=4, num_classes=1000, text_dim=0)
