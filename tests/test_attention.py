@@ -131,3 +131,24 @@ def test_dit_with_pallas_flash_equals_xla():
         proj.set_value(jax.random.normal(jax.random.PRNGKey(2), proj.shape) * 0.1)
     run = lambda m: nnx.jit(lambda m: m(x, t, text=text, text_mask=text_mask))(m)
     np.testing.assert_allclose(run(flash_model), run(xla_model), atol=1e-5)
+
+
+# The compiled kernels (not interpreted) on the accelerator the tests run on, at lengths past one block:
+#   JAX_PLATFORMS=cuda python -m pytest -q tests/test_attention.py -k accelerator    (or JAX_PLATFORMS=tpu)
+ACCELERATOR_SPECS = {"gpu": ["cudnn", "pallas_flash", "dot_product", "auto"],
+                     "tpu": ["pallas_flash", "splash", "splash:local=64", "auto"]}
+
+
+@pytest.mark.skipif(jax.default_backend() == "cpu", reason="the compiled kernels need a GPU or TPU")
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("q_len,k_len", [(300, 300), (300, 77)])
+def test_compiled_kernels_on_this_accelerator(dtype, q_len, k_len):
+    platform = jax.default_backend()
+    q, k, v, mask, cotangent = inputs(q_len, k_len, dtype, heads=4, head_dim=64)
+    with jax.default_matmul_precision("highest"):  # fp32 means fp32, not TF32, on both sides
+        for spec in ACCELERATOR_SPECS[platform]:
+            if spec.startswith("cudnn") and dtype == jnp.float32:
+                continue  # cuDNN's flash attention takes half precision only
+            if ":" in spec and q_len != k_len:
+                continue  # sparse patterns are for self-attention
+            assert_matches(spec, q, k, v, mask, cotangent)
