@@ -44,6 +44,7 @@ def define_flags():
     flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
     flags.DEFINE_bool("vs_torch", False, "Also time diffusers' DiTTransformer2DModel with torch AdamW on the same "
                       "batch.")
+    flags.DEFINE_alias("vs-torch", "vs_torch")
     flags.DEFINE_list("backends", None, "Attention backends (default: xla, dot_product, and this platform's kernels; "
                       "on CPU only xla and dot_product, since interpreted kernels say nothing about speed).")
     flags.DEFINE_list("seq_lens", None, "Sequence lengths (default 256..16384; 256..2048 on CPU).")

@@ -26,8 +26,8 @@ def bench(*args, stdout=None):
 
 
 def test_train_mode_against_torch_with_a_profile(tmp_path):
-    stdout = []
-    row, = bench("--mode=train", "--vs_torch", "--batch=4", "--peak_size=512", "--config=configs/tiny.py:runlocal",
+    stdout = []  # --vs-torch is an alias of --vs_torch
+    row, = bench("--mode=train", "--vs-torch", "--batch=4", "--peak_size=512", "--config=configs/tiny.py:runlocal",
                  "--config.model.num_classes=10", "--config.model.text_cross_attention=False",
                  "--config.model.text_pooled=False", "--remat=dots", f"--profile={tmp_path}", stdout=stdout)
     assert row["remat"] == "dots"
