@@ -36,17 +36,17 @@ def op_seconds(trace_dir, steps):
 
 
 def idle_time(spans):
-    """Time inside the spans' extent that no (start, end) span covers.
+    """Time inside the extent of (start, end) spans, at least one, that no span covers.
 
     On CPU this is mostly XLA's executor waiting on asynchronous work: an Eigen
     dot's trace event ends when it is dispatched, not when it finishes, so its
     time shows here rather than under `dot`. Host overhead between steps too.
     """
-    idle, covered_to = 0, None
-    for start, end in sorted(spans):
-        if covered_to is not None and start > covered_to:
-            idle += start - covered_to
-        covered_to = end if covered_to is None else max(covered_to, end)
+    spans = sorted(spans)
+    idle, covered_to = 0, spans[0][0]
+    for start, end in spans:
+        idle += max(0, start - covered_to)
+        covered_to = max(covered_to, end)
     return idle
 
 
