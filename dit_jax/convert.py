@@ -4,7 +4,9 @@
     python -m dit_jax.convert --from=diffusers --src=DIR_WITH_CONFIG_JSON --out=DIR
     python -m dit_jax.convert --from=dit_jax --src=DIR --out=model.pt   # back to DiT's format
 
-DIR then holds config.json + model.safetensors, which sampling loads. Each
+DIR then holds config.json + model.safetensors, which sampling loads, and
+sampling.json, which records the source: DiT's weights sample on DiT's
+respaced grid by default (and, from --from=dit, guide 3 channels as DiT). Each
 source keeps its own numerics by default (--numerics=source); diffusers' port
 differs slightly from the original (timestep frequency shift 1, MLP LayerNorm
 eps 1e-5), and --numerics=dit or =diffusers picks one explicitly.
@@ -23,6 +25,7 @@ from dit_jax.models.pretrained import (
     load_pretrained,
     save_pretrained,
 )
+from dit_jax.sampling import converted_record, write_sampling_record
 
 
 def define_flags():
@@ -60,6 +63,13 @@ def import_weights(source, src, numerics="source", num_heads=None):
     return model, config
 
 
+def convert_to_dir(source, src, out, numerics="source", num_heads=None):
+    """Writes `out`: config.json and model.safetensors, and sampling.json naming the source."""
+    model, config = import_weights(source, src, numerics, num_heads)
+    save_pretrained(model, config, out)
+    write_sampling_record(out, converted_record(source))
+
+
 def export_dit(src, out):
     """Writes a dit_jax model as a DiT state dict (plain tensors, loadable with weights_only=True)."""
     import torch
@@ -77,8 +87,7 @@ def main(argv):
         if source == "dit_jax":
             export_dit(FLAGS.src, FLAGS.out)
         else:
-            model, config = import_weights(source, FLAGS.src, FLAGS.numerics, FLAGS.num_heads)
-            save_pretrained(model, config, FLAGS.out)
+            convert_to_dir(source, FLAGS.src, FLAGS.out, FLAGS.numerics, FLAGS.num_heads)
     except (FileNotFoundError, ValueError) as e:  # bad input: one line, no traceback
         raise SystemExit(f"convert: {e}") from None
     print(f"Wrote {FLAGS.out}")

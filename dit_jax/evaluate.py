@@ -14,13 +14,17 @@ Metrics, by what the data allows:
   retrieval  other text datasets in pixel space (emoji): top-1 / top-5 retrieval of the prompted training image
              among all training images, in Inception feature space.
   clip       CLIP score, when --clip_model is given.
-Writes OUT/<sampler>_<steps>.npz and a captioned grid per sampler, and after
+--spacing and --eta (ddim) apply to every sampler; the spacing defaults to
+the run's config.sample.spacing, else each sampler's own (dit_jax/sampling.py
+does the sampling). Writes OUT/<sampler>_<steps>.npz (with the settings it was
+sampled with) and a captioned grid per sampler, and after
 each sampler OUT/metrics.json (every result so far), its TensorBoard scalars
 under OUT/tensorboard and, with several samplers, OUT/fid_vs_steps.png.
 --reuse_samples scores an existing npz of the same captions instead of
 sampling again (a killed evaluation resumes at the sampler it was on).
 """
 
+import dataclasses
 import json
 import os
 
@@ -29,9 +33,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import ConfigDict
 
-from dit_jax import sample
+from dit_jax import sampling
 from dit_jax.data import pipeline, prepare
-from dit_jax.diffusion.generate import check_sampler
+from dit_jax.diffusion import SPACINGS
+from dit_jax.diffusion.generate import SAMPLER, STEPS, check_sampler
 from dit_jax.utils import distributed
 from dit_jax.utils.visualization import captioned_grid, sampler_comparison
 
@@ -44,9 +49,12 @@ def define_flags():
     flags.adopt_module_key_flags(distributed)  # so --help lists them
     flags.DEFINE_string("workdir", None, "The training run to evaluate (its exported EMA weights).")
     flags.DEFINE_integer("num_samples", 1000, "Images per sampler; FID is named by it (FID-1k).")
-    flags.DEFINE_list("samplers", ["dpmpp_2m:25"], "sampler:steps pairs, each evaluated on the same prompts and "
-                      "starting noise.")
+    flags.DEFINE_list("samplers", [f"{SAMPLER}:{STEPS}"], "sampler:steps pairs, each evaluated on the same prompts "
+                      "and starting noise.")
     flags.DEFINE_float("cfg_scale", None, "Guidance scale (default: the run's config.sample.cfg_scale).")
+    flags.DEFINE_string("spacing", None, f"{' | '.join(SPACINGS)}; default: the run's config.sample.spacing, else "
+                        "each sampler's.")
+    flags.DEFINE_float("eta", 0.0, "DDIM's noise for the ddim samplers: 0 deterministic, 1 DDPM's variance.")
     flags.DEFINE_list("metrics", None, f"Some of {', '.join(METRICS)} (default: all the data allows).")
     flags.DEFINE_string("clip_model", None, "A CLIP model (local directory or hub id) for the CLIP score.")
     flags.DEFINE_integer("batch_size", 100, "Images per sampling call.")
@@ -107,8 +115,9 @@ def run_manifest(workdir, data_dir):
     return config, prepare.read_manifest(folder)
 
 
-def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=(("dpmpp_2m", 25),), num_samples=1000,
-             cfg_scale=None, metrics=None, clip_model=None, batch_size=100, seed=0, out=None, reuse_samples=False):
+def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=((SAMPLER, STEPS),), num_samples=1000,
+             cfg_scale=None, metrics=None, clip_model=None, batch_size=100, seed=0, out=None, reuse_samples=False,
+             spacing=None, eta=0.0):
     """Generates and scores samples for each (sampler, steps); returns one result dict per sampler."""
     for path in (workdir, os.path.join(workdir, "run.json"), os.path.join(workdir, "export", "config.json")):
         if not os.path.exists(path):
@@ -120,49 +129,55 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=(("dpmpp_2m", 25),),
         raise ValueError("--reuse_samples runs on one host: each host would have to find the same files.")
     if num_samples > manifest["examples"]:
         raise ValueError(f"--num_samples {num_samples} exceeds the {manifest['examples']} prepared examples.")
+    cfg_scale = config.sample.cfg_scale if cfg_scale is None else cfg_scale
+    plan = [sampling.Settings(sampler=name, steps=steps, spacing=spacing, eta=eta if name == "ddim" else 0.0,
+                              cfg_scale=cfg_scale, seed=seed) for name, steps in samplers]
+    for settings in plan:
+        sampling.check_settings(settings)
+    setup = sampling.read_setup(workdir, data_dir=data_dir)
     out = out or os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
-    cfg_scale = config.sample.cfg_scale if cfg_scale is None else cfg_scale
 
     chosen = np.sort(np.random.default_rng(seed).choice(manifest["examples"], num_samples, replace=False))
     examples = pipeline.read_prepared(manifest, chosen)
     captions = [str(e["captions"][0]) for e in examples]
     labels = [int(e["label"]) for e in examples]
-    with open(os.path.join(workdir, "export", "config.json")) as f:
-        model_config = json.load(f)
-    conditions = dict(prompt=captions) if model_config.get("text_dim") else {}
-    if model_config.get("num_classes"):
-        conditions["classes"] = [str(label) for label in labels]
+    prompts = captions if setup.text else []
+    classes = labels if setup.model_config.get("num_classes") else []
+    model_captions, model_labels = sampling.read_conditions(setup, prompts, classes)
     judge = Judge(metrics, manifest, data_dir, chosen, captions, clip_model) if jax.process_index() == 0 else None
 
     results = []
-    for name, steps in samplers:
+    for settings in plan:
+        name, steps = settings.sampler, settings.steps
+        resolved = setup.resolve(settings)
         npz = os.path.join(out, f"{name}_{steps}.npz")
-        options = sample.Options(workdir=workdir, data_dir=data_dir, sampler=name, steps=steps, cfg_scale=cfg_scale,
-                                 seed=seed, num_images=1, batch_size=batch_size, npz=npz, **conditions)
-        images = saved_samples(npz, captions) if reuse_samples else None
+        images = saved_samples(npz, captions, resolved) if reuse_samples else None
         if images is None:
-            images, _ = sample.run(options)
+            images = sampling.sample_images(setup, settings, model_captions, model_labels, 1, batch_size).images
+            if jax.process_index() == 0:
+                sampling.write_npz(npz, images, captions, model_labels, resolved)
         if jax.process_index():
             continue
         captioned_grid(images[:32], captions[:32], columns=8).save(os.path.join(out, f"{name}_{steps}.png"))
-        result = dict(sampler=name, steps=steps, cfg_scale=cfg_scale, num_samples=num_samples, seed=seed,
-                      **judge(images, captions, labels))
+        result = dict(sampler=name, steps=steps, spacing=resolved.spacing, eta=resolved.eta, cfg_scale=cfg_scale,
+                      num_samples=num_samples, seed=seed, **judge(images, captions, labels))
         print(json.dumps(result), flush=True)
         results.append(result)
         write_results(out, results, int(config.steps))
     return results
 
 
-def saved_samples(npz, captions):
-    """The images of an earlier run's npz when it holds exactly these captions, else None."""
+def saved_samples(npz, captions, settings):
+    """The images of an earlier run's npz when it holds exactly these captions, sampled so, else None."""
     if not os.path.exists(npz):
         return None
     with np.load(npz) as saved:
-        if "captions" in saved and [str(c) for c in saved["captions"]] == captions:
+        same = "captions" in saved and [str(c) for c in saved["captions"]] == captions
+        if same and "settings" in saved and json.loads(str(saved["settings"])) == dataclasses.asdict(settings):
             print(f"Reusing the samples in {npz}.", flush=True)
             return saved["arr_0"]
-    print(f"{npz} holds other captions: sampling again.", flush=True)
+    print(f"{npz} holds other captions or settings: sampling again.", flush=True)
     return None
 
 
@@ -246,7 +261,7 @@ def write_results(out, results, step):
     with SummaryWriter(os.path.join(out, "tensorboard")) as writer:
         r = results[-1]
         for key, value in r.items():
-            if isinstance(value, float) and key not in ("cfg_scale", "classifier_test_accuracy"):
+            if isinstance(value, float) and key not in ("cfg_scale", "eta", "classifier_test_accuracy"):
                 writer.add_scalar(f"eval/{r['sampler']}_{r['steps']}/{key}", value, step)
     fids = {r["sampler"]: {} for r in results}
     for r in results:
@@ -264,7 +279,8 @@ def main(argv):
     distributed.initialize()
     try:
         evaluate(FLAGS.workdir, FLAGS.data_dir, parse_samplers(FLAGS.samplers), FLAGS.num_samples, FLAGS.cfg_scale,
-                 FLAGS.metrics, FLAGS.clip_model, FLAGS.batch_size, FLAGS.seed, FLAGS.out, FLAGS.reuse_samples)
+                 FLAGS.metrics, FLAGS.clip_model, FLAGS.batch_size, FLAGS.seed, FLAGS.out, FLAGS.reuse_samples,
+                 FLAGS.spacing, FLAGS.eta)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"evaluate: {e}") from None
 

@@ -22,8 +22,8 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
+from dit_jax import sampling
 from dit_jax.data import pipeline
-from dit_jax.diffusion.generate import generate
 from dit_jax.models.pretrained import save_pretrained
 from dit_jax.training import sharding, trainer as trainer_lib
 from dit_jax.training.checks import validate
@@ -70,36 +70,19 @@ class SampleGrid:
     """Fixed prompts (or classes, for a label-only model), sampled from the EMA weights every `every` steps."""
 
     def __init__(self, config, manifest, trainer, model_kwargs, workdir):
-        self.workdir, self.cfg = workdir, config.sample
-        self.captions, self.cond = list(config.sample.prompts), {}
-        if model_kwargs["text_dim"]:
-            from dit_jax.text import encoders
-            conditions = encoders.text_conditions(manifest["text"], self.captions)
-            self.cond.update({k: jnp.asarray(v) for k, v in conditions.items()})
-        if model_kwargs.get("num_classes"):
-            labels = np.arange(len(self.captions)) % model_kwargs["num_classes"]
-            names = manifest.get("class_names") or [str(i) for i in range(model_kwargs["num_classes"])]
-            if not model_kwargs["text_dim"]:
-                self.captions = [names[i] for i in labels]
-            self.cond["y"] = jnp.asarray(labels, jnp.int32)
-        shape = (len(self.captions), *manifest["image_shape"])
-        pixels = manifest["space"] != "latent"
-        self.vae = None
-        if not pixels:  # grids show images: decode the latents (on the host, with the VAE they were made with)
-            from dit_jax.data.latents import Vae
-            self.vae, self.scale = Vae(manifest["vae"]["source"]), manifest["vae"]["scale"]
-
-        def sample(ema):
-            return generate(trainer.model(ema), self.cond, shape, jax.random.PRNGKey(self.cfg.seed),
-                            trainer.schedule, sampler=self.cfg.sampler, steps=self.cfg.steps,
-                            cfg_scale=self.cfg.cfg_scale, prediction=config.diffusion.prediction,
-                            learn_sigma=model_kwargs.get("learn_sigma", True), clip_x0=1.0 if pixels else None)
-        self.sample = jax.jit(sample)
+        self.workdir = workdir
+        setup = sampling.run_setup(config, manifest, model_kwargs)
+        settings = sampling.run_settings(config.sample)
+        sampling.check_settings(settings)
+        self.captions, labels = sampling.grid_conditions(setup, config.sample.prompts)
+        cond = {k: jnp.asarray(v) for k, v in sampling.encode_conditions(setup, self.captions, labels).items()}
+        ids = jnp.arange(len(self.captions), dtype=jnp.int32)
+        self.codec = sampling.Codec(setup)  # latent grids show images: decoded on the host with the data's VAE
+        self.sample = jax.jit(lambda ema: sampling.generate_batch(trainer.model(ema), setup, settings, cond, ids))
 
     def __call__(self, step, ema, writer):
         samples = np.asarray(multihost_utils.process_allgather(self.sample(ema), tiled=True))
-        images = to_uint8(samples if self.vae is None else self.vae.decode(samples / self.scale))
-        grid = captioned_grid(images, self.captions)
+        grid = captioned_grid(to_uint8(self.codec.decode(samples)), self.captions)
         if jax.process_index() == 0:
             path = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -121,12 +104,14 @@ class StopSignal:
 
 
 def export_ema(trainer, state, model_kwargs, workdir):
-    """EMA weights as safetensors + config.json in workdir/export, for sampling and sharing."""
+    """EMA weights as safetensors + config.json in workdir/export, for sampling and sharing, and sampling.json:
+    the run's diffusion and sampling defaults, so `sample --checkpoint` samples it as `--workdir` does."""
     ema = multihost_utils.process_allgather(state["ema"], tiled=True)
     if jax.process_index() == 0:
         model = trainer.model(jax.tree.map(jnp.asarray, ema))
         config = {k: (str(jnp.dtype(v)) if k.endswith("dtype") else v) for k, v in model_kwargs.items()}
         save_pretrained(model, config, os.path.join(workdir, "export"))
+        sampling.write_sampling_record(os.path.join(workdir, "export"), sampling.run_record(trainer.config))
 
 
 def train(config, workdir, data_dir):

@@ -150,7 +150,7 @@ def test_cli_converts_and_reports_missing_source(diffusers_dir, tmp_path):
         f"--out={out}",
     ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "sampling.json"]
     cmd = [sys.executable, "-m", "dit_jax.convert", "--from=dit", "--src=/nonexistent.pt", f"--out={out}"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode != 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dit_jax import sample
+from dit_jax import sampling
 from dit_jax.data import fashion_mnist, pipeline, prepare
 from dit_jax.evaluate import Judge, default_metrics, evaluate, parse_samplers
 from dit_jax.evaluation import classifier, retrieval
@@ -87,9 +87,9 @@ def test_evaluate_writes_metrics_samples_and_plot(run_dir, tmp_path, monkeypatch
     assert (tmp_path / "fid_vs_steps.png").exists() and (tmp_path / "ddim_2.png").exists()
     assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
 
-    def no_sampling(options):
-        raise RuntimeError(f"sampled {options.sampler} again")
-    monkeypatch.setattr(sample, "run", no_sampling)
+    def no_sampling(setup, settings, *args, **kwargs):
+        raise RuntimeError(f"sampled {settings.sampler} again")
+    monkeypatch.setattr(sampling, "sample_images", no_sampling)
     with pytest.raises(RuntimeError, match="sampled ddpm again"):  # the saved two are reused, the third is new
         evaluate(workdir, data_dir, samplers=[("ddim", 2), ("dpmpp_2m", 3), ("ddpm", 2)], num_samples=16,
                  metrics=["fid", "adherence"], out=str(tmp_path), reuse_samples=True)

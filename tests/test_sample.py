@@ -11,13 +11,18 @@ import pytest
 from flax import nnx
 from PIL import Image
 
+from dit_jax import sampling
+from dit_jax.convert import convert_to_dir
 from dit_jax.data import prepare
-from dit_jax.models.pretrained import abstract_model, load_flat_weights, save_pretrained
+from dit_jax.models import convert
+from dit_jax.models.pretrained import abstract_model, flat_weights, load_flat_weights, load_pretrained, \
+    save_pretrained
 from dit_jax.diffusion import beta_schedule
 from dit_jax.sample import Options, read_setup, run
 from dit_jax.text.encoders import resolve
 from dit_jax.training.recipe import apply_runlocal, base_config
 from dit_jax.utils.visualization import CAPTION_HEIGHT
+from test_schedules import reference_space_timesteps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = dict(input_size=16, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, learn_sigma=True)
@@ -130,6 +135,10 @@ def test_checkpoint_schedule_has_the_given_timesteps(class_checkpoint):
     (dict(prompt=[]), "This model is text-conditioned: pass --prompt"),
     (dict(mode="inpaint", image=__file__, sampler="dpmpp_2m"), "Inpainting takes ddpm or ddim steps"),
     (dict(mode="img2img"), "--mode=img2img needs --image"),
+    (dict(spacing="even"), "Unknown spacing 'even'"),
+    (dict(eta=0.5), "eta is DDIM's"),
+    (dict(sampler="ddim", eta=-1.0), "eta must be >= 0"),
+    (dict(steps=0), "steps must be at least 1"),
 ])
 def test_bad_arguments_fail_in_one_line(run_dir, change, message):
     workdir, data_dir = run_dir
@@ -144,3 +153,76 @@ def test_cli_error_is_one_line_before_any_work(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(f"sample: {tmp_path / 'run' / 'export' / 'config.json'}"
                                                             " not found: ")
+
+
+@pytest.fixture(scope="module")
+def dit_checkpoint(class_checkpoint, tmp_path_factory):
+    """The toy class model written as a facebookresearch/DiT state dict, then converted as a user would."""
+    import torch
+    root = tmp_path_factory.mktemp("dit")
+    model, config = load_pretrained(class_checkpoint)
+    state = convert.to_dit(flat_weights(model), config)
+    torch.save({k: torch.tensor(np.array(v)) for k, v in state.items()}, root / "toy.pt")
+    convert_to_dir("dit", str(root / "toy.pt"), str(root / "converted"), num_heads=2)
+    return str(root / "converted")
+
+
+def test_cli_samples_converted_dit_weights_on_dits_grid(dit_checkpoint, tmp_path):
+    """By default: DiT's space_timesteps(1000, "21") from t = 999 (not diffusers' leading grid from 940, nor
+    linspace's, which rounds its middle point to 500 where DiT has 499), and DiT's 3 guided channels."""
+    assert json.load(open(os.path.join(dit_checkpoint, sampling.SAMPLING_FILE)))["source"] == "dit"
+    result = cli(f"--checkpoint={dit_checkpoint}", "--class=1", "--num_images=1", "--sampler=ddpm", "--steps=21",
+                 f"--npz={tmp_path / 's.npz'}")
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stdout.splitlines() if l.startswith("Sampling "))
+    printed = [int(t) for t in line.split("(t = ")[1].rstrip(").").split()]
+    assert printed == reference_space_timesteps(1000, "21")[::-1]
+    assert "spacing dit" in line
+    settings = json.loads(str(np.load(tmp_path / "s.npz")["settings"]))
+    assert settings["spacing"] == "dit" and settings["guidance_channels"] == 3
+
+    setup = read_setup(Options(checkpoint=dit_checkpoint))
+    asked = sampling.sampled_timesteps(setup, sampling.Settings(sampler="ddpm", steps=21, spacing="leading"))
+    np.testing.assert_array_equal(asked, np.arange(20, -1, -1) * 47)  # a flag still picks another grid
+
+
+def test_spacing_follows_the_recipe_and_the_export_records_it(run_dir, tmp_path):
+    workdir, data_dir = run_dir
+    setup = read_setup(Options(workdir=workdir, data_dir=data_dir))
+    assert setup.spacing is None  # the recipe sets no sample.spacing: each sampler's diffusers default
+    assert setup.resolve(sampling.Settings(sampler="ddim")).spacing == "leading"
+    assert setup.resolve(sampling.Settings(sampler="dpmpp_2m")).spacing == "linspace"
+    run = json.loads(open(os.path.join(workdir, "run.json")).read())
+    run["config"]["sample"].update(spacing="trailing", guidance_channels=2)
+    other = tmp_path / "run"
+    os.makedirs(other)
+    (other / "run.json").write_text(json.dumps(run))
+    os.symlink(os.path.join(workdir, "export"), other / "export")
+    setup = read_setup(Options(workdir=str(other), data_dir=data_dir))
+    assert setup.resolve(sampling.Settings(sampler="ddim")) == sampling.Settings(sampler="ddim", spacing="trailing",
+                                                                                   guidance_channels=2)
+    assert setup.resolve(sampling.Settings(spacing="dit", guidance_channels=1)).spacing == "dit"
+
+    from ml_collections import ConfigDict
+    export = tmp_path / "export"
+    os.makedirs(export)
+    for name in ("config.json", "model.safetensors"):
+        os.symlink(os.path.join(workdir, "export", name), export / name)
+    config = ConfigDict(run["config"])
+    config.diffusion.update(schedule="cosine", timesteps=500, prediction="v")
+    sampling.write_sampling_record(str(export), sampling.run_record(config))
+    setup = sampling.read_setup(checkpoint=str(export), text_encoder="minilm")
+    assert (setup.spacing, setup.guidance_channels, setup.prediction, len(setup.schedule)) == ("trailing", 2, "v", 500)
+    np.testing.assert_allclose(setup.schedule.betas, beta_schedule("cosine", 500))
+    assert sampling.read_setup(checkpoint=str(export), text_encoder="minilm", prediction="eps").prediction == "eps"
+
+
+def test_eta_and_spacing_change_the_samples(class_checkpoint, tmp_path):
+    base = Options(checkpoint=class_checkpoint, classes=["1"], num_images=2, sampler="ddim", steps=4, batch_size=8,
+                   npz=str(tmp_path / "s.npz"))
+    plain, _ = run(base)
+    again, _ = run(base)
+    np.testing.assert_array_equal(plain, again)
+    for change in (dict(eta=1.0), dict(spacing="trailing")):
+        other, _ = run(dataclasses.replace(base, **change))
+        assert np.abs(other.astype(int) - plain).max() > 8, change

@@ -160,6 +160,32 @@ def test_ddim_matches_diffusers_step_by_step(num_steps, eta, prediction):
     assert_steps_close(ours, ref_steps, ref.timesteps.numpy(), trajectory)
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_ddim_trailing_without_alpha_to_one_matches_diffusers(eta, prediction):
+    """DDIMScheduler(timestep_spacing="trailing", set_alpha_to_one=False) at 9 steps: each step goes from t to
+    t - 1000 // 9 (555 -> 444, where the grid's next point is 443), the last one to acp[0], not clean data."""
+    schedule = SCHEDULES["linear"]
+    ref = float64_scheduler(DDIMScheduler, prediction_type=DIFFUSERS_PREDICTION[prediction],
+                            timestep_spacing="trailing", set_alpha_to_one=False)
+    ref.final_alpha_cumprod = ref.alphas_cumprod[0]
+    ref.set_timesteps(9)
+    assert list(ref.timesteps.numpy()) == [999, 888, 777, 666, 555, 443, 332, 221, 110]
+    noise = np.random.default_rng(2).standard_normal((9, *X_T.shape)).astype(np.float32)
+    torch_model, x, ref_steps = toy_torch(prediction, schedule), nchw(X_T), []
+    for i, t in enumerate(ref.timesteps):
+        x = ref.step(torch_model(x, t)[:, :3], t, x, eta=eta, variance_noise=nchw(noise[i])).prev_sample
+        ref_steps.append(nhwc(x))
+
+    sample = functools.partial(ddim_sample, toy_jax(prediction, schedule), X_T, None, schedule, 9,
+                               spacing="trailing", eta=eta, prediction=prediction, noise=noise if eta else None,
+                               return_trajectory=True)
+    ours, trajectory = sample(prev="stride", set_alpha_to_one=False)
+    assert_steps_close(ours, ref_steps, ref.timesteps.numpy(), trajectory)
+    on_grid, _ = sample()  # our default steps to the next grid point and ends on clean data: not diffusers'
+    assert np.abs(np.asarray(on_grid) - ref_steps[-1]).max() > 1e-3
+
+
 @pytest.mark.parametrize("num_steps", [10, 25, 50])
 @pytest.mark.parametrize("order", [2, 3])
 @pytest.mark.parametrize("prediction", ["eps", "v"])
@@ -246,6 +272,8 @@ def test_sampler_argument_errors():
         ddpm_sample(eps_only, X_T, None, schedule, 5, variance="learned")
     with pytest.raises(ValueError, match="order"):
         dpm_solver_pp_sample(eps_only, X_T, schedule, 5, order=4)
+    with pytest.raises(ValueError, match="valid: grid, stride"):
+        ddim_sample(eps_only, X_T, None, schedule, 5, prev="next")
 
 
 # --- Analytic check: a 2-D Gaussian mixture, whose optimal eps-predictor is closed form. ---

@@ -16,6 +16,8 @@ from dit_jax.diffusion import (
 # diffusers' DPM-Solver calls np.array on a tensor, which numpy 2 warns about.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
+DIFFUSERS_SPACINGS = ("leading", "trailing", "linspace")  # SPACINGS adds DiT's "dit", which diffusers lacks
+
 # ours -> (diffusers' name, beta_start, beta_end)
 DIFFUSERS_CASES = {
     "linear": ("linear", 1e-4, 0.02),
@@ -124,7 +126,7 @@ def test_dit_respacing_equals_diffusers_spacings():
     np.testing.assert_array_equal(respace(base, "ddim50").timesteps, spaced_timesteps(50, "leading")[::-1])
 
 
-@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("spacing", DIFFUSERS_SPACINGS)
 @pytest.mark.parametrize("num_steps", [1, 7, 10, 25, 50, 250, 1000])
 def test_spaced_timesteps_match_ddpm_scheduler(spacing, num_steps):
     ref = DDPMScheduler(timestep_spacing=spacing)
@@ -138,12 +140,33 @@ def test_leading_steps_offset_matches_ddpm_scheduler():
     np.testing.assert_array_equal(spaced_timesteps(50, "leading", steps_offset=1), ref.timesteps.numpy())
 
 
-@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("spacing", DIFFUSERS_SPACINGS)
 @pytest.mark.parametrize("num_steps", [1, 7, 10, 20, 25, 50, 250])
 def test_spaced_timesteps_match_dpm_solver_grid(spacing, num_steps):
     ref = DPMSolverMultistepScheduler(timestep_spacing=spacing)
     ref.set_timesteps(num_steps)
     np.testing.assert_array_equal(spaced_timesteps(num_steps, spacing, exclude_zero=True), ref.timesteps.numpy())
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 10, 21, 25, 50, 100, 250, 999, 1000])
+def test_dit_spacing_is_dits_respaced_grid(num_steps):
+    """spacing="dit" walks DiT's space_timesteps(1000, "N") (the oracle above) from the top: t = 999 included."""
+    grid = spaced_timesteps(num_steps, "dit")
+    np.testing.assert_array_equal(grid, reference_space_timesteps(1000, str(num_steps))[::-1])
+    if num_steps > 1:
+        assert grid[0] == 999 and grid[-1] == 0
+    # DPM-Solver's grid: built on one point more, the smallest dropped (its last step goes to sigma = 0)
+    if num_steps < 1000:
+        np.testing.assert_array_equal(spaced_timesteps(num_steps, "dit", exclude_zero=True),
+                                      reference_space_timesteps(1000, str(num_steps + 1))[::-1][:-1])
+
+
+def test_dit_spacing_differs_from_leading_and_linspace_where_dit_says():
+    assert SPACINGS == DIFFUSERS_SPACINGS + ("dit",)
+    assert (spaced_timesteps(250, "dit") != spaced_timesteps(250, "leading")).sum() == 208  # the issue's count
+    assert spaced_timesteps(10, "leading")[0] == 900 and spaced_timesteps(10, "dit")[0] == 999
+    dit, linspace = spaced_timesteps(21, "dit"), spaced_timesteps(21, "linspace")
+    assert (dit[10], linspace[10]) == (499, 500) and (np.delete(dit, 10) == np.delete(linspace, 10)).all()
 
 
 def test_spacing_errors():

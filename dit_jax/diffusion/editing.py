@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dit_jax.diffusion.prediction import check_prediction, split_output, to_x0_eps
-from dit_jax.diffusion.samplers import Trajectory
-from dit_jax.diffusion.schedules import posterior, sampling_grid
+from dit_jax.diffusion.prediction import check_prediction
+from dit_jax.diffusion.samplers import Trajectory, ddim_predict, ddim_table
+from dit_jax.diffusion.schedules import sampling_grid
 
 
 def inpaint(model_fn, x_T, key, schedule, timesteps, known, mask, *, eta=1.0, resample=1, spacing="leading",
@@ -37,29 +37,22 @@ def inpaint(model_fn, x_T, key, schedule, timesteps, known, mask, *, eta=1.0, re
     if resample < 1:
         raise ValueError(f"resample must be at least 1, got {resample}")
     grid = sampling_grid(schedule, timesteps, spacing)
+    table = ddim_table(schedule, grid, eta)
     acp = schedule.alphas_cumprod[grid]
     acp_prev = np.append(acp[1:], 1.0)
-    std = eta * np.sqrt(posterior(acp, acp_prev).variance)
-    table = dict(alpha=np.sqrt(acp), sigma=np.sqrt(1.0 - acp), alpha_prev=np.sqrt(acp_prev),
-                 sigma_prev=np.sqrt(1.0 - acp_prev), direction=np.sqrt(1.0 - acp_prev - std**2), std=std,
-                 back_scale=np.sqrt(acp / acp_prev), back_noise=np.sqrt(1.0 - acp / acp_prev))
+    table.update(back_scale=np.sqrt(acp / acp_prev), back_noise=np.sqrt(1.0 - acp / acp_prev))
     rows = {name: jnp.asarray(v, jnp.float32) for name, v in table.items()}
     rows["t"] = jnp.asarray(schedule.timesteps[grid], jnp.int32)
     rows["key"] = jax.random.split(key, len(grid))
     known = jnp.asarray(known, jnp.float32)
     keep = 1.0 - jnp.asarray(mask, jnp.float32)
-    channels = x_T.shape[-1]
 
     def normal(key):
         return jax.random.normal(key, x_T.shape, jnp.float32)
 
     def denoise(x, row, key):
         """One step from level t to the next, then the known region put back at the new level."""
-        pred, _ = split_output(model_fn(x, jnp.full((x.shape[0],), row["t"], jnp.int32)), channels)
-        x0, eps = to_x0_eps(pred, x, row["alpha"], row["sigma"], prediction)
-        if clip_x0 is not None:
-            x0 = jnp.clip(x0, -clip_x0, clip_x0)
-            eps = (x - row["alpha"] * x0) / row["sigma"]
+        x0, eps = ddim_predict(model_fn, x, row, prediction, clip_x0)
         k_step, k_known = jax.random.split(key)
         x_prev = row["alpha_prev"] * x0 + row["direction"] * eps + row["std"] * normal(k_step)
         known_prev = row["alpha_prev"] * known + row["sigma_prev"] * normal(k_known)

@@ -8,10 +8,14 @@ import jax.numpy as jnp
 from dit_jax.diffusion import editing
 from dit_jax.diffusion.guidance import classifier_free_guidance
 from dit_jax.diffusion.samplers import Trajectory, ddim_sample, ddpm_sample, dpm_solver_pp_sample
-from dit_jax.diffusion.schedules import sampling_grid
+from dit_jax.diffusion.schedules import SPACINGS, sampling_grid
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m")
-INPAINT_SAMPLERS = {"ddpm": 1.0, "ddim": 0.0}  # inpainting's steps, by DDIM eta
+INPAINT_SAMPLERS = ("ddpm", "ddim")  # RePaint's steps: DDIM with eta 1 (ddpm) or the given eta
+# The one home of the sampling defaults: generate's, the commands' flags and the recipes' sample.* keys.
+SAMPLER, STEPS, CFG_SCALE = "dpmpp_2m", 25, 4.0
+# Each sampler's spacing when none is asked for: diffusers' default for its scheduler.
+DEFAULT_SPACING = {"ddpm": "leading", "ddim": "leading", "dpmpp_2m": "linspace", "dpmpp_3m": "linspace"}
 
 
 def check_sampler(name, inpaint=False):
@@ -21,11 +25,15 @@ def check_sampler(name, inpaint=False):
         raise ValueError(f"Inpainting takes ddpm or ddim steps (RePaint), not {name!r}.")
 
 
-def sampler_grid(schedule, sampler, steps):
-    """The descending schedule indices `sampler` visits in `steps` steps, with each sampler's diffusers spacing."""
-    if sampler in ("ddpm", "ddim"):
-        return sampling_grid(schedule, steps, "leading")
-    return sampling_grid(schedule, steps, "linspace", exclude_zero=True)
+def check_spacing(spacing):
+    if spacing is not None and spacing not in SPACINGS:
+        raise ValueError(f"Unknown spacing {spacing!r}; choose one of {SPACINGS}.")
+
+
+def sampler_grid(schedule, sampler, steps, spacing=None):
+    """The descending schedule indices `sampler` visits in `steps` steps; spacing None: the sampler's default."""
+    spacing = spacing or DEFAULT_SPACING[sampler]
+    return sampling_grid(schedule, steps, spacing, exclude_zero=sampler.startswith("dpmpp"))
 
 
 def guided_model(model, cond, batch, cfg_scale, guidance_channels=None):
@@ -40,15 +48,17 @@ def guided_model(model, cond, batch, cfg_scale, guidance_channels=None):
     return classifier_free_guidance(model_fn, cond, null, cfg_scale, guidance_channels)
 
 
-def generate(model, cond, shape, key, schedule, *, sampler="dpmpp_2m", steps=20, cfg_scale=4.0,
-             guidance_channels=None, prediction="eps", learn_sigma=True, clip_x0=None,
+def generate(model, cond, shape, key, schedule, *, sampler=SAMPLER, steps=STEPS, spacing=None, eta=0.0,
+             cfg_scale=CFG_SCALE, guidance_channels=None, prediction="eps", learn_sigma=True, clip_x0=None,
              return_trajectory=False, image=None, mask=None, strength=1.0, resample=1, x_T=None):
     """Samples `shape` = (B, H, W, C) from the model under `cond` (dict of y / text / text_mask / pooled).
 
+    `spacing` (leading | trailing | linspace | dit) picks the timesteps, None each sampler's diffusers
+    default (DEFAULT_SPACING); `eta` is DDIM's noise (0: deterministic).
     Guidance runs the conditional and null halves in one batched call; cfg_scale 1 skips the null half.
     clip_x0=1 keeps each step's predicted image in [-1, 1], as DiT and diffusers do for pixels.
     Editing (`image` in the model's space, broadcast against `shape`): with `mask` (1 = regenerate)
-    inpaint with ddpm or ddim steps and `resample` RePaint passes; without, SDEdit from `strength`.
+    inpaint with ddpm (eta 1) or ddim (`eta`) steps and `resample` RePaint passes; without, SDEdit from `strength`.
     The key gives the same starting noise either way, so strength 1 is exactly plain sampling.
     `x_T` replaces the starting noise drawn from the key (e.g. noise drawn per image).
     """
@@ -56,11 +66,12 @@ def generate(model, cond, shape, key, schedule, *, sampler="dpmpp_2m", steps=20,
     fn = guided_model(model, cond, shape[0], cfg_scale, guidance_channels)
     k_init, k_steps = jax.random.split(key)
     x_T = jax.random.normal(k_init, shape, jnp.float32) if x_T is None else x_T
-    grid = sampler_grid(schedule, sampler, steps)
+    check_spacing(spacing)
+    grid = sampler_grid(schedule, sampler, steps, spacing)
     common = dict(prediction=prediction, clip_x0=clip_x0, return_trajectory=return_trajectory)
     if mask is not None:
         image = jnp.broadcast_to(image, shape)
-        return editing.inpaint(fn, x_T, k_steps, schedule, grid, image, mask, eta=INPAINT_SAMPLERS[sampler],
+        return editing.inpaint(fn, x_T, k_steps, schedule, grid, image, mask, eta=1.0 if sampler == "ddpm" else eta,
                                resample=resample, **common)
     if image is not None:
         grid, x_T = editing.sdedit_start(jnp.broadcast_to(image, shape), x_T, schedule, grid, strength)
@@ -71,5 +82,5 @@ def generate(model, cond, shape, key, schedule, *, sampler="dpmpp_2m", steps=20,
         return ddpm_sample(fn, x_T, k_steps, schedule, grid,
                            variance="learned_range" if learn_sigma else "fixed_small", **common)
     if sampler == "ddim":
-        return ddim_sample(fn, x_T, None, schedule, grid, **common)
+        return ddim_sample(fn, x_T, k_steps if eta else None, schedule, grid, eta=eta, **common)
     return dpm_solver_pp_sample(fn, x_T, schedule, grid, order=2 if sampler == "dpmpp_2m" else 3, **common)

@@ -9,7 +9,8 @@ computed up front in float64 numpy and enter the loop as float32 rows.
 timesteps (`schedule.timesteps`), and returns C channels (the prediction) or
 2C (the prediction, then learned-variance values, which only DDPM's
 "learned_range" reads). The step after the last grid point lands on clean
-data (acp = 1), like diffusers' set_alpha_to_one / final_sigmas_type="zero".
+data (acp = 1), like diffusers' set_alpha_to_one / final_sigmas_type="zero"
+(DDIM can also stop at index 0, as set_alpha_to_one=False does).
 """
 
 from typing import NamedTuple
@@ -126,39 +127,61 @@ def ddpm_sample(model_fn, x_T, key, schedule, timesteps=None, *, spacing="leadin
     return _run(step, jnp.asarray(x_T, jnp.float32), rows, schedule.timesteps[grid], return_trajectory)
 
 
+def ddim_table(schedule, grid, eta, prev="grid", set_alpha_to_one=True):
+    """Per-step DDIM coefficients (float64) on descending indices `grid`.
+
+    prev="grid" steps to the next grid point (DiT; diffusers' default too
+    whenever the grid is evenly strided); prev="stride" steps from t to
+    t - T // N as diffusers' DDIMScheduler always does, which leaves the grid
+    when it is not evenly strided ("trailing", "linspace"). Below index 0 the
+    level is clean data (acp = 1) or, with set_alpha_to_one=False, index 0.
+    """
+    if prev not in ("grid", "stride"):
+        raise ValueError(f"unknown prev {prev!r}; valid: grid, stride")
+    acp_all = schedule.alphas_cumprod
+    final = 1.0 if set_alpha_to_one else acp_all[0]
+    acp = acp_all[grid]
+    if prev == "grid":
+        acp_prev = np.append(acp[1:], final)
+    else:
+        to = grid - len(schedule) // len(grid)
+        acp_prev = np.where(to >= 0, acp_all[np.maximum(to, 0)], final)
+    std = eta * np.sqrt(posterior(acp, acp_prev).variance)
+    return dict(alpha=np.sqrt(acp), sigma=np.sqrt(1.0 - acp), alpha_prev=np.sqrt(acp_prev),
+                sigma_prev=np.sqrt(1.0 - acp_prev), direction=np.sqrt(1.0 - acp_prev - std**2), std=std)
+
+
+def ddim_predict(model_fn, x, row, prediction, clip_x0):
+    """(x0, eps) at a step's level; with clip_x0, eps is re-derived from the clipped x0 (DiT; diffusers'
+    use_clipped_model_output=True)."""
+    pred, _ = _predict(model_fn, x, row["t"], x.shape[-1])
+    x0, eps = to_x0_eps(pred, x, row["alpha"], row["sigma"], prediction)
+    if clip_x0 is not None:
+        x0 = _clip(x0, clip_x0)
+        eps = (x - row["alpha"] * x0) / row["sigma"]
+    return x0, eps
+
+
 def ddim_sample(model_fn, x_T, key, schedule, timesteps=None, *, spacing="leading", eta=0.0, prediction="eps",
-                clip_x0=None, noise=None, return_trajectory=False):
+                clip_x0=None, prev="grid", set_alpha_to_one=True, noise=None, return_trajectory=False):
     """DDIM: x_prev = sqrt(acp_prev) x0 + sqrt(1 - acp_prev - s^2) eps + s z, s = eta * sqrt(posterior variance).
 
     eta = 0 is deterministic (`key` may be None); eta = 1 has DDPM's
-    fixed_small marginals. With clip_x0, eps is re-derived from the clipped x0
-    (DiT; diffusers' use_clipped_model_output=True). `timesteps` and `noise`
-    as in `ddpm_sample`; DiT's "ddim50" is 50 steps with spacing="leading".
+    fixed_small marginals. `timesteps` and `noise` as in `ddpm_sample`; DiT's
+    "ddim50" is 50 steps with spacing="leading". `prev` and
+    `set_alpha_to_one` as in `ddim_table`: spacing="trailing", prev="stride",
+    set_alpha_to_one=False is diffusers' DDIMScheduler so configured.
     """
     check_prediction(prediction)
     grid = sampling_grid(schedule, timesteps, spacing)
-    acp = schedule.alphas_cumprod[grid]
-    acp_prev = np.append(acp[1:], 1.0)
-    std = eta * np.sqrt(posterior(acp, acp_prev).variance)
-    rows = _rows(
-        schedule.timesteps[grid],
-        alpha=np.sqrt(acp),
-        sigma=np.sqrt(1.0 - acp),
-        alpha_prev=np.sqrt(acp_prev),
-        direction=np.sqrt(1.0 - acp_prev - std**2),
-        std=std,
-    )
+    table = ddim_table(schedule, grid, eta, prev, set_alpha_to_one)
+    rows = _rows(schedule.timesteps[grid], **table)
     stochastic = eta != 0
     if stochastic:
         rows["z"], draw = _noise_rows(key, noise, len(grid), x_T.shape)
-    channels = x_T.shape[-1]
 
     def step(x, row):
-        pred, _ = _predict(model_fn, x, row["t"], channels)
-        x0, eps = to_x0_eps(pred, x, row["alpha"], row["sigma"], prediction)
-        if clip_x0 is not None:
-            x0 = _clip(x0, clip_x0)
-            eps = (x - row["alpha"] * x0) / row["sigma"]
+        x0, eps = ddim_predict(model_fn, x, row, prediction, clip_x0)
         x = row["alpha_prev"] * x0 + row["direction"] * eps
         if stochastic:
             x = x + row["std"] * draw(row["z"])

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
-SPACINGS = ("leading", "trailing", "linspace")
+SPACINGS = ("leading", "trailing", "linspace", "dit")
 
 
 def beta_schedule(name, num_timesteps=1000, beta_start=1e-4, beta_end=0.02):
@@ -138,12 +138,16 @@ def respace(schedule, spec):
 
 
 def spaced_timesteps(num_steps, spacing="leading", num_timesteps=1000, steps_offset=0, exclude_zero=False):
-    """Descending indices that diffusers' schedulers visit in `num_steps` steps.
+    """Descending indices visited in `num_steps` steps: diffusers' spacings, or DiT's respacing.
 
-    "leading" (DDPM/DDIM default) is DiT's "ddimN"; "linspace" is DiT's "N".
-    exclude_zero reproduces DPMSolverMultistepScheduler, which builds the
-    leading/linspace grids on num_steps + 1 points and drops the smallest,
-    because its last step goes to sigma = 0 anyway.
+    "leading" (diffusers' DDPM/DDIM default) is DiT's "ddimN"; "trailing"
+    starts at T - 1 and strides T / N; "linspace" rounds N evenly spaced points
+    of [0, T - 1]; "dit" is DiT's `space_timesteps(T, "N")`, the grid its
+    sample.py walks (evenly spaced, T - 1 included, rounding a running sum, so
+    it differs from "linspace" at some N, e.g. 21). exclude_zero reproduces
+    DPMSolverMultistepScheduler, which builds the non-trailing grids on
+    num_steps + 1 points and drops the smallest, because its last step goes to
+    sigma = 0 anyway.
     """
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
@@ -151,7 +155,9 @@ def spaced_timesteps(num_steps, spacing="leading", num_timesteps=1000, steps_off
         raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
     if exclude_zero and spacing != "trailing":
         return spaced_timesteps(num_steps + 1, spacing, num_timesteps, steps_offset)[:-1]
-    if spacing == "linspace":
+    if spacing == "dit":
+        steps = space_timesteps(num_timesteps, str(num_steps))[::-1]
+    elif spacing == "linspace":
         steps = np.linspace(0, num_timesteps - 1, num_steps).round()[::-1]
     elif spacing == "leading":
         steps = np.arange(num_steps)[::-1] * (num_timesteps // num_steps) + steps_offset

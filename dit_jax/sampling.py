@@ -1,0 +1,397 @@
+"""Sampling a trained DiT: the library behind train's grids, `sample`, `evaluate` and any other front end.
+
+  setup = read_setup(workdir=RUN)                      # or checkpoint=DIR; small JSON files only
+  captions, labels = read_conditions(setup, ["red apple"], [])
+  out = sample_images(setup, Settings(steps=25), captions, labels, num_images=4)
+
+`Setup` is how the model was trained (schedule, prediction, text encoder, VAE,
+the spacing its recipe samples with); `Settings` how to sample it now, with
+None meaning "what the setup says". `Codec` maps pixels to the model's space
+and back; `generate_batch` is the one call of `generate` that fills in the
+schedule, prediction, clip_x0 policy and sampler settings.
+"""
+
+import dataclasses
+import json
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dit_jax.diffusion import PREDICTIONS, Schedule, beta_schedule
+from dit_jax.diffusion.generate import CFG_SCALE, DEFAULT_SPACING, SAMPLER, STEPS, check_sampler, check_spacing, \
+    generate
+
+SAMPLING_FILE = "sampling.json"  # beside config.json: the diffusion a checkpoint was trained with, how it samples
+CHECKPOINT_DEFAULTS = dict(schedule="linear", timesteps=1000, prediction="eps", spacing=None, guidance_channels=None)
+DIT_SAMPLING = dict(spacing="dit")  # weights trained by facebookresearch/DiT: its respaced grid, so its FIDs hold
+VAE_SCALE = 0.18215  # Stable Diffusion's VAE latents times this have unit variance
+
+
+@dataclasses.dataclass
+class Settings:
+    """How to sample. spacing and guidance_channels None: the model's own (Setup), else each sampler's default."""
+    sampler: str = SAMPLER
+    steps: int = STEPS
+    spacing: str = None
+    eta: float = 0.0
+    cfg_scale: float = CFG_SCALE
+    guidance_channels: int = None
+    seed: int = 0
+
+
+def check_settings(settings, inpaint=False):
+    """One-line errors for settings that cannot sample, before anything loads."""
+    check_sampler(settings.sampler, inpaint=inpaint)
+    check_spacing(settings.spacing)
+    if settings.steps < 1:
+        raise ValueError(f"steps must be at least 1, got {settings.steps}.")
+    if settings.eta < 0:
+        raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM's noise), got {settings.eta}.")
+    if settings.eta and settings.sampler != "ddim":
+        raise ValueError(f"eta is DDIM's; the {settings.sampler} sampler does not take it.")
+
+
+def run_settings(sample_config):
+    """Settings from a recipe's `sample` block (sample.spacing / eta / guidance_channels when it sets them)."""
+    c = sample_config
+    return Settings(sampler=c.sampler, steps=c.steps, spacing=c.get("spacing"), eta=c.get("eta", 0.0),
+                    cfg_scale=c.cfg_scale, guidance_channels=c.get("guidance_channels"), seed=c.seed)
+
+
+@dataclasses.dataclass
+class Setup:
+    """Where the weights are and how the model was trained: text encoder, VAE, schedule, class names."""
+    export: str              # config.json + model.safetensors; None for a model in memory (train's grids)
+    model_config: dict
+    text: dict               # encoder, source, max_length, layer; None for a model that reads no text
+    vae: dict                # source, scale; None in pixel space
+    schedule: Schedule
+    prediction: str
+    class_names: list
+    spacing: str = None      # the spacing this model samples with unless told (None: each sampler's default)
+    guidance_channels: int = None  # channels guided unless told (None: all; DiT's weights: 3)
+
+    @property
+    def clip_x0(self):
+        """Pixels are in [-1, 1], so each step's predicted image is clipped there (DiT, diffusers); latents are not."""
+        return None if self.vae else 1.0
+
+    def resolve(self, settings):
+        """`settings` with what it leaves to the model filled in, spacing named even when it is the sampler's."""
+        spacing = settings.spacing or self.spacing or DEFAULT_SPACING[settings.sampler]
+        channels = self.guidance_channels if settings.guidance_channels is None else settings.guidance_channels
+        return dataclasses.replace(settings, spacing=spacing, guidance_channels=channels)
+
+
+def run_setup(config, manifest, model_config, export=None):
+    """The Setup of a training run from its config and its data's manifest (None: the config's own words)."""
+    if manifest is not None:
+        text, vae, class_names = manifest["text"], manifest["vae"], manifest.get("class_names") or []
+    else:
+        t = config.text
+        text = dict(encoder=t.encoder, source=t.path, max_length=t.max_length, layer=t.layer)
+        vae = dict(source=config.vae.path, scale=config.vae.scale) if config.vae.path else None
+        class_names = []
+    d = config.diffusion
+    return Setup(export, dict(model_config), text if model_config.get("text_dim") else None, vae,
+                 Schedule(beta_schedule(d.schedule, d.timesteps)), d.prediction, class_names,
+                 spacing=config.sample.get("spacing"), guidance_channels=config.sample.get("guidance_channels"))
+
+
+def read_setup(workdir=None, checkpoint=None, data_dir="~/.cache/dit_jax", *, text_encoder=None, text_path="",
+               text_layer="last", vae=None, vae_scale=VAE_SCALE, schedule=None, timesteps=None, prediction=None):
+    """The Setup of a training run (its export, run.json and prepared data) or of a weights directory.
+
+    For a checkpoint, schedule / timesteps / prediction None take the
+    directory's sampling.json (written by convert and by training's export),
+    else linear / 1000 / eps. Reads small JSON files only, so bad arguments
+    fail before anything loads.
+    """
+    if bool(workdir) == bool(checkpoint):
+        raise ValueError("Pass exactly one of --workdir (a training run) and --checkpoint (a weights directory).")
+    if checkpoint:
+        config = _read_json(os.path.join(checkpoint, "config.json"), "--checkpoint needs config.json + "
+                            "model.safetensors (written by `python -m dit_jax.convert` or exported by training)")
+        path = os.path.join(checkpoint, SAMPLING_FILE)
+        recorded = _read_json(path, "") if os.path.isfile(path) else {}
+        given = dict(schedule=schedule, timesteps=timesteps, prediction=prediction)
+        d = {**CHECKPOINT_DEFAULTS, **recorded, **{k: v for k, v in given.items() if v is not None}}
+        text = None
+        if config.get("text_dim"):
+            if not text_encoder:
+                raise ValueError("This model reads text: pass --text_encoder (and --text_path) as it was trained.")
+            text = dict(encoder=text_encoder, source=text_path, max_length=config.get("text_len", 77),
+                        layer=text_layer)
+        if d["prediction"] not in PREDICTIONS:
+            raise ValueError(f"Unknown --prediction {d['prediction']!r}; choose one of {PREDICTIONS}.")
+        if d["timesteps"] < 2:
+            raise ValueError(f"--timesteps must be at least 2, got {d['timesteps']}.")
+        check_spacing(d["spacing"])
+        return Setup(checkpoint, config, text, dict(source=vae, scale=vae_scale) if vae else None,
+                     Schedule(beta_schedule(d["schedule"], d["timesteps"])), d["prediction"], [],
+                     spacing=d["spacing"], guidance_channels=d["guidance_channels"])
+
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"Workdir {workdir} does not exist.")
+    export = os.path.join(workdir, "export")
+    model_config = _read_json(os.path.join(export, "config.json"), f"{workdir} has no exported weights yet: "
+                              "training exports them when it reaches config.steps (or pass --checkpoint)")
+    run = _read_json(os.path.join(workdir, "run.json"), f"{workdir} has no run.json: is it a training workdir?")
+    from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
+    from dit_jax.data import prepare  # pylint: disable=import-outside-toplevel
+    config = ConfigDict(run["config"])
+    folder = prepare.prepared_dir(config, os.path.expanduser(data_dir))
+    manifest = None
+    if os.path.exists(os.path.join(folder, prepare.MANIFEST)):
+        manifest = prepare.read_manifest(folder)
+    else:
+        print(f"No prepared data at {folder} (see --data_dir): text and VAE settings from run.json.", flush=True)
+    setup = run_setup(config, manifest, model_config, export)
+    check_spacing(setup.spacing)
+    return setup
+
+
+def converted_record(source):
+    """sampling.json for weights trained by facebookresearch/DiT (from its files or diffusers' port)."""
+    return dict(CHECKPOINT_DEFAULTS, source=source, **DIT_SAMPLING,
+                guidance_channels=3 if source == "dit" else None)  # DiT guides 3 of 4 channels, diffusers all
+
+
+def run_record(config):
+    """sampling.json for a training run's export (`config`: its recipe)."""
+    d, s = config.diffusion, config.sample
+    return dict(schedule=d.schedule, timesteps=d.timesteps, prediction=d.prediction, spacing=s.get("spacing"),
+                guidance_channels=s.get("guidance_channels"))
+
+
+def write_sampling_record(directory, record):
+    path = os.path.join(directory, SAMPLING_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def _read_json(path, howto):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {howto}.")
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_conditions(setup, prompts, classes):
+    """The conditions to sample, checked against the model: (captions, labels or None).
+
+    `classes` are indices or class names; one class goes with every prompt,
+    or one per prompt. Captions name the classes of a label-only model.
+    """
+    prompts = list(prompts)
+    num_classes = setup.model_config.get("num_classes", 0)
+    if classes and not num_classes:
+        raise ValueError("--class was given but this model is not class-conditional: pass --prompt.")
+    if prompts and not setup.text:
+        raise ValueError("--prompt was given but this model reads no text: pass --class.")
+    if setup.text and not prompts:
+        raise ValueError("This model is text-conditioned: pass --prompt or --prompts.")
+    if num_classes and not classes:
+        raise ValueError(f"This model is class-conditional: pass --class (0..{num_classes - 1} or a class name).")
+    labels = [_class_index(c, num_classes, setup.class_names) for c in classes] or None
+    if prompts and labels and len(labels) not in (1, len(prompts)):
+        raise ValueError(f"Give one --class, or one per prompt ({len(prompts)}), not {len(labels)}.")
+    if prompts and labels:
+        labels = labels * (len(prompts) // len(labels))
+    captions = prompts or [setup.class_names[i] if setup.class_names else str(i) for i in labels]
+    return captions, labels
+
+
+def grid_conditions(setup, prompts):
+    """Conditions for a fixed grid: the prompts, and for a class-conditional model the classes in turn
+    (named by the captions when the model reads no text)."""
+    num_classes = setup.model_config.get("num_classes", 0)
+    labels = list(np.arange(len(prompts)) % num_classes) if num_classes else None
+    if setup.text or not labels:
+        return list(prompts), labels
+    return [setup.class_names[i] if setup.class_names else str(i) for i in labels], labels
+
+
+def _class_index(value, num_classes, names):
+    by_name = {n.lower(): i for i, n in enumerate(names)}
+    if str(value).lower() in by_name:
+        return by_name[str(value).lower()]
+    if not str(value).isdigit() or int(value) >= num_classes:
+        known = f"; names: {', '.join(names)}" if names else ""
+        raise ValueError(f"Unknown class {value!r}: this model has classes 0..{num_classes - 1}{known}.")
+    return int(value)
+
+
+def encode_conditions(setup, captions, labels):
+    """Per-condition model inputs (numpy, leading axis = condition): text embeddings and/or labels `y`."""
+    cond = {}
+    if setup.text:
+        from dit_jax.text import encoders  # pylint: disable=import-outside-toplevel
+        cond.update(encoders.text_conditions(setup.text, captions))
+    if labels is not None:
+        cond["y"] = np.asarray(labels, np.int32)
+    return cond
+
+
+class Codec:
+    """Pixels <-> the model's space: identity scaled to [-1, 1], or the VAE's latents times its scale."""
+
+    def __init__(self, setup):
+        self.vae, self.scale = None, 1.0
+        if setup.vae:
+            from dit_jax.data.latents import Vae  # pylint: disable=import-outside-toplevel
+            self.vae, self.scale = Vae(setup.vae["source"]), setup.vae["scale"]
+        size, channels = setup.model_config["input_size"], setup.model_config["in_channels"]
+        self.factor = self.vae.downsample if self.vae else 1
+        self.resolution, self.pixel_channels = size * self.factor, 3 if self.vae else channels
+
+    def encode(self, pixels):
+        """uint8 (H, W, C) -> the model's input space (h, w, c), float32."""
+        if self.vae is None:
+            return pixels.astype(np.float32) / 127.5 - 1.0
+        mean, _ = self.vae.encode(pixels[None])
+        return mean[0].astype(np.float32) * self.scale
+
+    def mask(self, mask):
+        """bool (H, W) at pixel resolution -> (h, w, 1): a latent is regenerated if any of its pixels is."""
+        f = self.factor
+        h, w = mask.shape[0] // f, mask.shape[1] // f
+        return mask.reshape(h, f, w, f).max(axis=(1, 3))[..., None].astype(np.float32)
+
+    def decode(self, x):
+        """(B, h, w, c) in the model's space -> [-1, 1] pixels (B, H, W, C)."""
+        if self.vae is None:
+            return np.asarray(x)
+        return self.vae.decode(np.asarray(x, np.float32) / self.scale)
+
+
+def read_image(path, resolution, channels):
+    """An image file fitted to the model's pixel resolution, uint8 (H, W, C)."""
+    from dit_jax.data import images  # pylint: disable=import-outside-toplevel
+    with open(path, "rb") as f:
+        return images.fit(images.decode(f.read(), channels), resolution)
+
+
+def initial_noise(seed, ids, shape):
+    """Each image's starting noise, drawn from (seed, its index) alone: the same in any batch or on any device."""
+    key = jax.random.split(jax.random.PRNGKey(seed))[0]
+    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32))(ids)
+
+
+def generate_batch(model, setup, settings, cond, ids, *, return_trajectory=False, image=None, mask=None,
+                   strength=1.0, resample=1):
+    """`generate` for images `ids` under `cond` (leading axis = len(ids)), as `setup` and `settings` say.
+
+    The starting noise is `initial_noise`; the step noise of ddpm, ddim with
+    eta > 0 and inpainting is drawn per batch from the seed and its first index.
+    """
+    s = setup.resolve(settings)
+    c = setup.model_config
+    x_T = initial_noise(s.seed, ids, (c["input_size"], c["input_size"], c["in_channels"]))
+    key = jax.random.fold_in(jax.random.split(jax.random.PRNGKey(s.seed))[1], ids[0])
+    return generate(model, cond, x_T.shape, key, setup.schedule, sampler=s.sampler, steps=s.steps,
+                    spacing=s.spacing, eta=s.eta, cfg_scale=s.cfg_scale, guidance_channels=s.guidance_channels,
+                    prediction=setup.prediction, learn_sigma=c.get("learn_sigma", True), clip_x0=setup.clip_x0,
+                    return_trajectory=return_trajectory, image=image, mask=mask, strength=strength,
+                    resample=resample, x_T=x_T)
+
+
+def sampled_timesteps(setup, settings):
+    """The model timesteps `settings` visit on this setup, in order (what the CLI reports)."""
+    from dit_jax.diffusion.generate import sampler_grid  # pylint: disable=import-outside-toplevel
+    s = setup.resolve(settings)
+    return setup.schedule.timesteps[sampler_grid(setup.schedule, s.sampler, s.steps, s.spacing)]
+
+
+class Samples(NamedTuple):
+    """uint8 images (N, H, W, C) with the caption and label of each (None off process 0), and the first
+    batch's trajectory decoded to pixels (a visualization.Frames) when asked for."""
+    images: np.ndarray
+    captions: list
+    labels: list
+    trajectory: object
+
+
+def to_global(x, target):
+    """A host array, the same on every process, as a global jax.Array placed by `target`."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, target, lambda index: x[index])
+
+
+def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32, *, codec=None, image=None,
+                  mask=None, strength=1.0, resample=1, trajectory=False, verbose=True):
+    """Each condition `num_images` times, in batches split over every device of every process.
+
+    `image` and `mask` are in the model's space (`codec.encode`, `codec.mask`):
+    with a mask, inpaint; with an image alone, img2img from `strength`.
+    Images come back on process 0 only; each one's starting noise depends on
+    the seed and its index, so ddim and dpmpp samples do not change with the
+    batch size or the device count.
+    """
+    import tqdm  # pylint: disable=import-outside-toplevel
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    from dit_jax.models.pretrained import load_pretrained  # pylint: disable=import-outside-toplevel
+    from dit_jax.training import sharding  # pylint: disable=import-outside-toplevel
+    from dit_jax.utils.visualization import to_uint8, trajectory_frames  # pylint: disable=import-outside-toplevel
+
+    check_settings(settings, inpaint=mask is not None)
+    codec = codec or Codec(setup)
+    cond = encode_conditions(setup, captions, labels)
+    model, _ = load_pretrained(setup.export)
+    graphdef, state = nnx.split(model)
+    mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+    batched, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    state = jax.tree.map(lambda v: to_global(v, replicated), state)
+    edit = {k: to_global(v, replicated) for k, v in (("image", image), ("mask", mask)) if v is not None}
+    total, devices = len(captions) * num_images, jax.device_count()
+    batch = min(batch_size, -(-total // devices) * devices)
+
+    @jax.jit
+    def sample_batch(state, cond, ids, edit):
+        return generate_batch(nnx.merge(graphdef, state), setup, settings, cond, ids, return_trajectory=trajectory,
+                              strength=strength, resample=resample, **edit)
+
+    is_main = jax.process_index() == 0
+    order = np.repeat(np.arange(len(captions)), num_images)  # the condition of each image
+    num_batches = -(-total // batch)
+    if verbose and is_main:
+        s = setup.resolve(settings)
+        t = sampled_timesteps(setup, settings)
+        shown = " ".join(map(str, t)) if len(t) <= 30 else f"{' '.join(map(str, t[:3]))} ... {t[-1]}"
+        print(f"Sampling {total} images ({len(captions)} conditions x {num_images}) in {num_batches} batches of "
+              f"{batch} on {devices} devices: {s.sampler}, {s.steps} steps, cfg {s.cfg_scale}, spacing {s.spacing} "
+              f"(t = {shown}).", flush=True)
+    outputs, frames = [], None
+    for b in tqdm.trange(num_batches, desc="sample", unit="batch", disable=not (verbose and is_main)):
+        ids = np.arange(b * batch, (b + 1) * batch, dtype=np.int32)
+        rows = order[np.minimum(ids, total - 1)]  # the last batch is padded with repeats of the last image
+        x = sample_batch(state, {k: to_global(v[rows], batched) for k, v in cond.items()}, to_global(ids, batched),
+                         edit)
+        if trajectory:
+            x, steps = x
+            if b == 0:
+                frames = trajectory_frames(multihost_utils.process_allgather(steps, tiled=True))
+                frames = frames._replace(x=codec.decode(frames.x), x0=codec.decode(frames.x0))
+        x = multihost_utils.process_allgather(x, tiled=True)
+        outputs.append(to_uint8(codec.decode(x[:min(batch, total - b * batch)])) if is_main else None)
+    if not is_main:
+        return Samples(None, None, None, None)
+    return Samples(np.concatenate(outputs), [captions[i] for i in order],
+                   None if labels is None else [labels[i] for i in order], frames)
+
+
+def write_npz(path, images, captions, labels=None, settings=None):
+    """The samples as DiT's sample_ddp.py writes them (uint8 NHWC `arr_0`), with captions, labels and the
+    resolved sampler settings (JSON) beside them."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    arrays = dict(arr_0=images, captions=np.asarray(captions))
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, np.int32)
+    if settings is not None:
+        arrays["settings"] = np.asarray(json.dumps(dataclasses.asdict(settings), sort_keys=True))
+    np.savez(path, **arrays)
