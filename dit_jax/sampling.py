@@ -19,14 +19,19 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
+from flax import nnx
+from jax.experimental import multihost_utils
 
 from dit_jax.diffusion import PREDICTIONS, Schedule, beta_schedule
-from dit_jax.diffusion.generate import CFG_SCALE, DEFAULT_SPACING, SAMPLER, STEPS, check_sampler, check_spacing, \
-    generate
+from dit_jax.diffusion.generate import (CFG_SCALE, DEFAULT_SPACING, SAMPLER, STEPS, check_sampler, check_spacing,
+                                        generate, sampler_grid)
+from dit_jax.models.pretrained import load_pretrained
+from dit_jax.training import sharding
+from dit_jax.utils.visualization import to_uint8, trajectory_frames
 
 SAMPLING_FILE = "sampling.json"  # beside config.json: the diffusion a checkpoint was trained with, how it samples
 CHECKPOINT_DEFAULTS = dict(schedule="linear", timesteps=1000, prediction="eps", spacing=None, guidance_channels=None)
-DIT_SAMPLING = dict(spacing="dit")  # weights trained by facebookresearch/DiT: its respaced grid, so its FIDs hold
 VAE_SCALE = 0.18215  # Stable Diffusion's VAE latents times this have unit variance
 
 
@@ -55,10 +60,16 @@ def check_settings(settings, inpaint=False):
 
 
 def run_settings(sample_config):
-    """Settings from a recipe's `sample` block (sample.spacing / eta / guidance_channels when it sets them)."""
+    """Settings from a recipe's `sample` block; its spacing and guidance_channels go to the Setup."""
     c = sample_config
-    return Settings(sampler=c.sampler, steps=c.steps, spacing=c.get("spacing"), eta=c.get("eta", 0.0),
-                    cfg_scale=c.cfg_scale, guidance_channels=c.get("guidance_channels"), seed=c.seed)
+    return Settings(sampler=c.sampler, steps=c.steps, eta=c.get("eta", 0.0), cfg_scale=c.cfg_scale, seed=c.seed)
+
+
+def recipe_defaults(sample_config):
+    """How a recipe's models sample unless told: `sample.spacing` ("" or absent: each sampler's default) and
+    `sample.guidance_channels` (0 or absent: all)."""
+    return dict(spacing=sample_config.get("spacing") or None,
+                guidance_channels=sample_config.get("guidance_channels") or None)
 
 
 @dataclasses.dataclass
@@ -95,10 +106,10 @@ def run_setup(config, manifest, model_config, export=None):
         text = dict(encoder=t.encoder, source=t.path, max_length=t.max_length, layer=t.layer)
         vae = dict(source=config.vae.path, scale=config.vae.scale) if config.vae.path else None
         class_names = []
-    d = config.diffusion
+    d, defaults = config.diffusion, recipe_defaults(config.sample)
+    check_spacing(defaults["spacing"])
     return Setup(export, dict(model_config), text if model_config.get("text_dim") else None, vae,
-                 Schedule(beta_schedule(d.schedule, d.timesteps)), d.prediction, class_names,
-                 spacing=config.sample.get("spacing"), guidance_channels=config.sample.get("guidance_channels"))
+                 Schedule(beta_schedule(d.schedule, d.timesteps)), d.prediction, class_names, **defaults)
 
 
 def read_setup(workdir=None, checkpoint=None, data_dir="~/.cache/dit_jax", *, text_encoder=None, text_path="",
@@ -149,22 +160,20 @@ def read_setup(workdir=None, checkpoint=None, data_dir="~/.cache/dit_jax", *, te
         manifest = prepare.read_manifest(folder)
     else:
         print(f"No prepared data at {folder} (see --data_dir): text and VAE settings from run.json.", flush=True)
-    setup = run_setup(config, manifest, model_config, export)
-    check_spacing(setup.spacing)
-    return setup
+    return run_setup(config, manifest, model_config, export)
 
 
 def converted_record(source):
-    """sampling.json for weights trained by facebookresearch/DiT (from its files or diffusers' port)."""
-    return dict(CHECKPOINT_DEFAULTS, source=source, **DIT_SAMPLING,
-                guidance_channels=3 if source == "dit" else None)  # DiT guides 3 of 4 channels, diffusers all
+    """sampling.json for weights trained by facebookresearch/DiT, read from its files or diffusers' port: DiT's
+    respaced grid, so its published FIDs carry over, and from DiT's files its 3 guided channels (diffusers' pipeline
+    guides all 4)."""
+    return dict(CHECKPOINT_DEFAULTS, source=source, spacing="dit", guidance_channels=3 if source == "dit" else None)
 
 
 def run_record(config):
     """sampling.json for a training run's export (`config`: its recipe)."""
-    d, s = config.diffusion, config.sample
-    return dict(schedule=d.schedule, timesteps=d.timesteps, prediction=d.prediction, spacing=s.get("spacing"),
-                guidance_channels=s.get("guidance_channels"))
+    d = config.diffusion
+    return dict(schedule=d.schedule, timesteps=d.timesteps, prediction=d.prediction, **recipe_defaults(config.sample))
 
 
 def write_sampling_record(directory, record):
@@ -302,14 +311,13 @@ def generate_batch(model, setup, settings, cond, ids, *, return_trajectory=False
 
 def sampled_timesteps(setup, settings):
     """The model timesteps `settings` visit on this setup, in order (what the CLI reports)."""
-    from dit_jax.diffusion.generate import sampler_grid  # pylint: disable=import-outside-toplevel
     s = setup.resolve(settings)
     return setup.schedule.timesteps[sampler_grid(setup.schedule, s.sampler, s.steps, s.spacing)]
 
 
 class Samples(NamedTuple):
     """uint8 images (N, H, W, C) with the caption and label of each (None off process 0), and the first
-    batch's trajectory decoded to pixels (a visualization.Frames) when asked for."""
+    batch's trajectory (`trajectory_frames`, decoded to pixels) when asked for."""
     images: np.ndarray
     captions: list
     labels: list
@@ -332,13 +340,6 @@ def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32
     the seed and its index, so ddim and dpmpp samples do not change with the
     batch size or the device count.
     """
-    import tqdm  # pylint: disable=import-outside-toplevel
-    from flax import nnx  # pylint: disable=import-outside-toplevel
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    from dit_jax.models.pretrained import load_pretrained  # pylint: disable=import-outside-toplevel
-    from dit_jax.training import sharding  # pylint: disable=import-outside-toplevel
-    from dit_jax.utils.visualization import to_uint8, trajectory_frames  # pylint: disable=import-outside-toplevel
-
     check_settings(settings, inpaint=mask is not None)
     codec = codec or Codec(setup)
     cond = encode_conditions(setup, captions, labels)

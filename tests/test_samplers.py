@@ -232,6 +232,21 @@ def test_respaced_schedule_calls_model_with_original_timesteps():
     np.testing.assert_allclose(via_respaced, via_grid, atol=1e-6)
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_dit_spacing_walks_dits_respaced_process(sampler):
+    """spacing="dit" on the full schedule is DiT's sampling on respace(schedule, "21"), learned variance included."""
+    schedule = SCHEDULES["linear"]
+    noise = np.random.default_rng(3).standard_normal((21, *X_T.shape)).astype(np.float32)
+    kw = dict(variance="learned_range") if sampler == "ddpm" else dict(eta=1.0)
+    sample = functools.partial(ddpm_sample if sampler == "ddpm" else ddim_sample, toy_jax("eps", schedule), X_T,
+                               None, noise=noise, return_trajectory=True, **kw)
+    _, ours = sample(schedule, 21, spacing="dit")
+    _, dits = sample(respace(schedule, "21"), None)
+    np.testing.assert_array_equal(ours.t, dits.t)
+    np.testing.assert_allclose(ours.x, dits.x, atol=1e-5)
+    assert ours.t[0] == 999 and ours.t[10] == 499
+
+
 def test_ddpm_adds_no_noise_on_the_last_step():
     schedule = SCHEDULES["linear"]
     noise = np.random.default_rng(3).standard_normal((5, *X_T.shape)).astype(np.float32)

@@ -86,7 +86,7 @@ def ddpm_sample(model_fn, x_T, key, schedule, timesteps=None, *, spacing="leadin
     No noise is added on the last step, whatever timestep it starts from
     (diffusers adds it whenever that timestep is > 0, e.g. with "trailing").
     `timesteps`: None = every index of `schedule` (DiT: respace(s, "250")),
-    int = that many steps with `spacing` (DiT's "250" is spacing="linspace"),
+    int = that many steps with `spacing` (DiT's "250" is spacing="dit"),
     or explicit descending indices. `noise` (num_steps, *x_T.shape) replaces
     the draws from `key`; its last row is unused.
     """
