@@ -9,6 +9,8 @@ import os
 import numpy as np
 import torch
 
+from dit_jax.utils.hub import weights_source
+
 HOWTO = ("pass --config.vae.path=DIR holding a diffusers AutoencoderKL (save_pretrained, or a pipeline "
          "directory with vae/), or a hub id such as stabilityai/sd-vae-ft-ema on a machine that can reach the hub; "
          "an empty path trains in pixel space")
@@ -17,13 +19,10 @@ HOWTO = ("pass --config.vae.path=DIR holding a diffusers AutoencoderKL (save_pre
 class Vae:
     def __init__(self, path, device=None):
         from diffusers import AutoencoderKL  # pylint: disable=import-outside-toplevel
-        from dit_jax.text.encoders import HUB_ID  # pylint: disable=import-outside-toplevel
-        local = os.path.expanduser(path)
-        if not os.path.isdir(local) and not HUB_ID.fullmatch(path):
-            raise ValueError(f"VAE path {path!r} does not exist; {HOWTO}.")
-        subfolder = "vae" if os.path.isdir(os.path.join(local, "vae")) else None
+        source = weights_source(path, "VAE", HOWTO)
+        subfolder = "vae" if os.path.isdir(os.path.join(source, "vae")) else None
         try:
-            model = AutoencoderKL.from_pretrained(local if os.path.isdir(local) else path, subfolder=subfolder)
+            model = AutoencoderKL.from_pretrained(source, subfolder=subfolder)
         except (OSError, ValueError) as e:
             raise ValueError(f"Cannot load a VAE from {path!r} ({str(e).splitlines()[0]}); {HOWTO}.") from None
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -14,18 +14,17 @@ transformers 5.x has no Flax models, and training only reads the results.
 """
 
 import dataclasses
-import os
-import re
 
 import numpy as np
 import torch
+
+from dit_jax.utils.hub import weights_source
 
 DEFAULT_IDS = {
         "clip": "openai/clip-vit-large-patch14",
         "t5": "google/t5-v1_1-xxl",
         "minilm": "sentence-transformers/all-MiniLM-L6-v2",
 }
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "org/name" or "name"
 _HOWTO = ("pass --config.text.path=DIR with a model saved by save_pretrained (model and tokenizer), "
           "or a hub id on a machine that can reach the hub")
 
@@ -45,12 +44,7 @@ def resolve(kind, path):
         raise ValueError(f"Unknown text encoder {kind!r}; choose one of {sorted(DEFAULT_IDS)}.")
     if not path:
         return _minilm_dir() if kind == "minilm" else DEFAULT_IDS[kind]
-    local = os.path.expanduser(path)
-    if os.path.isdir(local):
-        return local
-    if not HUB_ID.fullmatch(path):
-        raise ValueError(f"Text encoder path {path!r} does not exist; {_HOWTO}.")
-    return path
+    return weights_source(path, "Text encoder", _HOWTO)
 
 
 @dataclasses.dataclass
