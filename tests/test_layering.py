@@ -59,12 +59,14 @@ def test_every_subpackage_has_a_layer():
 
 @pytest.mark.parametrize("package", sorted(RANK))
 def test_imports_go_down(package):
-    found = []
+    found, modules = [], 0
     for folder, _, files in os.walk(os.path.join(PACKAGE, package)):
         for name in sorted(f for f in files if f.endswith(".py")):
             path = os.path.join(folder, name)
             with open(path) as f:
                 found += [f"{os.path.relpath(path, PACKAGE)} {v}" for v in violations(package, f.read())]
+            modules += 1
+    assert modules, f"no modules in {os.path.join(PACKAGE, package)}"
     assert not found, "\n".join(found)
 
 
