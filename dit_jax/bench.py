@@ -89,11 +89,12 @@ def synthetic_manifest(config):
     """The fields of the manifest `prepare` would write for this config that `pipeline.model_kwargs` reads, from
     the VAE's and the text encoder's configs (nothing prepared, no weights loaded). Pixel data is taken as RGB
     (prepare keeps a grayscale source's single channel); num_classes -1 ("from the data") gives 1000."""
-    res = config.data.resolution
+    res, t, m = config.data.resolution, config.text, config.model
     side, channels = latents.latent_shape(config.vae.path, res) if config.vae.path else (res, 3)
-    t = config.text
-    return dict(image_shape=[side, side, channels], text=encoders.text_shape(t.encoder, t.path, t.max_length),
-                num_classes=1000 if config.model.num_classes < 0 else config.model.num_classes)
+    reads_text = m.get("text_cross_attention", True) or m.get("text_pooled", False)  # else the width is unused
+    text = encoders.text_shape(t.encoder, t.path, t.max_length) if reads_text else dict(max_length=t.max_length)
+    return dict(image_shape=[side, side, channels], text=text,
+                num_classes=1000 if m.num_classes < 0 else m.num_classes)
 
 
 def model_kwargs(config):

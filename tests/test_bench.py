@@ -40,8 +40,10 @@ def test_train_mode_against_torch_with_a_profile(tmp_path):
     assert sum(profile.op_seconds(str(tmp_path), steps=1).values()) > 0  # the trace it wrote holds ops
 
 
-def test_default_comparison_is_dit_s4_rematerialised_on_cpu():
+def test_default_comparison_is_dit_s4_rematerialised_on_cpu(monkeypatch):
     from dit_jax.bench import default_config, model_kwargs
+    from dit_jax.text import encoders
+    monkeypatch.setattr(encoders, "resolve", None)  # a model without text needs no text encoder installed
     c = default_config()
     assert (c.model.hidden_size, c.model.depth, c.model.patch_size, c.batch_size) == (384, 12, 4, 32)
     assert c.model.dtype == "float32" and c.model.remat == "dots"  # the tests run on CPU
