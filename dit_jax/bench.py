@@ -5,11 +5,16 @@
   python -m dit_jax.bench --mode=train --profile=/tmp/trace   # and where the step's time goes, by kind of op
   python -m dit_jax.bench --mode=attention --backends=xla,cudnn,pallas_flash --seq_lens=256,1024,4096,16384
 
-Batches are synthetic, shaped by the config, so nothing needs preparing.
+Batches are synthetic, shaped as the data the config names would be once prepared (the VAE's and the text
+encoder's configs through pipeline.model_kwargs), so nothing needs preparing.
+--vs_torch trains the same objective on both sides: DiT's hybrid loss (noise MSE + variational bound) when the
+model learns its variance (the default), the MSE alone with --config.model.learn_sigma=False; printed as
+`objective`.
 Prints a table; --json adds one JSON line per result.
 """
 
 import json
+import math
 import os
 import statistics
 import time
@@ -20,13 +25,15 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from dit_jax.data import latents, pipeline
 from dit_jax.models import attention
 from dit_jax.models.dit import REMAT_POLICIES
-from dit_jax.models.variants import variant
+from dit_jax.models.variants import train_flops_per_image, variant
+from dit_jax.text import encoders
 from dit_jax.training import sharding, trainer as trainer_lib
 from dit_jax.training.recipe import base_config
 from dit_jax.utils import profile
-from dit_jax.utils.flops import device_peak_flops, train_flops_per_image
+from dit_jax.utils.flops import device_peak_flops
 
 
 def define_flags():
@@ -43,7 +50,7 @@ def define_flags():
     flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up); the median is reported.")
     flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
     flags.DEFINE_bool("vs_torch", False, "Also time diffusers' DiTTransformer2DModel with torch AdamW on the same "
-                      "batch.")
+                      "batch and objective (DiT's hybrid loss with learn_sigma, the default).")
     flags.DEFINE_alias("vs-torch", "vs_torch")
     flags.DEFINE_list("backends", None, "Attention backends (default: xla, dot_product, and this platform's kernels; "
                       "on CPU only xla and dot_product, since interpreted kernels say nothing about speed).")
@@ -61,18 +68,16 @@ def define_flags():
 
 FLAGS = flags.FLAGS
 
-TEXT_DIMS = {"minilm": 384, "clip": 768}  # the prepared embeddings' width, for synthetic text
-
 
 def default_config():
-    """Class-conditional DiT-S/4 on 32x32x4 inputs (latents of 256px), batch 32, fp32, plain AdamW.
+    """Class-conditional DiT-S/4 on the SD VAE's 32x32x4 latents of 256px images, batch 32, fp32, plain AdamW.
 
     On CPU the blocks keep only their matmul outputs for the backward pass (remat "dots"): the same
     numbers, 10-25% faster there (BENCHMARKS.md).
     """
     c = base_config()
     c.data.resolution = 256
-    c.vae.path = "synthetic"  # latent space: 256px images are 32x32x4 inputs
+    c.vae.path = "stabilityai/sd-vae-ft-ema"  # only its shape is read (latents.DEFAULT_CONFIGS): 32x32x4
     c.model.update(variant("DiT-S/4"), num_classes=1000, text_cross_attention=False, text_pooled=False,
                    dtype="float32", remat="dots" if jax.default_backend() == "cpu" else "none")
     c.batch_size = 32
@@ -80,18 +85,21 @@ def default_config():
     return c
 
 
+def synthetic_manifest(config):
+    """The fields of the manifest `prepare` would write for this config that `pipeline.model_kwargs` reads, from
+    the VAE's and the text encoder's configs (nothing prepared, no weights loaded). Pixel data is taken as RGB
+    (prepare keeps a grayscale source's single channel); num_classes -1 ("from the data") gives 1000."""
+    res, t, m = config.data.resolution, config.text, config.model
+    side, channels = latents.latent_shape(config.vae.path, res) if config.vae.path else (res, 3)
+    reads_text = m.get("text_cross_attention", True) or m.get("text_pooled", False)  # else the width is unused
+    text = encoders.text_shape(t.encoder, t.path, t.max_length) if reads_text else dict(max_length=t.max_length)
+    return dict(image_shape=[side, side, channels], text=text,
+                num_classes=1000 if m.num_classes < 0 else m.num_classes)
+
+
 def model_kwargs(config):
-    """The model the config trains, with the sizes the prepared data would give (latents: /8, 4 channels)."""
-    latent = bool(config.vae.path)
-    kw = config.model.to_dict()
-    uses_text = kw.get("text_cross_attention", True) or kw.get("text_pooled", False)
-    kw.update(input_size=config.data.resolution // 8 if latent else config.data.resolution,
-              in_channels=4 if latent else 3,
-              text_dim=TEXT_DIMS.get(config.text.encoder, 768) if uses_text else 0,
-              text_len=config.text.max_length)
-    if kw.get("num_classes", 0) < 0:
-        kw["num_classes"] = 1000
-    return kw
+    """The model the config trains on the data it names, shaped as `pipeline.model_kwargs` shapes training's."""
+    return {**config.model.to_dict(), **pipeline.model_kwargs(synthetic_manifest(config), config)}
 
 
 def synthetic_batch(kw, batch_size, seed=0):
@@ -150,6 +158,7 @@ def bench_train(config):
     if FLAGS.remat:
         config.model.remat = FLAGS.remat
     kw = model_kwargs(config)
+    compared = objective(config, kw) if FLAGS.vs_torch else None  # a bad comparison fails before compiling
     mesh = sharding.make_mesh(config.mesh)
     trainer = trainer_lib.create(config, kw, mesh)
     host_batch = synthetic_batch(kw, config.batch_size)
@@ -189,37 +198,95 @@ def bench_train(config):
                   peak_memory_gb=peak_bytes(step) / 1e9)
     if FLAGS.vs_torch:
         torch_s = bench_torch(kw, host_batch, config)
-        result.update(torch_step_s=torch_s, torch_img_per_s=config.batch_size / torch_s,
-                      ratio_vs_torch=torch_s / seconds)
+        result.update(objective=compared, torch_step_s=torch_s,
+                      torch_img_per_s=config.batch_size / torch_s, ratio_vs_torch=torch_s / seconds)
     return [result]
 
 
-def bench_torch(kw, batch, config):
-    """diffusers' DiTTransformer2DModel, same size, batch and loss (eps MSE), torch AdamW + EMA; seconds/step."""
-    import torch
-    from diffusers import DiTTransformer2DModel
+def objective(config, kw):
+    """What both sides of --vs_torch train, in words; a ValueError for a model or loss the torch side lacks.
 
+    DiT's objective with learned variances (model.learn_sigma, the default): the MSE of the predicted noise
+    plus the variational bound, which trains the variance channels. Without them, the MSE alone.
+    """
     if kw["text_dim"] or kw["dtype"] != "float32" or not kw.get("num_classes"):
         raise ValueError("--vs_torch compares class-conditional fp32 models (diffusers' DiT has no text input).")
+    d = config.diffusion
+    if d.prediction != "eps" or d.get("min_snr_gamma"):
+        raise ValueError("--vs_torch writes out the eps-prediction loss without min-SNR weighting: use "
+                         "--config.diffusion.prediction=eps --config.diffusion.min_snr_gamma=0.")
+    if config.model.get("learn_sigma", True):
+        return "eps MSE + variational bound (DiT's hybrid loss, learn_sigma=True)"
+    return "eps MSE (learn_sigma=False)"
+
+
+def torch_model(kw):
+    """diffusers' DiTTransformer2DModel of the size `kw` describes (class-conditional only)."""
+    from diffusers import DiTTransformer2DModel  # pylint: disable=import-outside-toplevel
+
+    heads, c = kw["num_heads"], kw["in_channels"]
+    return DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=kw["hidden_size"] // heads,
+                                 in_channels=c, out_channels=2 * c if kw.get("learn_sigma", True) else c,
+                                 num_layers=kw["depth"], sample_size=kw["input_size"], patch_size=kw["patch_size"],
+                                 num_embeds_ada_norm=kw["num_classes"])
+
+
+def torch_loss(out, x0, x_t, t, noise, betas, learn_sigma):
+    """The per-example loss of `objective`, written out in torch on NCHW tensors from the betas alone (our
+    diffusion.losses is the JAX side): noise MSE on the first C output channels, plus with learn_sigma the
+    variational bound in bits per dim, whose model mean comes from the detached noise prediction."""
+    import torch  # pylint: disable=import-outside-toplevel
+
+    c = x0.shape[1]
+    eps, v = out[:, :c], out[:, c:]
+    flat_mean = lambda x: x.mean(dim=(1, 2, 3))
+    mse = flat_mean((noise - eps) ** 2)
+    if not learn_sigma:
+        return mse
+    betas = np.asarray(betas, np.float64)
+    acp = np.cumprod(1 - betas)
+    acp_prev = np.append(1.0, acp[:-1])
+    post_var = betas * (1 - acp_prev) / (1 - acp)
+    table = lambda a: torch.as_tensor(a, dtype=torch.float32, device=x0.device)[t].view(-1, 1, 1, 1)
+    min_log, max_log = table(np.log(np.append(post_var[1], post_var[1:]))), table(np.log(betas))
+    coef_x0 = table(betas * np.sqrt(acp_prev) / (1 - acp))
+    coef_xt = table((1 - acp_prev) * np.sqrt(1 - betas) / (1 - acp))
+    x0_pred = table(np.sqrt(1 / acp)) * x_t - table(np.sqrt(1 / acp - 1)) * eps.detach()
+    mean, true_mean = coef_x0 * x0_pred + coef_xt * x_t, coef_x0 * x0 + coef_xt * x_t
+    frac = (v + 1) / 2
+    log_var = frac * max_log + (1 - frac) * min_log
+    kl = 0.5 * (-1 + log_var - min_log + torch.exp(min_log - log_var) + (true_mean - mean) ** 2 * torch.exp(-log_var))
+    # t = 0: -log of the Gaussian mass of x0's 8-bit bin (edge bins open), Phi in its tanh approximation.
+    cdf = lambda x: 0.5 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    inv_std = torch.exp(-0.5 * log_var)
+    upper, lower = cdf(inv_std * (x0 - mean + 1 / 255)), cdf(inv_std * (x0 - mean - 1 / 255))
+    log_mass = torch.where(x0 < -0.999, torch.log(upper.clamp(min=1e-12)),
+                           torch.where(x0 > 0.999, torch.log((1 - lower).clamp(min=1e-12)),
+                                       torch.log((upper - lower).clamp(min=1e-12))))
+    vb = torch.where(t == 0, -flat_mean(log_mass), flat_mean(kl)) / math.log(2)
+    return mse + vb
+
+
+def bench_torch(kw, batch, config):
+    """diffusers' DiTTransformer2DModel, same size, batch and `objective`, torch AdamW + EMA; seconds a step."""
+    import torch  # pylint: disable=import-outside-toplevel
+
     torch.manual_seed(0)
-    heads = kw["num_heads"]
-    model = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=kw["hidden_size"] // heads,
-                                  in_channels=kw["in_channels"], out_channels=2 * kw["in_channels"],
-                                  num_layers=kw["depth"], sample_size=kw["input_size"], patch_size=kw["patch_size"],
-                                  num_embeds_ada_norm=kw["num_classes"]).train()
+    model = torch_model(kw).train()
     ema = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=0.0)
     x0 = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
     labels = torch.from_numpy(batch["label"]).long()
-    alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
+    betas = trainer_lib.diffusion_schedule(config.diffusion).betas  # the table our side trains with
+    acp = torch.as_tensor(np.cumprod(1 - betas), dtype=torch.float32)
 
     def step():
-        t = torch.randint(0, 1000, (x0.shape[0],))
+        t = torch.randint(0, len(betas), (x0.shape[0],))
         noise = torch.randn_like(x0)
-        a = alphas[t].view(-1, 1, 1, 1)
+        a = acp[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         out = model(x_t, timestep=t, class_labels=labels).sample
-        loss = torch.nn.functional.mse_loss(out[:, :x0.shape[1]], noise)
+        loss = torch_loss(out, x0, x_t, t, noise, betas, kw.get("learn_sigma", True)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -30,7 +30,8 @@ from dit_jax.training.checks import validate
 from dit_jax.training.checkpoint import Checkpointer
 from dit_jax.training.writers import MetricWriter, Progress
 from dit_jax.utils import distributed
-from dit_jax.utils.flops import device_peak_flops, train_flops_per_image
+from dit_jax.models.variants import train_flops_per_image
+from dit_jax.utils.flops import device_peak_flops
 from dit_jax.utils.visualization import captioned_grid, to_uint8
 
 

@@ -9,27 +9,52 @@ import os
 import numpy as np
 import torch
 
+from dit_jax.utils.hub import weights_source
+
 HOWTO = ("pass --config.vae.path=DIR holding a diffusers AutoencoderKL (save_pretrained, or a pipeline "
          "directory with vae/), or a hub id such as stabilityai/sd-vae-ft-ema on a machine that can reach the hub; "
          "an empty path trains in pixel space")
+
+# Stable Diffusion's VAEs (8x smaller, 4 channels): latent shapes known without downloading them.
+SD_VAE = dict(block_out_channels=[128, 256, 512, 512], latent_channels=4)
+DEFAULT_CONFIGS = {"stabilityai/sd-vae-ft-ema": SD_VAE, "stabilityai/sd-vae-ft-mse": SD_VAE}
+
+
+def _geometry(config):
+    """(downsampling factor, latent channels) of an AutoencoderKL config: one halving per block after the first."""
+    return 2 ** (len(config["block_out_channels"]) - 1), config["latent_channels"]
+
+
+def _subfolder(source):
+    return "vae" if os.path.isdir(os.path.join(source, "vae")) else None
+
+
+def latent_shape(path, resolution):
+    """(side, channels) of the latents of `resolution`px images under the VAE at `path`, read from its config
+    (no weights loaded): the single source of the latent shape that `prepare` records and bench synthesises."""
+    source = weights_source(path, "VAE", HOWTO)
+    config = DEFAULT_CONFIGS.get(source)
+    if config is None:
+        from diffusers import AutoencoderKL  # pylint: disable=import-outside-toplevel
+        try:
+            config = AutoencoderKL.load_config(source, subfolder=_subfolder(source))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"Cannot read a VAE config from {path!r} ({str(e).splitlines()[0]}); {HOWTO}.") from None
+    downsample, channels = _geometry(config)
+    return resolution // downsample, channels
 
 
 class Vae:
     def __init__(self, path, device=None):
         from diffusers import AutoencoderKL  # pylint: disable=import-outside-toplevel
-        from dit_jax.text.encoders import HUB_ID  # pylint: disable=import-outside-toplevel
-        local = os.path.expanduser(path)
-        if not os.path.isdir(local) and not HUB_ID.fullmatch(path):
-            raise ValueError(f"VAE path {path!r} does not exist; {HOWTO}.")
-        subfolder = "vae" if os.path.isdir(os.path.join(local, "vae")) else None
+        source = weights_source(path, "VAE", HOWTO)
         try:
-            model = AutoencoderKL.from_pretrained(local if os.path.isdir(local) else path, subfolder=subfolder)
+            model = AutoencoderKL.from_pretrained(source, subfolder=_subfolder(source))
         except (OSError, ValueError) as e:
             raise ValueError(f"Cannot load a VAE from {path!r} ({str(e).splitlines()[0]}); {HOWTO}.") from None
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.eval().to(self.device)
-        self.downsample = 2 ** (len(model.config.block_out_channels) - 1)
-        self.channels = model.config.latent_channels
+        self.downsample, self.channels = _geometry(model.config)
 
     @torch.no_grad()
     def encode(self, images):

@@ -1,8 +1,10 @@
 """The Diffusion Transformer (Peebles & Xie, 2023) in Flax NNX, with text conditioning.
 
 Numerically the same network as facebookresearch/DiT's models.py: adaLN-Zero
-blocks, the fixed sin-cos position table, the reference initialisation and
-unpatchify order, so its weights load (see convert.py). Images are NHWC.
+blocks, the fixed sin-cos position table, the reference initialisation (all of
+it in DiT.initialize_weights) and unpatchify order, so its weights load (see
+convert.py). Images are NHWC. Shapes: N batch, T image tokens, D width, L text
+tokens, C channels, p patch size.
 
 Conditioning is a sum of embeddings driving adaLN (timestep + class label +
 pooled text) plus optional per-token text read by cross-attention in every
@@ -41,13 +43,14 @@ def layer_norm(x, eps):
 
 
 def modulate(x, shift, scale):
+    """x (N, T, D) scaled and shifted per example by (N, D)."""
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
 class Attention(nnx.Module):
     """Multi-head attention: self-attention with a fused qkv, or cross-attention to a context."""
 
-    def __init__(self, hidden_size, num_heads, *, cross, zero_out, backend, dtype, param_dtype, rngs):
+    def __init__(self, hidden_size, num_heads, *, cross, backend, dtype, param_dtype, rngs):
         self.num_heads, self.cross, self.attend = num_heads, cross, get_attention(backend, cross=cross)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if cross:
@@ -55,11 +58,12 @@ class Attention(nnx.Module):
             self.kv = linear(hidden_size, 2 * hidden_size, ("embed", "heads"), **kw)
         else:
             self.qkv = linear(hidden_size, 3 * hidden_size, ("embed", "heads"), **kw)
-        self.proj = linear(hidden_size, hidden_size, ("heads", "embed"), zero=zero_out, **kw)
+        self.proj = linear(hidden_size, hidden_size, ("heads", "embed"), **kw)
 
     def __call__(self, x, context=None, mask=None):
+        """x (N, T, D), context (N, L, D) with its key mask (N, L) -> (N, T, D)."""
         b, n, d = x.shape
-        split = lambda h: h.reshape(*h.shape[:2], self.num_heads, d // self.num_heads)
+        split = lambda h: h.reshape(*h.shape[:2], self.num_heads, d // self.num_heads)  # (N, ., heads, D/heads)
         if self.cross:
             q = split(self.q(x))
             k, v = map(split, jnp.split(self.kv(context), 2, axis=-1))
@@ -75,7 +79,7 @@ class Mlp(nnx.Module):
         self.fc2 = linear(mlp_dim, hidden_size, ("mlp", "embed"), **kw)
 
     def __call__(self, x):
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))  # (N, T, D) -> (N, T, 4D) -> (N, T, D)
 
 
 class DiTBlock(nnx.Module):
@@ -97,37 +101,39 @@ class DiTBlock(nnx.Module):
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.mlp_norm_eps = mlp_norm_eps
-        self.attn = Attention(hidden_size, num_heads, cross=False, zero_out=False, backend=attention, **kw)
+        self.attn = Attention(hidden_size, num_heads, cross=False, backend=attention, **kw)
         self.cross_attn = (
-            Attention(hidden_size, num_heads, cross=True, zero_out=True, backend=attention, **kw)
+            Attention(hidden_size, num_heads, cross=True, backend=attention, **kw)
             if cross_attention
             else None
         )
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), **kw)
-        self.adaLN_modulation = linear(hidden_size, 6 * hidden_size, ("embed", "adaln"), zero=True, **kw)
+        self.adaLN_modulation = linear(hidden_size, 6 * hidden_size, ("embed", "adaln"), **kw)
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, x, c, context=None, context_mask=None, rng=None):
-        mod = self.adaLN_modulation(jax.nn.silu(c))
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
+        """x (N, T, D), condition c (N, D), context (N, L, D) and mask (N, L) -> (N, T, D)."""
+        mod = self.adaLN_modulation(jax.nn.silu(c))  # (N, 6D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)  # (N, D) each
         keys = jax.random.split(rng, 3) if rng is not None else [None] * 3
         drop = lambda h, key: self.dropout(h, deterministic=key is None, rngs=key)
-        h = self.attn(modulate(layer_norm(x, 1e-6), shift_msa, scale_msa))
+        h = self.attn(modulate(layer_norm(x, 1e-6), shift_msa, scale_msa))  # (N, T, D)
         x = x + gate_msa[:, None] * drop(h, keys[0])
         if self.cross_attn is not None:
-            x = x + drop(self.cross_attn(x, context, context_mask), keys[1])
-        h = self.mlp(modulate(layer_norm(x, self.mlp_norm_eps), shift_mlp, scale_mlp))
+            x = x + drop(self.cross_attn(x, context, context_mask), keys[1])  # (N, T, D)
+        h = self.mlp(modulate(layer_norm(x, self.mlp_norm_eps), shift_mlp, scale_mlp))  # (N, T, D)
         return x + gate_mlp[:, None] * drop(h, keys[2])
 
 
 class FinalLayer(nnx.Module):
     def __init__(self, hidden_size, patch_size, out_channels, *, dtype, param_dtype, rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, zero=True)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.adaLN_modulation = linear(hidden_size, 2 * hidden_size, ("embed", "adaln"), **kw)
         self.linear = linear(hidden_size, patch_size * patch_size * out_channels, ("embed", None), **kw)
 
     def __call__(self, x, c):
-        shift, scale = jnp.split(self.adaLN_modulation(jax.nn.silu(c)), 2, axis=-1)
+        """x (N, T, D), c (N, D) -> (N, T, p*p*C_out)."""
+        shift, scale = jnp.split(self.adaLN_modulation(jax.nn.silu(c)), 2, axis=-1)  # (N, D) each
         return self.linear(modulate(layer_norm(x, 1e-6), shift, scale))
 
 
@@ -185,7 +191,7 @@ class DiT(nnx.Module):
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size, **kw)
         self.t_embedder = TimestepEmbedder(hidden_size, freq_shift=freq_shift, **kw)
         self.y_embedder = (
-            LabelEmbedder(num_classes, hidden_size, class_dropout_prob, param_dtype=param_dtype, rngs=rngs)
+            LabelEmbedder(num_classes, hidden_size, class_dropout_prob, param_dtype=param_dtype)
             if num_classes
             else None
         )
@@ -220,6 +226,45 @@ class DiT(nnx.Module):
             ]
         )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, **kw)
+        self.initialize_weights(rngs)
+
+    def initialize_weights(self, rngs):
+        """Every parameter's initial value, as DiT's initialize_weights sets them (text parts as PixArt-alpha's)."""
+        def init(param, initializer):
+            param[...] = initializer(rngs.params(), param.shape, param.dtype)
+
+        # Every Linear: xavier-uniform weight, zero bias.
+        for _, module in nnx.iter_modules(self):
+            if isinstance(module, nnx.Linear):
+                init(module.kernel, nnx.initializers.xavier_uniform())
+                init(module.bias, nnx.initializers.zeros)
+        # The patch embedding like a Linear over the flattened p x p x C patch.
+        init(self.x_embedder.proj.kernel, nnx.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3))
+        init(self.x_embedder.proj.bias, nnx.initializers.zeros)
+        # The class table (null class included), the timestep MLP and the text projections: normal, std 0.02.
+        normal = nnx.initializers.normal(0.02)
+        if self.y_embedder is not None:
+            init(self.y_embedder.embedding_table, normal)
+        init(self.t_embedder.linear1.kernel, normal)
+        init(self.t_embedder.linear2.kernel, normal)
+        if self.text_embedder is not None:
+            for name in ("caption_fc1", "caption_fc2", "pooled_fc1", "pooled_fc2"):
+                if hasattr(self.text_embedder, name):
+                    init(getattr(self.text_embedder, name).kernel, normal)
+            # The learned null text: vectors of about unit norm.
+            for name in ("null_tokens", "null_pooled"):
+                if hasattr(self.text_embedder, name):
+                    init(getattr(self.text_embedder, name), nnx.initializers.normal(self.text_dim**-0.5))
+        # adaLN-Zero: the modulation of every block and of the final layer, the text cross-attention's output
+        # projection and the final linear layer start at zero, so each block starts as the identity.
+        zero = [self.final_layer.adaLN_modulation, self.final_layer.linear]
+        for block in self.blocks:
+            zero.append(block.adaLN_modulation)
+            if block.cross_attn is not None:
+                zero.append(block.cross_attn.proj)
+        for layer in zero:
+            init(layer.kernel, nnx.initializers.zeros)
+            init(layer.bias, nnx.initializers.zeros)
 
     def scan(self, tokens, c, context, context_mask, keys, residuals, policy):
         """The blocks as one lax.scan over their stacked weights: one compiled block body, whatever the depth
@@ -240,10 +285,11 @@ class DiT(nnx.Module):
         return jax.lax.scan(body, tokens, (weights, keys, residuals))[0]
 
     def pos_embed(self, grid_h, grid_w):
+        """(1, grid_h * grid_w, D): the fixed sin-cos table."""
         return jnp.asarray(sincos_2d(self.hidden_size, grid_h, grid_w), jnp.float32)[None]
 
     def unpatchify(self, x, grid_h, grid_w):
-        """(B, h*w, p*p*C) -> (B, h*p, w*p, C), each token's outputs in (p, q, C) order."""
+        """(N, h*w, p*p*C) -> (N, h*p, w*p, C), each token's outputs in (p, q, C) order."""
         p, c = self.patch_size, self.out_channels
         x = x.reshape(x.shape[0], grid_h, grid_w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
         return x.reshape(x.shape[0], grid_h * p, grid_w * p, c)
@@ -253,11 +299,12 @@ class DiT(nnx.Module):
     ):
         """Predicts noise (and variance) for a noisy NHWC batch.
 
-        x: (B, H, W, C) noisy input; t: (B,) timesteps; y: (B,) class labels;
-        text: (B, L, text_dim) per-token embeddings with text_mask (B, L);
-        pooled: (B, text_dim); drop: (B,) bool, replace every condition by its
+        x: (N, H, W, C) noisy input; t: (N,) timesteps; y: (N,) class labels;
+        text: (N, L, text_dim) per-token embeddings with text_mask (N, L);
+        pooled: (N, text_dim); drop: (N,) bool, replace every condition by its
         null value (guidance); residuals: optional per-block additions (ControlNet).
         rng: a key turns on training-time label/caption dropout and dropout.
+        Returns (N, H, W, C_out) in float32: the noise (and variance values) prediction.
         """
         b, h, w, _ = x.shape
         p = self.patch_size
@@ -271,12 +318,12 @@ class DiT(nnx.Module):
                 return drop
             return drop | (jax.random.uniform(keys[key_index], (b,)) < prob)
 
-        tokens = self.x_embedder(x) + self.pos_embed(h // p, w // p).astype(x.dtype)
-        c = self.t_embedder(t)
+        tokens = self.x_embedder(x) + self.pos_embed(h // p, w // p).astype(x.dtype)  # (N, T, D), T = HW/p^2
+        c = self.t_embedder(t)  # (N, D)
         if self.y_embedder is not None:
             if y is None:
                 raise ValueError("This DiT is class-conditional: pass y (class labels).")
-            c = c + self.y_embedder(y, dropped(self.y_embedder.dropout_prob, 0))
+            c = c + self.y_embedder(y, dropped(self.y_embedder.dropout_prob, 0))  # (N, D)
         context = context_mask = None
         if self.text_embedder is not None:
             text_drop = dropped(self.text_embedder.dropout_prob, 1)
@@ -284,16 +331,16 @@ class DiT(nnx.Module):
                 if text is None:
                     raise ValueError("This DiT cross-attends to text: pass text (B, L, D) and text_mask.")
                 mask = jnp.ones(text.shape[:2], bool) if text_mask is None else text_mask
-                context, context_mask = self.text_embedder.tokens(text, mask, text_drop)
+                context, context_mask = self.text_embedder.tokens(text, mask, text_drop)  # (N, L, D), (N, L)
             if self.text_embedder.pooled:
                 if pooled is None:
                     raise ValueError("This DiT uses a pooled text embedding: pass pooled (B, D).")
-                c = c + self.text_embedder.pooled_embedding(pooled, text_drop)
+                c = c + self.text_embedder.pooled_embedding(pooled, text_drop)  # (N, D)
 
         def run_block(block, tokens, c, context, context_mask, key):
             return block(tokens, c, context, context_mask, key)
 
-        policy = REMAT_POLICIES[self.remat]
+        policy = REMAT_POLICIES[self.remat]  # the blocks: (N, T, D) -> (N, T, D)
         if self.scan_blocks:
             tokens = self.scan(tokens, c, context, context_mask, keys and keys[2:], residuals, policy)
         else:
@@ -303,5 +350,5 @@ class DiT(nnx.Module):
                 tokens = run_block(block, tokens, c, context, context_mask, keys[2 + i] if keys else None)
                 if residuals is not None and residuals[i] is not None:
                     tokens = tokens + residuals[i]
-        out = self.final_layer(tokens, c)
-        return self.unpatchify(out, h // p, w // p).astype(jnp.float32)
+        out = self.final_layer(tokens, c)  # (N, T, p*p*C_out)
+        return self.unpatchify(out, h // p, w // p).astype(jnp.float32)  # (N, H, W, C_out)

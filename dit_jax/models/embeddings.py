@@ -1,7 +1,9 @@
 """Input and condition embeddings of the DiT: patches, positions, timesteps, labels, text.
 
 Each matches facebookresearch/DiT (and PixArt-alpha for text) numerically, so
-that official weights load and reproduce their outputs.
+that official weights load and reproduce their outputs. Parameters are created
+as zeros of the right shape and sharding; their values are set in one place,
+DiT.initialize_weights (dit.py).
 """
 
 import math
@@ -17,14 +19,17 @@ def param_axes(*names):
     return {"out_sharding": names, "eager_sharding": False}
 
 
-def linear(din, dout, axes, *, dtype, param_dtype, rngs, init=None, zero=False):
-    """A Linear with the reference init: xavier-uniform weight, zero bias (or all zero)."""
-    if zero:
-        init = nnx.initializers.zeros
+def param(shape, axes, param_dtype):
+    """A parameter of zeros with logical axes; DiT.initialize_weights gives it its value."""
+    return nnx.Param(jnp.zeros(shape, param_dtype), **param_axes(*axes))
+
+
+def linear(din, dout, axes, *, dtype, param_dtype, rngs):
+    """A Linear with logical axes on its weight (din, dout) and bias; zeros until DiT.initialize_weights."""
     return nnx.Linear(
         din,
         dout,
-        kernel_init=init or nnx.initializers.xavier_uniform(),
+        kernel_init=nnx.initializers.zeros,
         bias_init=nnx.initializers.zeros,
         kernel_metadata=param_axes(*axes),
         bias_metadata=param_axes(axes[1]),
@@ -67,14 +72,13 @@ class PatchEmbed(nnx.Module):
 
     def __init__(self, patch_size, in_channels, hidden_size, *, dtype, param_dtype, rngs):
         self.patch_size = patch_size
-        # Initialised like a Linear over the flattened patch, as the reference does.
         self.proj = nnx.Conv(
             in_channels,
             hidden_size,
             kernel_size=(patch_size, patch_size),
             strides=(patch_size, patch_size),
             padding="VALID",
-            kernel_init=nnx.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3),
+            kernel_init=nnx.initializers.zeros,
             bias_init=nnx.initializers.zeros,
             kernel_metadata=param_axes(None, None, None, "embed"),
             bias_metadata=param_axes("embed"),
@@ -84,8 +88,8 @@ class PatchEmbed(nnx.Module):
         )
 
     def __call__(self, x):
-        x = self.proj(x)
-        return x.reshape(x.shape[0], -1, x.shape[-1])
+        x = self.proj(x)  # (N, H/p, W/p, D)
+        return x.reshape(x.shape[0], -1, x.shape[-1])  # (N, T, D), T = HW/p^2 in raster order
 
 
 class TimestepEmbedder(nnx.Module):
@@ -93,30 +97,26 @@ class TimestepEmbedder(nnx.Module):
 
     def __init__(self, hidden_size, *, freq_dim=256, freq_shift=0.0, dtype, param_dtype, rngs):
         self.freq_dim, self.freq_shift = freq_dim, freq_shift
-        normal = nnx.initializers.normal(0.02)
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, init=normal)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.linear1 = linear(freq_dim, hidden_size, (None, "embed"), **kw)
         self.linear2 = linear(hidden_size, hidden_size, ("embed", "embed"), **kw)
 
     def __call__(self, t):
-        h = timestep_frequencies(t, self.freq_dim, freq_shift=self.freq_shift)
-        return self.linear2(jax.nn.silu(self.linear1(h)))
+        h = timestep_frequencies(t, self.freq_dim, freq_shift=self.freq_shift)  # (N, 256)
+        return self.linear2(jax.nn.silu(self.linear1(h)))  # (N, D)
 
 
 class LabelEmbedder(nnx.Module):
     """A class table with one extra row, the null class used for classifier-free guidance."""
 
-    def __init__(self, num_classes, hidden_size, dropout_prob, *, param_dtype, rngs):
+    def __init__(self, num_classes, hidden_size, dropout_prob, *, param_dtype):
         self.num_classes, self.dropout_prob = num_classes, dropout_prob
         rows = num_classes + int(dropout_prob > 0)
-        self.embedding_table = nnx.Param(
-            nnx.initializers.normal(0.02)(rngs.params(), (rows, hidden_size), param_dtype),
-            **param_axes("vocab", "embed"),
-        )
+        self.embedding_table = param((rows, hidden_size), ("vocab", "embed"), param_dtype)
 
     def __call__(self, labels, drop):
-        labels = jnp.where(drop, self.num_classes, labels)
-        return jnp.take(self.embedding_table[...], labels, axis=0)
+        labels = jnp.where(drop, self.num_classes, labels)  # (N,)
+        return jnp.take(self.embedding_table[...], labels, axis=0)  # (N, D)
 
 
 class TextEmbedder(nnx.Module):
@@ -145,12 +145,9 @@ class TextEmbedder(nnx.Module):
         if null_text not in ("learned", "zeros"):
             raise ValueError(f"null_text must be 'learned' or 'zeros', got {null_text!r}")
         self.cross, self.pooled, self.dropout_prob = cross, pooled, dropout_prob
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, init=nnx.initializers.normal(0.02))
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.text_len, self.text_dim, self.learned_null = text_len, text_dim, null_text == "learned"
-        null = lambda *shape: nnx.Param(
-            nnx.initializers.normal(text_dim**-0.5)(rngs.params(), shape, param_dtype),
-            **param_axes(*(None,) * len(shape)),
-        )
+        null = lambda *shape: param(shape, (None,) * len(shape), param_dtype)
         if cross:
             self.caption_fc1 = linear(text_dim, hidden_size, (None, "embed"), **kw)
             self.caption_fc2 = linear(hidden_size, hidden_size, ("embed", "embed"), **kw)
@@ -171,12 +168,13 @@ class TextEmbedder(nnx.Module):
         return jnp.zeros((self.text_len, self.text_dim)), jnp.zeros((self.text_dim,))
 
     def tokens(self, text, mask, drop):
-        """(B, L, D_text) tokens and (B, L) mask -> (B, L, hidden) context and its key mask."""
-        text = jnp.where(drop[:, None, None], self.null_text()[0].astype(text.dtype), text)
-        mask = jnp.where(drop[:, None], True, mask.astype(bool))
-        h = self.caption_fc2(jax.nn.gelu(self.caption_fc1(text), approximate=True))
+        """(N, L, D_text) tokens and (N, L) mask -> (N, L, D) context and its key mask."""
+        text = jnp.where(drop[:, None, None], self.null_text()[0].astype(text.dtype), text)  # (N, L, D_text)
+        mask = jnp.where(drop[:, None], True, mask.astype(bool))  # (N, L)
+        h = self.caption_fc2(jax.nn.gelu(self.caption_fc1(text), approximate=True))  # (N, L, D)
         return h, mask
 
     def pooled_embedding(self, pooled, drop):
+        """(N, D_text) -> (N, D), added to the timestep embedding."""
         pooled = jnp.where(drop[:, None], self.null_text()[1].astype(pooled.dtype), pooled)
         return self.pooled_fc2(jax.nn.silu(self.pooled_fc1(pooled)))

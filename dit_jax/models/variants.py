@@ -37,3 +37,8 @@ def forward_macs(*, input_size=32, patch_size=2, in_channels=4, hidden_size=1152
         cond += text_dim * d + d * d
     head = d * 2 * d + n * d * out
     return n * patch_size * patch_size * in_channels * d + cond + depth * block + head
+
+
+def train_flops_per_image(model_kwargs):
+    """A train step costs about 3x the forward pass (forward + two for backward); 2 FLOPs a MAC."""
+    return 3 * 2 * forward_macs(**model_kwargs)

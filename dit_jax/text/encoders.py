@@ -14,18 +14,23 @@ transformers 5.x has no Flax models, and training only reads the results.
 """
 
 import dataclasses
-import os
-import re
+import types
 
 import numpy as np
 import torch
+
+from dit_jax.utils.hub import weights_source
 
 DEFAULT_IDS = {
         "clip": "openai/clip-vit-large-patch14",
         "t5": "google/t5-v1_1-xxl",
         "minilm": "sentence-transformers/all-MiniLM-L6-v2",
 }
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "org/name" or "name"
+# The default hub models' widths and position limits: shapes known without downloading them.
+DEFAULT_CONFIGS = {
+        "openai/clip-vit-large-patch14": dict(hidden_size=768, max_position_embeddings=77),
+        "google/t5-v1_1-xxl": dict(hidden_size=4096),
+}
 _HOWTO = ("pass --config.text.path=DIR with a model saved by save_pretrained (model and tokenizer), "
           "or a hub id on a machine that can reach the hub")
 
@@ -45,12 +50,29 @@ def resolve(kind, path):
         raise ValueError(f"Unknown text encoder {kind!r}; choose one of {sorted(DEFAULT_IDS)}.")
     if not path:
         return _minilm_dir() if kind == "minilm" else DEFAULT_IDS[kind]
-    local = os.path.expanduser(path)
-    if os.path.isdir(local):
-        return local
-    if not HUB_ID.fullmatch(path):
-        raise ValueError(f"Text encoder path {path!r} does not exist; {_HOWTO}.")
-    return path
+    return weights_source(path, "Text encoder", _HOWTO)
+
+
+def _max_length(kind, config, max_length):
+    """CLIP reads at most its position count (77); the others pad to the length asked for."""
+    return min(max_length, config.max_position_embeddings) if kind == "clip" else max_length
+
+
+def text_shape(kind, path="", max_length=77):
+    """{"dim", "max_length"} of what encoder `kind` from `path` writes, read from its config (no weights loaded):
+    the single source of the text widths that `prepare` records and synthetic batches (bench) take."""
+    source = resolve(kind, path)
+    if source in DEFAULT_CONFIGS:
+        config = types.SimpleNamespace(**DEFAULT_CONFIGS[source])
+    else:
+        import transformers  # pylint: disable=import-outside-toplevel
+        try:
+            config = transformers.AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"Cannot read the {kind} text encoder's config from {source!r} "
+                             f"({str(e).splitlines()[0]}); {_HOWTO}.") from None
+        config = getattr(config, "text_config", config)  # a full CLIP model's folder holds its text tower's
+    return dict(dim=config.hidden_size, max_length=_max_length(kind, config, max_length))
 
 
 @dataclasses.dataclass
@@ -110,8 +132,7 @@ def load(kind, path="", max_length=77, layer="last", device=None):
     except OSError as e:
         raise ValueError(f"Cannot load the {kind} text encoder from {source!r} ({str(e).splitlines()[0]}); "
                          f"{_HOWTO}.") from None
-    if kind == "clip":
-        max_length = min(max_length, model.config.max_position_embeddings)
+    max_length = _max_length(kind, model.config, max_length)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return TextEncoder(kind, source, tokenizer, model.eval().to(device), max_length, layer, device)
 

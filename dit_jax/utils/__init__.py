@@ -1,1 +1,1 @@
-"""Small utilities: FLOP accounting and image grids."""
+"""The bottom layer, importing nothing else of dit_jax: accelerator peaks, pictures, profiles, weight paths."""

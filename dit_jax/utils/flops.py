@@ -1,19 +1,12 @@
-"""Model FLOPs and accelerator peaks, for TFLOP/s and MFU."""
+"""Accelerator peaks, for MFU (the model's FLOPs are models.variants.train_flops_per_image)."""
 
 import jax
-
-from dit_jax.models.variants import forward_macs
 
 # Dense bf16 peak FLOP/s per chip.
 PEAK_FLOPS = {
     "H100": 989e12, "H200": 989e12, "A100": 312e12,
     "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
 }
-
-
-def train_flops_per_image(model_kwargs):
-    """A train step costs about 3x the forward pass (forward + two for backward); 2 FLOPs a MAC."""
-    return 3 * 2 * forward_macs(**model_kwargs)
 
 
 def device_peak_flops(device=None):

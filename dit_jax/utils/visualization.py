@@ -8,8 +8,6 @@ import textwrap
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from dit_jax.diffusion.samplers import Trajectory
-
 FONT_SIZE = 12  # the default 10 px font runs words together
 CAPTION_HEIGHT = 2 * (FONT_SIZE + 4) + 4  # two lines of captions under each grid picture
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -46,8 +44,8 @@ def trajectory_frames(trajectory, index=0, frames=8):
     (t (S,), x and x0 (S, B, H, W, C)), as a Trajectory of numpy arrays (F,) and (F, H, W, C)."""
     steps = len(trajectory.t)
     keep = np.unique(np.round(np.linspace(0, steps - 1, min(frames, steps))).astype(int))
-    return Trajectory(np.asarray(trajectory.t)[keep], np.asarray(trajectory.x)[keep, index],
-                      np.asarray(trajectory.x0)[keep, index])
+    return trajectory._replace(t=np.asarray(trajectory.t)[keep], x=np.asarray(trajectory.x)[keep, index],
+                               x0=np.asarray(trajectory.x0)[keep, index])
 
 
 def trajectory_strip(frames, scale=None, label_width=24, header=14):
