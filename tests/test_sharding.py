@@ -113,7 +113,8 @@ def test_gradient_accumulation_matches_one_big_batch(monkeypatch):
 
 def flat(tree):
     """{path: float64 NumPy array} of a tree of arrays."""
-    return {jax.tree_util.keystr(path): np.asarray(x, np.float64) for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+    return {jax.tree_util.keystr(path): np.asarray(x, np.float64)
+            for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def test_fsdp_divides_state_memory():
