@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -54,32 +55,66 @@ def test_default_metrics_follow_the_data():
     assert default_metrics(dict(emoji, space="latent"), None) == []
 
 
+class BrightnessClassifier(nnx.Module):
+    """A judge with known outputs: an image of mean brightness b is class round(b / 20), at most 9."""
+
+    def __call__(self, images):
+        brightness = jnp.asarray(images, jnp.float32).mean((1, 2, 3))
+        return -jnp.abs(brightness[:, None] - 20.0 * jnp.arange(10))
+
+
+def brightness_classes(images):
+    """BrightnessClassifier's answers, in NumPy."""
+    return np.abs(images.astype(np.float64).mean((1, 2, 3))[:, None] - 20.0 * np.arange(10)).argmin(1)
+
+
+@pytest.fixture
+def known_classifier(monkeypatch):
+    """The Judge's classifier (loaded or trained by classifier.load_or_train) becomes BrightnessClassifier."""
+    monkeypatch.setattr(classifier, "load_or_train", lambda data_dir, source_dir="": (BrightnessClassifier(), 0.875))
+
+
 def test_judge_scores_real_images_as_perfect(run_dir):
-    """The reference's own images: FID 0, retrieval finds each one first, adherence is the classifier's accuracy."""
+    """The reference's own images: FID 0, retrieval finds each one first."""
     workdir, data_dir, manifest = run_dir
     examples = pipeline.read_prepared(manifest, range(16))
     captions = [str(e["captions"][0]) for e in examples]
-    judge = Judge(["fid", "adherence", "retrieval"], manifest, data_dir, np.arange(16), captions, None)
+    judge = Judge(["fid", "retrieval"], manifest, data_dir, np.arange(16), captions, None)
     images = np.stack([e["image"] for e in examples])
     labels = [int(e["label"]) for e in examples]
     result = judge(images, captions, labels)
     assert abs(result["fid_16"]) < 1e-3
     assert np.load(os.path.join(manifest["dir"], "fid_inception_done.npy")).all()  # the retrieval gallery: all 32
     assert result["retrieval_top1"] == 1.0
-    expected = np.mean(classifier.predict(judge.classifier, images) == np.asarray(labels))
-    assert result["adherence"] == pytest.approx(expected)
     shuffled = judge(images[::-1], [], labels)  # wrong images for their prompts
     assert shuffled["fid_16"] < 1e-3 and shuffled["retrieval_top1"] < 0.5
 
 
-def test_evaluate_writes_metrics_samples_and_plot(run_dir, tmp_path, monkeypatch):
-    workdir, data_dir, _ = run_dir
+def test_adherence_is_the_share_judged_as_the_prompted_class(run_dir, known_classifier):
+    _, data_dir, manifest = run_dir
+    judge = Judge(["adherence"], manifest, data_dir, np.arange(8), [], None)
+    labels = [0, 0, 1, 2, 4, 4, 6, 7]  # what the prompts asked for
+    judged = [0, 9, 1, 2, 4, 9, 6, 0]  # what the classifier says
+    images = np.stack([np.full((32, 32, 1), 20 * k, np.uint8) for k in judged])
+    result = judge(images, [], labels)
+    assert result["adherence"] == 5 / 8
+    names = fashion_mnist.CLASSES
+    assert result["adherence_per_class"] == {names[0]: 0.5, names[1]: 1.0, names[2]: 1.0, names[4]: 0.5,
+                                             names[6]: 1.0, names[7]: 0.0}
+    assert result["classifier_test_accuracy"] == 0.875
+
+
+def test_evaluate_writes_metrics_samples_and_plot(run_dir, tmp_path, monkeypatch, known_classifier):
+    workdir, data_dir, manifest = run_dir
     results = evaluate(workdir, data_dir, samplers=[("ddim", 2), ("dpmpp_2m", 3)], num_samples=16, batch_size=8,
                        metrics=["fid", "adherence"], out=str(tmp_path))
     assert [(r["sampler"], r["steps"]) for r in results] == [("ddim", 2), ("dpmpp_2m", 3)]
+    label_of = {str(e["captions"][0]): int(e["label"]) for e in pipeline.read_prepared(manifest, range(32))}
     for r in results:
-        assert r["fid_16"] > 1.0 and 0.0 <= r["adherence"] <= 1.0  # random weights: far from the data
-        assert set(r["adherence_per_class"]) <= set(fashion_mnist.CLASSES)
+        assert r["fid_16"] > 1.0  # random weights: far from the data
+        samples = np.load(tmp_path / f"{r['sampler']}_{r['steps']}.npz")  # each image judged against its prompt
+        labels = [label_of[str(c)] for c in samples["captions"]]
+        assert r["adherence"] == np.mean(brightness_classes(samples["arr_0"]) == labels)
     assert json.loads((tmp_path / "metrics.json").read_text()) == results
     samples = np.load(tmp_path / "ddim_2.npz")
     assert samples["arr_0"].shape == (16, 32, 32, 1) and samples["arr_0"].dtype == np.uint8

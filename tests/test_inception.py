@@ -72,7 +72,8 @@ def test_reader_matches_torch_state_dict(weights_path, torch_fid):
 
 
 # Measured on CPU (2 images each), max |jax - torch| and that over max |torch| (features reach 4-5):
-# 32x32 uint8 1.3e-5 / 3.4e-6, 299x299 uint8 (no resize) 5.2e-6 / 1.0e-6, 40x24 float 1.3e-5 / 2.9e-6.
+# 32x32 uint8 1.1e-5 / 2.8e-6, 299x299 uint8 (no resize) 4.8e-6 / 0.9e-6, 40x24 float 1.5e-5 / 3.3e-6.
+# Hence the bound (README: "to 1e-5 of the largest feature"): |jax - torch| <= 1e-5 * max |torch|.
 @pytest.mark.parametrize("shape, dtype", [((32, 32), np.uint8), ((299, 299), np.uint8), ((40, 24), np.float32)])
 def test_features_match_torchscript(torch_fid, jax_fid, shape, dtype):
     rng = np.random.default_rng(0)
@@ -83,7 +84,7 @@ def test_features_match_torchscript(torch_fid, jax_fid, shape, dtype):
     want = torch_fid[1](images)
     got = jax_fid(images)
     assert got.shape == (2, 2048) and got.dtype == np.float32
-    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
 def test_batches_pad_and_join(jax_fid):

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from configs.tiny import get_config
@@ -62,13 +63,58 @@ def test_scanned_blocks_train_the_same_on_a_mesh():
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")  # stored per block, as sharded
 
 
-def test_gradient_accumulation_matches_one_big_batch():
-    reference, _, _ = run(toy_config(data=2, fsdp=2))
-    accumulated = toy_config(data=2, fsdp=2)
-    accumulated.optim.accumulate = 2
-    losses, _, _ = run(accumulated)
-    # Each micro-batch draws its own timesteps, so losses differ a little but must stay close.
-    np.testing.assert_allclose(losses, reference, rtol=0.2)
+def test_gradient_accumulation_matches_one_big_batch(monkeypatch):
+    """accumulate=2 on a 2x2 mesh: the same loss, gradients and AdamW update as one step on the whole batch.
+
+    The step draws timesteps and noise per micro-batch; here the real loss runs on each row alone with a
+    key of its own (the row's index), so both steps see the same draws and only the accumulation differs.
+    The gradients are read from AdamW's first moment after one step (mu = (1 - b1) g, clipping off).
+    """
+    loss_fn = trainer_lib.loss_fn
+
+    def per_row_loss(trainer, params, batch, key):
+        rows = {name: x[:, None] for name, x in batch.items() if name != "row"}  # (B, 1, ...): batches of one
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(7), i))(batch["row"])
+        return jax.vmap(lambda row, key: loss_fn(trainer, params, row, key))(rows, keys).mean()
+
+    monkeypatch.setattr(trainer_lib, "loss_fn", per_row_loss)
+    batch = dict(toy_batch(), row=jnp.arange(16))
+
+    def one_step(accumulate):
+        config = toy_config(data=2, fsdp=2, caption_dropout_prob=0.0)  # the model's own draws would differ
+        config.optim.update(accumulate=accumulate, grad_clip=0.0, schedule="constant", warmup_steps=0)
+        mesh = sharding.make_mesh(config.mesh, jax.devices()[:4])
+        trainer = trainer_lib.create(config, {**config.model.to_dict(), **MODEL}, mesh)
+        state = trainer.init()
+        # Away from adaLN-Zero's zeros, where only the final layer has a gradient.
+        leaves, treedef = jax.tree.flatten(state["params"])
+        keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+        state["params"] = treedef.unflatten([jax.device_put(x + 0.1 * jax.random.normal(key, x.shape), x.sharding)
+                                             for x, key in zip(leaves, keys)])
+        state, metrics = trainer_lib.compile_step(trainer, batch)(state, batch)
+        grads = optax.tree_utils.tree_get(state["opt_state"], "mu")
+        return flat(grads), flat(state["params"]), metrics
+
+    with jax.default_matmul_precision("highest"):
+        grads, params, metrics = one_step(1)
+        accumulated_grads, accumulated_params, accumulated_metrics = one_step(2)
+    for name in ("loss", "grad_norm"):
+        np.testing.assert_allclose(accumulated_metrics[name], metrics[name], rtol=1e-5, err_msg=name)
+    unused = {name for name, g in grads.items() if not np.abs(g).max()}
+    assert len(grads) == len(params) and all("null_" in name for name in unused), unused  # no caption dropout
+    for name, want in grads.items():
+        np.testing.assert_allclose(accumulated_grads[name], want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=name)
+    # The key bias's gradient is zero but for rounding (~1e-9), which Adam divides by eps=1e-8: its update
+    # differs by a few 1e-6; a wrong gradient anywhere moves its update by up to 2 lr = 6e-4.
+    for name, want in params.items():
+        np.testing.assert_allclose(accumulated_params[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def flat(tree):
+    """{path: float64 NumPy array} of a tree of arrays."""
+    return {jax.tree_util.keystr(path): np.asarray(x, np.float64)
+            for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def test_fsdp_divides_state_memory():

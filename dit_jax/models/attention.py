@@ -13,11 +13,12 @@ mask (B, Lk) where True means "attend", and return (B, Lq, H, D).
 A spec may add a sparse pattern for self-attention, e.g. "splash:local=128"
 (keys within 128 tokens), "xla:strided=16" (every 16th token) or both,
 "splash:local=64,strided=64" (Sparse Transformer's fixed pattern). Splash
-skips the empty blocks; every other backend applies the same pattern as a
-mask, so results agree everywhere. On CPU the Pallas kernels run in
-interpret mode (for tests: slow). Under a mesh (jax.sharding.use_abstract_mesh,
-which the train step sets) the kernels run inside shard_map over batch (data,
-fsdp) and heads (tensor).
+skips the empty blocks; xla, dot_product and cudnn apply the same pattern as a
+mask, so results agree. pallas_flash's kernels take no pattern: parse()
+refuses one there, and auto picks a backend that applies it. On CPU the
+Pallas kernels run in interpret mode (for tests: slow). Under a mesh
+(jax.sharding.use_abstract_mesh, which the train step sets) the kernels run
+inside shard_map over batch (data, fsdp) and heads (tensor).
 """
 
 import dataclasses
@@ -47,6 +48,10 @@ class Sparsity:
         return near | aligned
 
 
+NO_PATTERN = ("pallas_flash's kernels take no sparse pattern: use splash:PATTERN on TPU, or "
+              "cudnn:, dot_product: or xla:PATTERN, which apply it as a mask.")
+
+
 def parse(spec):
     """'splash:local=64,strided=8' -> ('splash', Sparsity(64, 8)); a bare name has no pattern."""
     name, _, pattern = spec.partition(":")
@@ -54,6 +59,8 @@ def parse(spec):
         raise ValueError(f"Unknown attention backend {name!r}; choose one of {sorted(BACKENDS)}.")
     if not pattern:
         return name, None
+    if name == "pallas_flash":
+        raise ValueError(f"attention={spec!r}: {NO_PATTERN}")
     fields = {}
     for part in pattern.split(","):
         key, _, value = part.partition("=")
@@ -75,13 +82,7 @@ def combined_mask(mask, sparsity, q_len, k_len):
 
 def xla_attention(q, k, v, mask=None, sparsity=None):
     """The reference: softmax(q k^T / sqrt(D)) v, with logits and softmax in float32."""
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (q.shape[-1] ** -0.5)
-    allowed = combined_mask(mask, sparsity, q.shape[1], k.shape[1])
-    if allowed is not None:
-        logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    return kernels.reference(q, k, v, combined_mask(mask, sparsity, q.shape[1], k.shape[1]))
 
 
 def dot_product(q, k, v, mask=None, sparsity=None):
@@ -99,10 +100,10 @@ def cudnn(q, k, v, mask=None, sparsity=None):
 
 def pallas_flash(q, k, v, mask=None, sparsity=None, *, platform=None, interpret=None):
     """Pallas flash attention for the platform (GPU: Triton, TPU: Mosaic; on CPU interpreted, default
-    the GPU kernel). Its kernels take no sparse pattern: one falls back to the masked reference."""
-    platform, interpret = kernel_platform(platform, interpret)
+    the GPU kernel). Its kernels take no sparse pattern (parse refuses one)."""
     if sparsity is not None:
-        return xla_attention(q, k, v, mask, sparsity)
+        raise ValueError(NO_PATTERN)
+    platform, interpret = kernel_platform(platform, interpret)
     kernel = kernels.tpu_flash if platform == "tpu" else kernels.gpu_flash
     return sharded(lambda q, k, v, m: kernel(q, k, v, m, interpret=interpret), q, k, v, mask)
 
@@ -119,25 +120,28 @@ def splash(q, k, v, mask=None, sparsity=None, *, platform=None, interpret=None):
 _announced = set()
 
 
-def choose(q, platform=None):
-    """auto's choice: cuDNN on NVIDIA where it supports the shapes, else Pallas; splash on TPU; XLA on CPU."""
+def choose(q, platform=None, sparsity=None):
+    """auto's choice: cuDNN on NVIDIA where it supports the shapes, else Pallas (or XLA for a sparse
+    pattern, which the Pallas GPU kernel cannot apply); splash on TPU; XLA on CPU."""
     platform = platform or jax.default_backend()
     if platform == "tpu":
         return "splash"
     if platform == "gpu":
         head_dim = q.shape[-1]
         cudnn_fits = q.dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
-        return "cudnn" if is_nvidia() and cudnn_fits else "pallas_flash"
+        if is_nvidia() and cudnn_fits:
+            return "cudnn"
+        return "pallas_flash" if sparsity is None else "xla"
     return "xla"
 
 
 def auto(q, k, v, mask=None, sparsity=None):
-    name = choose(q)
-    key = (name, str(q.dtype), q.shape[-1])
+    name = choose(q, sparsity=sparsity)
+    key = (name, str(q.dtype), q.shape[-1], sparsity)
     if key not in _announced:
         _announced.add(key)
-        logging.warning("attention=auto uses %s on %s (%s, head dim %d).", name, jax.default_backend(),
-                        q.dtype, q.shape[-1])
+        logging.warning("attention=auto uses %s on %s (%s, head dim %d%s).", name, jax.default_backend(),
+                        q.dtype, q.shape[-1], f", {sparsity}" if sparsity else "")
     return BACKENDS[name](q, k, v, mask, sparsity)
 
 

@@ -1,4 +1,5 @@
-"""Pallas attention kernels: GPU (Triton) flash, TPU flash and TPU splash, padded to their blocks.
+"""Pallas attention kernels: GPU (Triton) flash, TPU flash and TPU splash, padded to their blocks;
+and the plain softmax attention they are checked and (where a kernel has no backward) differentiated by.
 
 Each takes q (B, Lq, H, D), k and v (B, Lk, H, D) and an optional key mask
 (B, Lk), True meaning "attend", and returns (B, Lq, H, D). Lengths are padded
@@ -19,6 +20,17 @@ from jax.experimental.pallas.ops.tpu import splash_attention as splash_lib
 
 TPU_BLOCK = 128  # TPU kernels tile sequences by 128 (the lane width).
 _MASKED = -1e9   # added to the logits of masked keys in the GPU kernel (its exp is exactly 0)
+
+
+def reference(q, k, v, allowed=None, scale=None):
+    """softmax(q k^T * scale) v, logits and softmax in float32; `allowed` a boolean mask broadcastable
+    to (B, H, Lq, Lk). scale defaults to 1 / sqrt(D)."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if allowed is not None:
+        logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
 def round_up(n, multiple):
@@ -77,17 +89,12 @@ def gpu_flash(q, k, v, mask=None, *, interpret=False):
 
 def _with_xla_backward(kernel, scale):
     """kernel(q, k, v) forward, differentiated as plain softmax attention (any mask is inside k)."""
-    def reference(q, k, v):
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        weights = jax.nn.softmax(logits * scale, axis=-1).astype(v.dtype)
-        return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-
     @jax.custom_vjp
     def run(q, k, v):
         return kernel(q, k, v)
 
     run.defvjp(lambda q, k, v: (kernel(q, k, v), (q, k, v)),
-               lambda res, cotangent: jax.vjp(reference, *res)[1](cotangent))
+               lambda res, cotangent: jax.vjp(functools.partial(reference, scale=scale), *res)[1](cotangent))
     return run
 
 
