@@ -11,8 +11,8 @@ from dit_jax.diffusion.samplers import Trajectory, ddim_sample, ddpm_sample, dpm
 from dit_jax.diffusion.schedules import SPACINGS, sampling_grid
 
 SAMPLERS = ("ddpm", "ddim", "ddim_diffusers", "dpmpp_2m", "dpmpp_3m")
-# DDIM stepping to the next grid point and ending on clean data (DiT), or as diffusers' DDIMScheduler with
-# set_alpha_to_one=False steps (from t to t - T // N, the last to alphas_cumprod[0]); both take eta.
+# Both take eta. ddim steps to the next grid point and ends on clean data (DiT); ddim_diffusers steps as diffusers'
+# DDIMScheduler with set_alpha_to_one=False (from t to t - T // N, the last to alphas_cumprod[0]).
 DDIM_SAMPLERS = ("ddim", "ddim_diffusers")
 INPAINT_SAMPLERS = ("ddpm", "ddim")  # RePaint's steps: DDIM with eta 1 (ddpm) or the given eta
 # The one home of the sampling defaults: generate's, the commands' flags and the recipes' sample.* keys.
