@@ -14,9 +14,9 @@ Metrics, by what the data allows:
   retrieval  other text datasets in pixel space (emoji): top-1 / top-5 retrieval of the prompted training image
              among all training images, in Inception feature space.
   clip       CLIP score, when --clip_model is given.
---spacing and --eta (ddim) apply to every sampler; the spacing defaults to
-the run's config.sample.spacing, else each sampler's own (dit_jax/sampling.py
-does the sampling). Writes OUT/<sampler>_<steps>.npz (with the settings it was
+--spacing applies to every sampler and --eta to the ddim ones; the spacing
+defaults to the run's config.sample.spacing, else each sampler's own
+(dit_jax/sampling.py does the sampling). Writes OUT/<sampler>_<steps>.npz (with the settings it was
 sampled with) and a captioned grid per sampler, and after
 each sampler OUT/metrics.json (every result so far), its TensorBoard scalars
 under OUT/tensorboard and, with several samplers, OUT/fid_vs_steps.png.
@@ -36,7 +36,7 @@ from ml_collections import ConfigDict
 from dit_jax import sampling
 from dit_jax.data import pipeline, prepare
 from dit_jax.diffusion import SPACINGS
-from dit_jax.diffusion.generate import SAMPLER, STEPS, check_sampler
+from dit_jax.diffusion.generate import DDIM_SAMPLERS, SAMPLER, STEPS, check_sampler
 from dit_jax.utils import distributed
 from dit_jax.utils.visualization import captioned_grid, sampler_comparison
 
@@ -130,7 +130,7 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=((SAMPLER, STEPS),),
     if num_samples > manifest["examples"]:
         raise ValueError(f"--num_samples {num_samples} exceeds the {manifest['examples']} prepared examples.")
     cfg_scale = config.sample.cfg_scale if cfg_scale is None else cfg_scale
-    plan = [sampling.Settings(sampler=name, steps=steps, spacing=spacing, eta=eta if name == "ddim" else 0.0,
+    plan = [sampling.Settings(sampler=name, steps=steps, spacing=spacing, eta=eta if name in DDIM_SAMPLERS else 0.0,
                               cfg_scale=cfg_scale, seed=seed) for name, steps in samplers]
     for settings in plan:
         sampling.check_settings(settings)

@@ -63,7 +63,7 @@ class Options:
     steps: int = option(STEPS, "Sampling steps.")
     spacing: str = option(None, f"{' | '.join(SPACINGS)}; default: the model's (DiT's weights: dit), else the "
                           "sampler's.")
-    eta: float = option(0.0, "DDIM's noise: 0 deterministic, 1 DDPM's variance (--sampler=ddim only).")
+    eta: float = option(0.0, "DDIM's noise: 0 deterministic, 1 DDPM's variance (ddim samplers only).")
     cfg_scale: float = option(CFG_SCALE, "Classifier-free guidance scale (1 = none).")
     guidance_channels: int = option(None, "Guide only the first k channels (DiT: 3); default: the model's, else all.")
     seed: int = option(0, "Random seed.")

@@ -24,8 +24,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from dit_jax.diffusion import PREDICTIONS, Schedule, beta_schedule
-from dit_jax.diffusion.generate import (CFG_SCALE, DEFAULT_SPACING, SAMPLER, STEPS, check_sampler, check_spacing,
-                                        generate, sampler_grid)
+from dit_jax.diffusion.generate import (CFG_SCALE, DDIM_SAMPLERS, DEFAULT_SPACING, SAMPLER, STEPS, check_sampler,
+                                        check_spacing, generate, sampler_grid)
 from dit_jax.models.pretrained import load_pretrained
 from dit_jax.training import sharding
 from dit_jax.utils.visualization import to_uint8, trajectory_frames
@@ -55,7 +55,7 @@ def check_settings(settings, inpaint=False):
         raise ValueError(f"steps must be at least 1, got {settings.steps}.")
     if settings.eta < 0:
         raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM's noise), got {settings.eta}.")
-    if settings.eta and settings.sampler != "ddim":
+    if settings.eta and settings.sampler not in DDIM_SAMPLERS:
         raise ValueError(f"eta is DDIM's; the {settings.sampler} sampler does not take it.")
 
 

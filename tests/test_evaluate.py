@@ -197,3 +197,37 @@ def test_clip_score_is_100_times_the_models_own_cosine(tmp_path):
                                clip_score(grey.repeat(3, -1), captions, folder)[1])
     with pytest.raises(FileNotFoundError, match="CLIP model"):
         clip_score(images, captions, str(tmp_path / "missing"))
+
+
+def test_spacing_and_eta_flags_reach_sampling(run_dir, tmp_path, monkeypatch):
+    """The command's --spacing and --eta, parsed as its flags, reach every sampler's Settings (eta the ddim ones
+    only) and the results; a bad spacing fails in one line before sampling."""
+    from absl import flags
+    from absl.testing import flagsaver
+    from dit_jax import evaluate as command
+    workdir, data_dir, _ = run_dir
+    seen = []
+
+    def record(setup, settings, captions, labels, num_images, batch_size):
+        seen.append(setup.resolve(settings))
+        return sampling.Samples(np.zeros((len(captions), 32, 32, 1), np.uint8), captions, labels, None)
+
+    monkeypatch.setattr(sampling, "sample_images", record)
+    monkeypatch.setattr(command, "Judge", lambda *args: lambda images, captions, labels: {})
+    if "samplers" not in flags.FLAGS:
+        command.define_flags()
+    argv = ["evaluate", f"--workdir={workdir}", f"--data_dir={data_dir}", f"--out={tmp_path}", "--num_samples=16",
+            "--samplers=ddim:2,ddim_diffusers:3,dpmpp_2m:3", "--spacing=trailing", "--eta=0.5"]
+    with flagsaver.flagsaver():
+        flags.FLAGS(argv)
+        command.main(argv[:1])
+    assert [(s.sampler, s.steps, s.spacing, s.eta) for s in seen] == [
+        ("ddim", 2, "trailing", 0.5), ("ddim_diffusers", 3, "trailing", 0.5), ("dpmpp_2m", 3, "trailing", 0.0)]
+    results = json.loads((tmp_path / "metrics.json").read_text())
+    assert [(r["spacing"], r["eta"]) for r in results] == [("trailing", 0.5), ("trailing", 0.5), ("trailing", 0.0)]
+
+    seen.clear()
+    with flagsaver.flagsaver(), pytest.raises(SystemExit, match="^evaluate: Unknown spacing 'even'"):
+        flags.FLAGS(argv[:-2] + ["--spacing=even"])
+        command.main(argv[:1])
+    assert not seen

@@ -134,6 +134,7 @@ def test_checkpoint_schedule_has_the_given_timesteps(class_checkpoint):
     (dict(classes=["1"]), "--class was given but this model is not class-conditional"),
     (dict(prompt=[]), "This model is text-conditioned: pass --prompt"),
     (dict(mode="inpaint", image=__file__, sampler="dpmpp_2m"), "Inpainting takes ddpm or ddim steps"),
+    (dict(mode="inpaint", image=__file__, sampler="ddim_diffusers"), "Inpainting takes ddpm or ddim steps"),
     (dict(mode="img2img"), "--mode=img2img needs --image"),
     (dict(spacing="even"), "Unknown spacing 'even'"),
     (dict(eta=0.5), "eta is DDIM's"),
@@ -226,3 +227,28 @@ def test_eta_and_spacing_change_the_samples(class_checkpoint, tmp_path):
     for change in (dict(eta=1.0), dict(spacing="trailing")):
         other, _ = run(dataclasses.replace(base, **change))
         assert np.abs(other.astype(int) - plain).max() > 8, change
+
+
+def test_ddim_diffusers_reaches_diffusers_step_rule(class_checkpoint, tmp_path, monkeypatch):
+    """--sampler=ddim_diffusers runs DDIM with diffusers' stride T // N and last level alphas_cumprod[0] (that this
+    is DDIMScheduler is test_samplers'); a misspelt name fails in one line that lists it."""
+    from dit_jax.diffusion import generate as generate_module
+    calls, real = [], generate_module.ddim_sample
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs["stride"], kwargs["set_alpha_to_one"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "ddim_sample", spy)
+    base = Options(checkpoint=class_checkpoint, classes=["1"], num_images=2, steps=3, spacing="trailing",
+                   batch_size=8, npz=str(tmp_path / "s.npz"))
+    diffusers, _ = run(dataclasses.replace(base, sampler="ddim_diffusers", eta=0.5))
+    assert json.loads(str(np.load(tmp_path / "s.npz")["settings"]))["sampler"] == "ddim_diffusers"
+    on_grid, _ = run(dataclasses.replace(base, sampler="ddim", eta=0.5))
+    assert calls == [(1000 // 3, False), (None, True)]
+    assert np.abs(diffusers.astype(int) - on_grid).max() > 0
+
+    result = cli(f"--checkpoint={class_checkpoint}", "--class=1", "--sampler=ddim_diffuser")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("sample: Unknown sampler 'ddim_diffuser'; choose one "
+                                                            "of ('ddpm', 'ddim', 'ddim_diffusers',")

@@ -15,6 +15,7 @@ from dit_jax.diffusion import (
     dpm_solver_pp_sample,
     respace,
 )
+from dit_jax.diffusion.generate import generate
 
 # diffusers' DPM-Solver calls np.array on a tensor, which numpy 2 warns about.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -180,10 +181,34 @@ def test_ddim_trailing_without_alpha_to_one_matches_diffusers(eta, prediction):
     sample = functools.partial(ddim_sample, toy_jax(prediction, schedule), X_T, None, schedule, 9,
                                spacing="trailing", eta=eta, prediction=prediction, noise=noise if eta else None,
                                return_trajectory=True)
-    ours, trajectory = sample(prev="stride", set_alpha_to_one=False)
+    ours, trajectory = sample(stride=1000 // 9, set_alpha_to_one=False)
     assert_steps_close(ours, ref_steps, ref.timesteps.numpy(), trajectory)
     on_grid, _ = sample()  # our default steps to the next grid point and ends on clean data: not diffusers'
     assert np.abs(np.asarray(on_grid) - ref_steps[-1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("strength", [1.0, 5 / 9])
+def test_generate_ddim_diffusers_is_diffusers_ddim_trailing(strength):
+    """generate(sampler="ddim_diffusers", spacing="trailing", steps=9) is that DDIMScheduler loop; as img2img
+    (strength 5/9: its last 5 steps, from the image noised to t = 555) it still strides 1000 // 9, as diffusers'
+    img2img pipeline does, not 1000 // 5."""
+    schedule = SCHEDULES["linear"]
+    ref = float64_scheduler(DDIMScheduler, timestep_spacing="trailing", set_alpha_to_one=False)
+    ref.final_alpha_cumprod = ref.alphas_cumprod[0]
+    ref.set_timesteps(9)
+    timesteps = ref.timesteps[9 - round(9 * strength):]
+    image = np.tanh(X_T[:, ::-1]) if strength < 1 else None
+    x = nchw(X_T) if image is None else ref.add_noise(nchw(image), nchw(X_T), timesteps[:1])
+    torch_model, ref_steps = toy_torch("eps", schedule), []
+    for t in timesteps:
+        x = ref.step(torch_model(x, t)[:, :3], t, x).prev_sample
+        ref_steps.append(nhwc(x))
+
+    model = lambda x, t, drop: toy_jax("eps", schedule)(x, t)  # noqa: E731  (guidance's call, cfg_scale 1)
+    ours, trajectory = generate(model, {}, X_T.shape, jax.random.key(0), schedule, sampler="ddim_diffusers", steps=9,
+                                spacing="trailing", cfg_scale=1.0, x_T=X_T, image=image, strength=strength,
+                                return_trajectory=True)
+    assert_steps_close(ours, ref_steps, timesteps.numpy(), trajectory)
 
 
 @pytest.mark.parametrize("num_steps", [10, 25, 50])
@@ -287,8 +312,8 @@ def test_sampler_argument_errors():
         ddpm_sample(eps_only, X_T, None, schedule, 5, variance="learned")
     with pytest.raises(ValueError, match="order"):
         dpm_solver_pp_sample(eps_only, X_T, schedule, 5, order=4)
-    with pytest.raises(ValueError, match="valid: grid, stride"):
-        ddim_sample(eps_only, X_T, None, schedule, 5, prev="next")
+    with pytest.raises(ValueError, match="stride must be a positive integer"):
+        ddim_sample(eps_only, X_T, None, schedule, 5, stride=0)
 
 
 # --- Analytic check: a 2-D Gaussian mixture, whose optimal eps-predictor is closed form. ---

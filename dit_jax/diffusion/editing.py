@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax.diffusion.prediction import check_prediction
-from dit_jax.diffusion.samplers import Trajectory, ddim_predict, ddim_table
+from dit_jax.diffusion.samplers import Trajectory, ddim_predict, ddim_table, ddim_update
 from dit_jax.diffusion.schedules import sampling_grid
 
 
@@ -54,7 +54,7 @@ def inpaint(model_fn, x_T, key, schedule, timesteps, known, mask, *, eta=1.0, re
         """One step from level t to the next, then the known region put back at the new level."""
         x0, eps = ddim_predict(model_fn, x, row, prediction, clip_x0)
         k_step, k_known = jax.random.split(key)
-        x_prev = row["alpha_prev"] * x0 + row["direction"] * eps + row["std"] * normal(k_step)
+        x_prev = ddim_update(x0, eps, row, normal(k_step))
         known_prev = row["alpha_prev"] * known + row["sigma_prev"] * normal(k_known)
         return keep * known_prev + (1.0 - keep) * x_prev, x0
 

@@ -10,12 +10,16 @@ from dit_jax.diffusion.guidance import classifier_free_guidance
 from dit_jax.diffusion.samplers import Trajectory, ddim_sample, ddpm_sample, dpm_solver_pp_sample
 from dit_jax.diffusion.schedules import SPACINGS, sampling_grid
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m")
+SAMPLERS = ("ddpm", "ddim", "ddim_diffusers", "dpmpp_2m", "dpmpp_3m")
+# Both take eta. ddim steps to the next grid point and ends on clean data (DiT); ddim_diffusers steps as diffusers'
+# DDIMScheduler with set_alpha_to_one=False (from t to t - T // N, the last to alphas_cumprod[0]).
+DDIM_SAMPLERS = ("ddim", "ddim_diffusers")
 INPAINT_SAMPLERS = ("ddpm", "ddim")  # RePaint's steps: DDIM with eta 1 (ddpm) or the given eta
 # The one home of the sampling defaults: generate's, the commands' flags and the recipes' sample.* keys.
 SAMPLER, STEPS, CFG_SCALE = "dpmpp_2m", 25, 4.0
 # Each sampler's spacing when none is asked for: diffusers' default for its scheduler.
-DEFAULT_SPACING = {"ddpm": "leading", "ddim": "leading", "dpmpp_2m": "linspace", "dpmpp_3m": "linspace"}
+DEFAULT_SPACING = {"ddpm": "leading", "ddim": "leading", "ddim_diffusers": "leading", "dpmpp_2m": "linspace",
+                   "dpmpp_3m": "linspace"}
 
 
 def check_sampler(name, inpaint=False):
@@ -54,7 +58,8 @@ def generate(model, cond, shape, key, schedule, *, sampler=SAMPLER, steps=STEPS,
     """Samples `shape` = (B, H, W, C) from the model under `cond` (dict of y / text / text_mask / pooled).
 
     `spacing` (leading | trailing | linspace | dit) picks the timesteps, None each sampler's diffusers
-    default (DEFAULT_SPACING); `eta` is DDIM's noise (0: deterministic).
+    default (DEFAULT_SPACING); `eta` is DDIM's noise (0: deterministic). sampler="ddim_diffusers" with
+    spacing="trailing" is diffusers' DDIMScheduler(timestep_spacing="trailing", set_alpha_to_one=False).
     Guidance runs the conditional and null halves in one batched call; cfg_scale 1 skips the null half.
     clip_x0=1 keeps each step's predicted image in [-1, 1], as DiT and diffusers do for pixels.
     Editing (`image` in the model's space, broadcast against `shape`): with `mask` (1 = regenerate)
@@ -81,6 +86,9 @@ def generate(model, cond, shape, key, schedule, *, sampler=SAMPLER, steps=STEPS,
     if sampler == "ddpm":
         return ddpm_sample(fn, x_T, k_steps, schedule, grid,
                            variance="learned_range" if learn_sigma else "fixed_small", **common)
-    if sampler == "ddim":
-        return ddim_sample(fn, x_T, k_steps if eta else None, schedule, grid, eta=eta, **common)
+    if sampler in DDIM_SAMPLERS:
+        diffusers = sampler == "ddim_diffusers"  # its stride is T // N for all N steps, SDEdit's few included
+        return ddim_sample(fn, x_T, k_steps if eta else None, schedule, grid, eta=eta,
+                           stride=len(schedule) // steps if diffusers else None, set_alpha_to_one=not diffusers,
+                           **common)
     return dpm_solver_pp_sample(fn, x_T, schedule, grid, order=2 if sampler == "dpmpp_2m" else 3, **common)

@@ -127,25 +127,23 @@ def ddpm_sample(model_fn, x_T, key, schedule, timesteps=None, *, spacing="leadin
     return _run(step, jnp.asarray(x_T, jnp.float32), rows, schedule.timesteps[grid], return_trajectory)
 
 
-def ddim_table(schedule, grid, eta, prev="grid", set_alpha_to_one=True):
+def ddim_table(schedule, grid, eta, stride=None, set_alpha_to_one=True):
     """Per-step DDIM coefficients (float64) on descending indices `grid`.
 
-    prev="grid" steps to the next grid point (DiT; diffusers' default too
-    whenever the grid is evenly strided); prev="stride" steps from t to
-    t - T // N as diffusers' DDIMScheduler always does, which leaves the grid
-    when it is not evenly strided ("trailing", "linspace"). Below index 0 the
-    level is clean data (acp = 1) or, with set_alpha_to_one=False, index 0.
+    stride None steps to the next grid point (DiT; diffusers' default too
+    whenever the grid is evenly strided); an int steps from index t to
+    t - stride, as diffusers' DDIMScheduler always does with stride T // N,
+    which leaves the grid when it is not evenly strided ("trailing",
+    "linspace"). Below index 0 the level is clean data (acp = 1) or, with
+    set_alpha_to_one=False, index 0.
     """
-    if prev not in ("grid", "stride"):
-        raise ValueError(f"unknown prev {prev!r}; valid: grid, stride")
+    if stride is not None and (int(stride) != stride or stride < 1):
+        raise ValueError(f"stride must be a positive integer (diffusers: T // N) or None, got {stride}")
+    grid = np.asarray(grid)
     acp_all = schedule.alphas_cumprod
-    final = 1.0 if set_alpha_to_one else acp_all[0]
     acp = acp_all[grid]
-    if prev == "grid":
-        acp_prev = np.append(acp[1:], final)
-    else:
-        to = grid - len(schedule) // len(grid)
-        acp_prev = np.where(to >= 0, acp_all[np.maximum(to, 0)], final)
+    to = np.append(grid[1:], -1) if stride is None else grid - int(stride)
+    acp_prev = np.where(to >= 0, acp_all[np.maximum(to, 0)], 1.0 if set_alpha_to_one else acp_all[0])
     std = eta * np.sqrt(posterior(acp, acp_prev).variance)
     return dict(alpha=np.sqrt(acp), sigma=np.sqrt(1.0 - acp), alpha_prev=np.sqrt(acp_prev),
                 sigma_prev=np.sqrt(1.0 - acp_prev), direction=np.sqrt(1.0 - acp_prev - std**2), std=std)
@@ -162,19 +160,26 @@ def ddim_predict(model_fn, x, row, prediction, clip_x0):
     return x0, eps
 
 
+def ddim_update(x0, eps, row, z=None):
+    """DDIM's move to the step's next level: alpha_prev x0 + direction eps, plus std z when noise is drawn."""
+    x = row["alpha_prev"] * x0 + row["direction"] * eps
+    return x if z is None else x + row["std"] * z
+
+
 def ddim_sample(model_fn, x_T, key, schedule, timesteps=None, *, spacing="leading", eta=0.0, prediction="eps",
-                clip_x0=None, prev="grid", set_alpha_to_one=True, noise=None, return_trajectory=False):
+                clip_x0=None, stride=None, set_alpha_to_one=True, noise=None, return_trajectory=False):
     """DDIM: x_prev = sqrt(acp_prev) x0 + sqrt(1 - acp_prev - s^2) eps + s z, s = eta * sqrt(posterior variance).
 
     eta = 0 is deterministic (`key` may be None); eta = 1 has DDPM's
     fixed_small marginals. `timesteps` and `noise` as in `ddpm_sample`; DiT's
-    "ddim50" is 50 steps with spacing="leading". `prev` and
-    `set_alpha_to_one` as in `ddim_table`: spacing="trailing", prev="stride",
-    set_alpha_to_one=False is diffusers' DDIMScheduler so configured.
+    "ddim50" is 50 steps with spacing="leading". `stride` and
+    `set_alpha_to_one` as in `ddim_table`: stride=T // N and
+    set_alpha_to_one=False is diffusers' DDIMScheduler so configured (with
+    N steps of its spacing, e.g. "trailing").
     """
     check_prediction(prediction)
     grid = sampling_grid(schedule, timesteps, spacing)
-    table = ddim_table(schedule, grid, eta, prev, set_alpha_to_one)
+    table = ddim_table(schedule, grid, eta, stride, set_alpha_to_one)
     rows = _rows(schedule.timesteps[grid], **table)
     stochastic = eta != 0
     if stochastic:
@@ -182,9 +187,7 @@ def ddim_sample(model_fn, x_T, key, schedule, timesteps=None, *, spacing="leadin
 
     def step(x, row):
         x0, eps = ddim_predict(model_fn, x, row, prediction, clip_x0)
-        x = row["alpha_prev"] * x0 + row["direction"] * eps
-        if stochastic:
-            x = x + row["std"] * draw(row["z"])
+        x = ddim_update(x0, eps, row, draw(row["z"]) if stochastic else None)
         return x, (x, x0)
 
     return _run(step, jnp.asarray(x_T, jnp.float32), rows, schedule.timesteps[grid], return_trajectory)
