@@ -47,6 +47,35 @@ def modulate(x, shift, scale):
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+@jax.custom_vjp
+def materialize_grad(x):
+    """The identity, whose gradient XLA on CPU must compute into its own buffer.
+
+    In an unrolled stack the residual stream's gradient is a chain of cheap
+    elementwise adds, one per layer norm; XLA's CPU fusion copies the chain
+    into every consumer (each weight gradient's transpose) and recomputes it
+    there, from up to all the later blocks' layer norms. Multiplying the
+    gradient by the identity matrix (exact) makes it a dot's output, which
+    fusion cannot duplicate. (optimization_barrier does not help: XLA CPU
+    removes it before fusing.) Elsewhere this is a plain identity.
+    """
+    return x
+
+
+def _materialize_fwd(x):
+    return x, None
+
+
+def _materialize_bwd(_, g):
+    if jax.default_backend() != "cpu":
+        return (g,)
+    eye = jnp.eye(g.shape[-1], dtype=g.dtype)
+    return (jnp.einsum("...d,de->...e", g, eye, precision=jax.lax.Precision.HIGHEST),)
+
+
+materialize_grad.defvjp(_materialize_fwd, _materialize_bwd)
+
+
 class Attention(nnx.Module):
     """Multi-head attention: self-attention with a fused qkv, or cross-attention to a context."""
 
@@ -347,6 +376,7 @@ class DiT(nnx.Module):
             if policy is not None:
                 run_block = nnx.remat(run_block, policy=policy)
             for i, block in enumerate(self.blocks):
+                tokens = materialize_grad(tokens)  # the scan's carry does this for scan_blocks
                 tokens = run_block(block, tokens, c, context, context_mask, keys[2 + i] if keys else None)
                 if residuals is not None and residuals[i] is not None:
                     tokens = tokens + residuals[i]
