@@ -84,7 +84,8 @@ def test_none_readable_says_which_failed_and_how_to_pick(two_saved, capsys):
     with pytest.raises(ValueError) as error:
         restore(two_saved)
     message = str(error.value)
-    assert "\n" not in message and "tried steps 2, 1" in message and "--config.checkpoint.restore_step" in message
+    assert "\n" not in message and "tried steps 2, 1; step 1: " in message, message
+    assert "--config.checkpoint.restore_step" in message
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
 
 

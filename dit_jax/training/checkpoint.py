@@ -8,6 +8,8 @@ disk): restoring reports it in one line and falls back to the one before.
 """
 
 import os
+import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +40,22 @@ def one_line(error):
     return f"{type(error).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
 
 
+def quiet_abandoned_reads():
+    """After a failed restore, TensorStore still finishes the other reads it had started, and their callbacks
+    find orbax's event loop closed; Python would print each as an "Exception ignored" traceback. They are
+    harmless, so only those are dropped."""
+    default = sys.unraisablehook
+    if getattr(default, "quiet_abandoned_reads", False):
+        return
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+            default(unraisable)
+    hook.quiet_abandoned_reads = True
+    sys.unraisablehook = hook
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
+
+
 class Checkpointer:
     """Saves every `every` steps; keeps the last `keep` plus every `keep_every`-th (0: none); restores
     `restore_step` (0: the newest that reads)."""
@@ -54,10 +72,11 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step, state, data_state, force=False):
-        """Starts an asynchronous save; returns at once (the next save or `wait` joins it).
+        """Checks that the state is finite (waiting for it: one scalar) and starts an asynchronous save (the
+        next save or `wait` joins it); raises FloatingPointError rather than write NaN or inf.
 
-        Raises FloatingPointError rather than write a state with NaN or inf. A checkpoint already at this
-        step (one that did not read, or that a run restored from an earlier step has now redone) is replaced.
+        A checkpoint already at this step (one that did not read, or one newer than the step a run was
+        restored from) is replaced.
         """
         if not (force or (self.every and step % self.every == 0)):
             return
@@ -80,23 +99,26 @@ class Checkpointer:
                 raise ValueError(f"checkpoint.restore_step={self.restore_step} is not in {self.directory} "
                                  f"(steps there: {', '.join(map(str, steps)) or 'none'}).")
             steps = [self.restore_step]
-        failed = []
+        failed, cause = [], "it failed to read on another process"
         for step in steps:
             try:
                 restored, error = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())), None
             except Exception as e:  # noqa: BLE001 (TensorStore, JSON and file errors have no common type)
                 restored, error = None, e
+                quiet_abandoned_reads()
             if everywhere(error is None):
                 return step, restored.state, restored.data
             failed.append(step)
             if error is not None:  # on the processes that failed to read it
-                print(f"Checkpoint {step} in {self.directory} does not read ({one_line(error)}); "
-                      "left in place, trying the one before.", flush=True)
+                cause = one_line(error)
+                then = "trying the one before" if step != steps[-1] else "no older one"
+                print(f"Checkpoint {step} in {self.directory} does not read ({cause}); left in place, {then}.",
+                      flush=True)
         if failed:
-            raise ValueError(f"No checkpoint in {self.directory} reads (tried steps {', '.join(map(str, failed))}): "
-                             "pick one with --config.checkpoint.restore_step=STEP, or move the directory away "
-                             "to start afresh.")
+            raise ValueError(f"No checkpoint in {self.directory} reads (tried steps {', '.join(map(str, failed))}; "
+                             f"step {failed[-1]}: {cause}). Pick one with --config.checkpoint.restore_step=STEP, "
+                             "or move the directory away to start afresh.")
         return None
 
     def wait(self):
