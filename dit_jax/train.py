@@ -190,8 +190,8 @@ def train(config, workdir, data_dir):
             if step_fn is None:
                 step_fn = trainer_lib.compile_step(trainer, batch)
             state, metrics = step_fn(state, batch)
-            # The host waits for the device only here, at log steps and at saves (a finiteness check),
-            # so that it dispatches the next steps while the device computes.
+            # The host waits for the device only to fetch metrics (first and log steps, as big_vision does),
+            # at saves (the finiteness check) and for sample grids; otherwise it dispatches ahead.
             logging_step = step % config.log.every == 0 or step == config.steps
             if step == start + 1 or logging_step:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -112,7 +112,7 @@ def test_a_state_with_nan_or_inf_is_never_saved(tmp_path, bad):
     saver.save(1, state_at(1), {"position": 1})
     state = state_at(2)
     state["params"]["b"] = state["params"]["b"].at[3].set(bad)
-    with pytest.raises(FloatingPointError, match="NaN or inf at step 2; not saved"):
+    with pytest.raises(FloatingPointError, match=r"NaN or inf at step 2 \(not saved\)"):
         saver.save(2, state, {"position": 2})
     saver.close()
     assert os.listdir(tmp_path / "checkpoints") == ["1"]

@@ -81,7 +81,7 @@ class Checkpointer:
         if not (force or (self.every and step % self.every == 0)):
             return
         if not all_finite(state):
-            raise FloatingPointError(f"The train state holds NaN or inf at step {step}; not saved")
+            raise FloatingPointError(f"The train state holds NaN or inf at step {step} (not saved)")
         if step in self.manager.all_steps():
             self.manager.delete(step)
         # force: orbax would skip a step below its newest, which a run restored from an earlier one must save.
@@ -99,7 +99,7 @@ class Checkpointer:
                 raise ValueError(f"checkpoint.restore_step={self.restore_step} is not in {self.directory} "
                                  f"(steps there: {', '.join(map(str, steps)) or 'none'}).")
             steps = [self.restore_step]
-        failed, cause = [], "it failed to read on another process"
+        failed = []
         for step in steps:
             try:
                 restored, error = self.manager.restore(step, args=ocp.args.Composite(
@@ -110,8 +110,8 @@ class Checkpointer:
             if everywhere(error is None):
                 return step, restored.state, restored.data
             failed.append(step)
-            if error is not None:  # on the processes that failed to read it
-                cause = one_line(error)
+            cause = one_line(error) if error is not None else "it failed to read on another process"
+            if error is not None:
                 then = "trying the one before" if step != steps[-1] else "no older one"
                 print(f"Checkpoint {step} in {self.directory} does not read ({cause}); left in place, {then}.",
                       flush=True)
