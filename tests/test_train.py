@@ -212,7 +212,10 @@ def test_sigterm_to_one_of_two_processes_saves_one_step_on_both_and_resumes_exac
                                                                                     two_processes):
     workdir = str(tmp_path / "preempted")
     proc = launch(workdir, data_dir, cache)
-    wait_for_step(proc, workdir, 3)
+    try:
+        wait_for_step(proc, workdir, 3)
+    except AssertionError:
+        raise AssertionError(proc.communicate()[0][-3000:]) from None
     os.kill(child_with(proc.pid, "--process_id=1"), signal.SIGTERM)  # process 0 hears of it only from JAX
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
