@@ -93,15 +93,37 @@ class SampleGrid:
 
 
 class StopSignal:
-    """Turns SIGTERM / SIGINT (pre-emption, Ctrl-C) into a request to save and exit after this step."""
+    """Turns SIGTERM / SIGINT (pre-emption, Ctrl-C) into a save and exit at a step all processes agree on.
 
-    def __init__(self):
+    One process acts on its own flag. Several use JAX's pre-emption service, which jax.distributed sets up:
+    it catches SIGTERM on whichever host gets it, tells the others, and makes `reached(step)` true at the
+    same step everywhere (one past the furthest any process had got), so they all join one save. SIGINT is
+    passed on to it as SIGTERM.
+    """
+
+    def __init__(self, start):
         self.requested = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+        self.shared = jax.process_count() > 1
+        signal.signal(signal.SIGINT, self._handle)
+        if self.shared:
+            multihost_utils.reached_preemption_sync_point(start)  # the service counts steps from here
+        else:
+            signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, _):
         self.requested = signal.Signals(signum).name
+        if self.shared:
+            os.kill(os.getpid(), signal.SIGTERM)  # to JAX's handler, which tells the other processes
+
+    def reached(self, step):
+        """Called once every step, on every process."""
+        if self.shared:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested is not None
+
+    @property
+    def reason(self):
+        return self.requested if not self.shared else "Pre-emption notice (SIGTERM to a process)"
 
 
 def export_ema(trainer, state, model_kwargs, workdir):
@@ -129,66 +151,75 @@ def train(config, workdir, data_dir):
     loader = pipeline.make_loader(config, manifest, global_batch_size=config.batch_size, seed=config.seed,
                                   sharding=sharding.batch_sharding(mesh))
     checkpoints = Checkpointer(workdir, config.checkpoint)
-    if checkpoints.latest_step() is not None:
-        state, data_state = checkpoints.restore(trainer.abstract_state)
+    restored = checkpoints.restore(trainer.abstract_state)
+    if restored:
+        start, state, data_state = restored
         loader.set_state(data_state)
-        print(f"Resumed from step {int(state['step'])} in {checkpoints.directory}", flush=True)
+        print(f"Resumed from step {start} in {checkpoints.directory}", flush=True)
     else:
-        state = trainer.init()
+        start, state = 0, trainer.init()
     if is_main:
         write_run_info(workdir, config)
 
     writer = MetricWriter(workdir, config.log, config.to_dict(), active=is_main)
     samples = SampleGrid(config, manifest, trainer, model_kwargs, workdir) if config.sample.every else None
-    stop = StopSignal()
+    stop = StopSignal(start)
     step_fn = None
     flops_per_image = train_flops_per_image(model_kwargs)
     peak = device_peak_flops()
-    start = int(state["step"])
     progress = Progress(start, config.steps, active=is_main)
     window_start, window_steps = time.time(), 0
 
-    for step in range(start + 1, config.steps + 1):
-        batch = next(loader)
-        if step_fn is None:
-            step_fn = trainer_lib.compile_step(trainer, batch)
-        state, metrics = step_fn(state, batch)
-        loss = float(metrics["loss"])
-        if not np.isfinite(loss):
-            progress.close()
-            checkpoints.close()
-            last = checkpoints.latest_step()
-            kept = f"the last good checkpoint is step {last}" if last else "no checkpoint was written yet"
-            raise FloatingPointError(f"Loss is {loss} at step {step}; stopped, {kept} ({checkpoints.directory}). "
-                                     "Lower optim.lr or raise optim.warmup_steps, then resume.")
-        if step == start + 1 and is_main:
-            print(f"First step done {time.time() - STARTED:.1f}s after the command started "
-                  "(imports, data, init, compile).", flush=True)
-            window_start = time.time()
-        else:
-            window_steps += 1
-        progress.update(loss)
+    try:
+        for step in range(start + 1, config.steps + 1):
+            batch = next(loader)
+            if step_fn is None:
+                step_fn = trainer_lib.compile_step(trainer, batch)
+            state, metrics = step_fn(state, batch)
+            # The host waits for the device only to fetch metrics (first and log steps, as big_vision does),
+            # at saves (the finiteness check) and for sample grids; otherwise it dispatches ahead.
+            logging_step = step % config.log.every == 0 or step == config.steps
+            if step == start + 1 or logging_step:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                loss = values["loss"]
+                if not np.isfinite(loss):
+                    raise FloatingPointError(f"Loss is {loss} at step {step}")
+            if step == start + 1:
+                if is_main:
+                    print(f"First step done {time.time() - STARTED:.1f}s after the command started "
+                          "(imports, data, init, compile).", flush=True)
+                window_start = time.time()
+            else:
+                window_steps += 1
+            progress.update(loss)  # the count every step, the loss of the last log step
 
-        if step % config.log.every == 0 or step == config.steps:
-            values = {k: float(v) for k, v in metrics.items()}
-            if window_steps:
-                seconds = (time.time() - window_start) / window_steps
-                values["steps_per_s"] = 1 / seconds
-                values["img_per_s"] = config.batch_size / seconds
-                values["tflops_per_device"] = flops_per_image * config.batch_size / seconds / jax.device_count() / 1e12
-                if peak:
-                    values["mfu"] = values["tflops_per_device"] * 1e12 / peak
-            writer.scalars(step, values)
-            if is_main:
-                progress.summary(step, values)
-            window_start, window_steps = time.time(), 0
-        if samples and step % config.sample.every == 0:
-            samples(step, state["ema"], writer)
-        checkpoints.save(step, state, loader.get_state(), force=bool(stop.requested) or step == config.steps)
-        if stop.requested:
-            if is_main:
-                print(f"{stop.requested}: saved step {step}; exiting.", flush=True)
-            break
+            if logging_step:
+                if window_steps:
+                    seconds = (time.time() - window_start) / window_steps
+                    values["steps_per_s"] = 1 / seconds
+                    values["img_per_s"] = config.batch_size / seconds
+                    values["tflops_per_device"] = (flops_per_image * config.batch_size / seconds
+                                                   / jax.device_count() / 1e12)
+                    if peak:
+                        values["mfu"] = values["tflops_per_device"] * 1e12 / peak
+                writer.scalars(step, values)
+                if is_main:
+                    progress.summary(step, values)
+                window_start, window_steps = time.time(), 0
+            if samples and step % config.sample.every == 0:
+                samples(step, state["ema"], writer)
+            stopping = stop.reached(step)
+            checkpoints.save(step, state, loader.get_state(), force=stopping or step == config.steps)
+            if stopping:
+                print(f"{stop.reason}: saved step {step}; exiting.", flush=True)
+                break
+    except FloatingPointError as e:
+        progress.close()
+        checkpoints.close()  # the saves under way finish: they were checked
+        last = checkpoints.latest_step()
+        kept = f"the last good checkpoint is step {last}" if last else "no checkpoint was written yet"
+        raise FloatingPointError(f"{e}; stopped, {kept} ({checkpoints.directory}). "
+                                 "Lower optim.lr or raise optim.warmup_steps, then resume.") from None
 
     progress.close()
     checkpoints.close()

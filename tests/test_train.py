@@ -1,14 +1,18 @@
 """`python -m dit_jax.train` end to end, in subprocesses: outputs, kill and resume, signals, errors, multi-host."""
 
+import glob
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 from safetensors.numpy import load_file
@@ -138,12 +142,10 @@ def test_sigterm_saves_the_current_step(tmp_path, data_dir):
 ])
 def test_invalid_config_fails_fast_in_one_line(tmp_path, data_dir, override, message):
     devices = 2 if "batch_size" in override else 1
-    start = time.time()
     result = train(str(tmp_path / "run"), data_dir, override, devices=devices, check=False)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("train: ") and (message or "use a multiple of 2") in last, result.stderr[-2000:]
-    assert time.time() - start < 60
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
@@ -164,15 +166,111 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
     assert all(int(step) < bad_step for step in os.listdir(os.path.join(workdir, "checkpoints")))
 
 
-def test_two_processes_match_one(tmp_path, data_dir):
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """Identical programs compile once across this module's runs that share it."""
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+# 2 processes x 4 CPU devices: the batch over data=2, parameters and optimizer state sharded over fsdp=4.
+MULTI = ["--config.steps=16", "--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.checkpoint.every=0"]
+
+
+def launch(workdir, data_dir, cache):
+    args = command(workdir, data_dir, *MULTI)[3:]
+    return subprocess.Popen(["bash", "launch/local.sh", "2", "4", *args], cwd=ROOT,
+                            env=dict(env(cache=cache), PYTHON=sys.executable), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, data_dir, cache):
+    """The workdir of an uninterrupted two-process run."""
+    workdir = str(tmp_path_factory.mktemp("multi") / "run")
+    out, _ = (proc := launch(workdir, data_dir, cache)).communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return workdir
+
+
+def test_two_processes_match_one(tmp_path, data_dir, cache, two_processes):
     single = str(tmp_path / "single")
-    train(single, data_dir, "--config.steps=4", "--config.mesh.data=2", "--config.mesh.fsdp=4", devices=8)
-    multi = str(tmp_path / "multi")
-    launch = ["bash", "launch/local.sh", "2", "4", *command(multi, data_dir, "--config.steps=4",
-                                                           "--config.mesh.data=2", "--config.mesh.fsdp=4")[3:]]
-    result = subprocess.run(launch, cwd=ROOT, env=dict(env(), PYTHON=sys.executable), capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    a, b = losses(single), losses(multi)
-    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    train(single, data_dir, *MULTI, devices=8, cache=cache)
+    a, b = losses(single), losses(two_processes)
+    assert sorted(a) == sorted(b) == list(range(1, 17))
     np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], atol=1e-5)
+
+
+def child_with(pid, flag):
+    """The pid of the child process of `pid` whose command line holds `flag`."""
+    for child in open(f"/proc/{pid}/task/{pid}/children").read().split():
+        if flag in open(f"/proc/{child}/cmdline").read().split("\0"):
+            return int(child)
+    raise AssertionError(f"no child of {pid} with {flag}")
+
+
+def test_sigterm_to_one_of_two_processes_saves_one_step_on_both_and_resumes_exactly(tmp_path, data_dir, cache,
+                                                                                    two_processes):
+    workdir = str(tmp_path / "preempted")
+    proc = launch(workdir, data_dir, cache)
+    try:
+        wait_for_step(proc, workdir, 3)
+    except AssertionError:
+        raise AssertionError(proc.communicate()[0][-3000:]) from None
+    os.kill(child_with(proc.pid, "--process_id=1"), signal.SIGTERM)  # process 0 hears of it only from JAX
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    saved = os.listdir(os.path.join(workdir, "checkpoints"))
+    assert len(saved) == 1 and int(saved[0]) < 16, saved
+    line = f"Pre-emption notice (SIGTERM to a process): saved step {saved[0]}; exiting."
+    assert line in out and line in open(os.path.join(workdir, "process_1.log")).read(), out[-3000:]
+
+    out, _ = (proc := launch(workdir, data_dir, cache)).communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert f"Resumed from step {saved[0]}" in out
+    a = load_file(os.path.join(two_processes, "export", "model.safetensors"))
+    b = load_file(os.path.join(workdir, "export", "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert losses(workdir)[16] == losses(two_processes)[16]
+
+
+@pytest.fixture(scope="module")
+def six_steps(tmp_path_factory, data_dir, cache):
+    """A run stopped at step 6 with checkpoints at 3 and 6, for the fault tests to copy."""
+    workdir = str(tmp_path_factory.mktemp("six") / "run")
+    train(workdir, data_dir, "--config.steps=6", "--config.checkpoint.keep=2", cache=cache)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+    return workdir
+
+
+def test_damaged_latest_checkpoint_is_reported_and_the_one_before_resumed(tmp_path, data_dir, cache, six_steps):
+    workdir = shutil.copytree(six_steps, tmp_path / "run")
+    files = glob.glob(str(workdir / "checkpoints" / "6" / "state" / "**" / "d" / "*"), recursive=True)
+    assert files, "no data files: the checkpoint layout changed"
+    for f in files:
+        os.truncate(f, os.path.getsize(f) // 2)
+    result = train(str(workdir), data_dir, "--config.steps=9", "--config.checkpoint.keep=2", cache=cache,
+                   check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout.splitlines()
+    damaged = [line for line in out if "does not read" in line]
+    assert len(damaged) == 1 and damaged[0].startswith(f"Checkpoint 6 in {workdir}/checkpoints"), out
+    assert f"Resumed from step 3 in {workdir}/checkpoints" in out
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["6", "9"]  # 6 redone over the damaged files
+
+
+def test_diverging_run_never_leaves_a_nan_checkpoint(tmp_path, data_dir, cache, six_steps):
+    """Logging every 100 steps, the loss is not looked at before step 9's save: the state check stops it."""
+    workdir = shutil.copytree(six_steps, tmp_path / "run")
+    result = train(str(workdir), data_dir, "--config.steps=12", "--config.log.every=100", "--config.optim.lr=1e30",
+                   cache=cache, check=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train: The train state holds NaN or inf at step 9 (not saved); stopped, the last good "
+                           "checkpoint is step 6"), last
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+    for step in (3, 6):
+        state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state)), step

@@ -50,7 +50,7 @@ def base_config():
     c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1)
     # Logical parameter axis -> mesh axis (None: replicated); batches split over data x fsdp.
     c.sharding_rules = [list(rule) for rule in DEFAULT_RULES]
-    c.checkpoint = dict(every=5000, keep=3, keep_every=50_000)
+    c.checkpoint = dict(every=5000, keep=3, keep_every=50_000, restore_step=0)  # 0: the newest that reads
     c.log = dict(every=100, tensorboard=True, wandb=False, mlflow=False)
     c.sample = dict(every=10_000, sampler="dpmpp_2m", steps=25, cfg_scale=4.0, seed=0,
                     prompts=["red apple", "cat face", "smiling face with sunglasses", "rocket",
