@@ -24,13 +24,10 @@ TOY = ["--config.steps=12", "--config.batch_size=8", "--config.data.max_examples
        "--config.model.hidden_size=32", "--config.model.depth=1", "--config.model.patch_size=8"]
 
 
-def env(devices=1, cache=None):
-    e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    if cache:  # identical programs compile once across the runs of a test
-        e.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    return e
+def env(devices=1):
+    """The runs inherit conftest's compilation cache: identical programs compile once across the suite."""
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 def command(workdir, data_dir, *extra):
@@ -38,8 +35,8 @@ def command(workdir, data_dir, *extra):
             f"--workdir={workdir}", f"--data_dir={data_dir}", *TOY, *extra]
 
 
-def train(workdir, data_dir, *extra, devices=1, cache=None, check=True):
-    return subprocess.run(command(workdir, data_dir, *extra), cwd=ROOT, env=env(devices, cache),
+def train(workdir, data_dir, *extra, devices=1, check=True):
+    return subprocess.run(command(workdir, data_dir, *extra), cwd=ROOT, env=env(devices),
                           capture_output=True, text=True, check=check, timeout=600)
 
 
@@ -98,21 +95,20 @@ def wait_for_step(proc, workdir, step):
 
 
 def test_sigkill_and_resume_is_bit_identical(tmp_path, data_dir):
-    cache = str(tmp_path / "cache")
     steps = ["--config.steps=30"]
     reference = str(tmp_path / "reference")
-    train(reference, data_dir, *steps, cache=cache)
+    train(reference, data_dir, *steps)
     killed = str(tmp_path / "killed")
     rng = random.Random(0)
     for kill_at in sorted(rng.sample(range(4, 29), 2)):  # two random moments mid-run
-        proc = subprocess.Popen(command(killed, data_dir, *steps), cwd=ROOT, env=env(1, cache),
+        proc = subprocess.Popen(command(killed, data_dir, *steps), cwd=ROOT, env=env(1),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_step(proc, killed, kill_at)
         proc.kill()
         proc.wait()
         assert not os.path.exists(os.path.join(killed, "export")), "killed after the end: nothing tested"
     assert os.listdir(os.path.join(killed, "checkpoints")), "no checkpoint survived to resume from"
-    train(killed, data_dir, *steps, cache=cache)
+    train(killed, data_dir, *steps)
     a = load_file(os.path.join(reference, "export", "model.safetensors"))
     b = load_file(os.path.join(killed, "export", "model.safetensors"))
     assert a.keys() == b.keys()
@@ -166,35 +162,29 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
     assert all(int(step) < bad_step for step in os.listdir(os.path.join(workdir, "checkpoints")))
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """Identical programs compile once across this module's runs that share it."""
-    return str(tmp_path_factory.mktemp("cache"))
-
-
 # 2 processes x 4 CPU devices: the batch over data=2, parameters and optimizer state sharded over fsdp=4.
 MULTI = ["--config.steps=16", "--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.checkpoint.every=0"]
 
 
-def launch(workdir, data_dir, cache):
+def launch(workdir, data_dir):
     args = command(workdir, data_dir, *MULTI)[3:]
     return subprocess.Popen(["bash", "launch/local.sh", "2", "4", *args], cwd=ROOT,
-                            env=dict(env(cache=cache), PYTHON=sys.executable), stdout=subprocess.PIPE,
+                            env=dict(env(), PYTHON=sys.executable), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory, data_dir, cache):
+def two_processes(tmp_path_factory, data_dir):
     """The workdir of an uninterrupted two-process run."""
     workdir = str(tmp_path_factory.mktemp("multi") / "run")
-    out, _ = (proc := launch(workdir, data_dir, cache)).communicate(timeout=600)
+    out, _ = (proc := launch(workdir, data_dir)).communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     return workdir
 
 
-def test_two_processes_match_one(tmp_path, data_dir, cache, two_processes):
+def test_two_processes_match_one(tmp_path, data_dir, two_processes):
     single = str(tmp_path / "single")
-    train(single, data_dir, *MULTI, devices=8, cache=cache)
+    train(single, data_dir, *MULTI, devices=8)
     a, b = losses(single), losses(two_processes)
     assert sorted(a) == sorted(b) == list(range(1, 17))
     np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], atol=1e-5)
@@ -208,10 +198,10 @@ def child_with(pid, flag):
     raise AssertionError(f"no child of {pid} with {flag}")
 
 
-def test_sigterm_to_one_of_two_processes_saves_one_step_on_both_and_resumes_exactly(tmp_path, data_dir, cache,
+def test_sigterm_to_one_of_two_processes_saves_one_step_on_both_and_resumes_exactly(tmp_path, data_dir,
                                                                                     two_processes):
     workdir = str(tmp_path / "preempted")
-    proc = launch(workdir, data_dir, cache)
+    proc = launch(workdir, data_dir)
     try:
         wait_for_step(proc, workdir, 3)
     except AssertionError:
@@ -224,7 +214,7 @@ def test_sigterm_to_one_of_two_processes_saves_one_step_on_both_and_resumes_exac
     line = f"Pre-emption notice (SIGTERM to a process): saved step {saved[0]}; exiting."
     assert line in out and line in open(os.path.join(workdir, "process_1.log")).read(), out[-3000:]
 
-    out, _ = (proc := launch(workdir, data_dir, cache)).communicate(timeout=600)
+    out, _ = (proc := launch(workdir, data_dir)).communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert f"Resumed from step {saved[0]}" in out
     a = load_file(os.path.join(two_processes, "export", "model.safetensors"))
@@ -236,21 +226,21 @@ def test_sigterm_to_one_of_two_processes_saves_one_step_on_both_and_resumes_exac
 
 
 @pytest.fixture(scope="module")
-def six_steps(tmp_path_factory, data_dir, cache):
+def six_steps(tmp_path_factory, data_dir):
     """A run stopped at step 6 with checkpoints at 3 and 6, for the fault tests to copy."""
     workdir = str(tmp_path_factory.mktemp("six") / "run")
-    train(workdir, data_dir, "--config.steps=6", "--config.checkpoint.keep=2", cache=cache)
+    train(workdir, data_dir, "--config.steps=6", "--config.checkpoint.keep=2")
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
     return workdir
 
 
-def test_damaged_latest_checkpoint_is_reported_and_the_one_before_resumed(tmp_path, data_dir, cache, six_steps):
+def test_damaged_latest_checkpoint_is_reported_and_the_one_before_resumed(tmp_path, data_dir, six_steps):
     workdir = shutil.copytree(six_steps, tmp_path / "run")
     files = glob.glob(str(workdir / "checkpoints" / "6" / "state" / "**" / "d" / "*"), recursive=True)
     assert files, "no data files: the checkpoint layout changed"
     for f in files:
         os.truncate(f, os.path.getsize(f) // 2)
-    result = train(str(workdir), data_dir, "--config.steps=9", "--config.checkpoint.keep=2", cache=cache,
+    result = train(str(workdir), data_dir, "--config.steps=9", "--config.checkpoint.keep=2",
                    check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout.splitlines()
@@ -261,11 +251,11 @@ def test_damaged_latest_checkpoint_is_reported_and_the_one_before_resumed(tmp_pa
     assert sorted(os.listdir(workdir / "checkpoints")) == ["6", "9"]  # 6 redone over the damaged files
 
 
-def test_diverging_run_never_leaves_a_nan_checkpoint(tmp_path, data_dir, cache, six_steps):
+def test_diverging_run_never_leaves_a_nan_checkpoint(tmp_path, data_dir, six_steps):
     """Logging every 100 steps, the loss is not looked at before step 9's save: the state check stops it."""
     workdir = shutil.copytree(six_steps, tmp_path / "run")
     result = train(str(workdir), data_dir, "--config.steps=12", "--config.log.every=100", "--config.optim.lr=1e30",
-                   cache=cache, check=False)
+                   check=False)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("train: The train state holds NaN or inf at step 9 (not saved); stopped, the last good "
