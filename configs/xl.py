@@ -5,9 +5,10 @@
 DiT's recipe: AdamW at a constant 1e-4, no warm-up, no weight decay, no
 gradient clipping, batch 256, float32, EMA at a fixed 0.9999 from the first
 step, learned sigma, 1000 linear diffusion steps, label dropout 0.1 for
-guidance, random horizontal flips, 7M steps; samples as DiT's sample.py
-(250 DDPM steps on its respaced grid, guidance 1.5). Weights it produces
-convert to and from facebookresearch/DiT. Where it differs from DiT's train.py:
+guidance, random horizontal flips, 7M steps; its sample grids are drawn as
+DiT's sample_ddp.py draws FID-50K (250 DDPM steps on DiT's respaced grid,
+guidance 1.5). Weights it produces convert to and from facebookresearch/DiT.
+Where it differs from DiT's train.py:
   - blocks are rematerialised (the same arithmetic, less memory), and
     parameters and optimizer state are sharded over all devices (FSDP);
   - latents are the VAE posterior stored once by `prepare` (of the image and
