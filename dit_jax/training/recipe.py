@@ -17,7 +17,8 @@ CPU_VARIANTS = {
     "DiT-Toy/4": dict(hidden_size=64, depth=2, num_heads=4, patch_size=4),  # every `:runlocal`
 }
 
-# Training examples of the datasets the recipes name, for schedules set in epochs.
+# Training examples of the datasets the recipes name, for schedules set in epochs (coco_captions: tfds's
+# "train" split, Karpathy's 2014 train images).
 EXAMPLES = {"emoji": 3778, "fashion_mnist": 60_000, "tfds:coco_captions": 82_783}
 
 
