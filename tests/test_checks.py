@@ -77,7 +77,8 @@ BAD = [
 
 
 def test_the_recipe_itself_validates():
-    assert validate(tiny()).shape["data"] * validate(tiny()).shape["fsdp"] == 8  # conftest's 8 CPU devices
+    mesh = validate(tiny())
+    assert mesh.shape["data"] * mesh.shape["fsdp"] == 8  # conftest's 8 CPU devices
 
 
 @pytest.mark.parametrize("key,value,message", BAD, ids=[f"{k}={v}" for k, v, _ in BAD])
