@@ -9,7 +9,7 @@ loss, schedule and EMA are shared with configs/fashion_tiny.py: see
 `cpu_text_to_image` in dit_jax/training/recipe.py.
 """
 
-from dit_jax.training.recipe import base_config, cpu_text_to_image, emoji_minilm, parse_arg, variant
+from dit_jax.training.recipe import base_config, cosine_restarts, cpu_text_to_image, emoji_minilm, parse_arg, variant
 
 
 def get_config(arg=None):
@@ -18,6 +18,7 @@ def get_config(arg=None):
     c.batch_size = 32
     c.steps = 2000
     c.optim.warmup_steps = 100
+    cosine_restarts(c, epochs=10, mult=2)  # first restart after 1,181 steps; see configs/fashion_tiny.py for why
     c.sample.every = 500
 
     if arg.runlocal:  # a toy of this recipe: 512 emoji, DiT-Toy/4, 200 steps
@@ -25,5 +26,6 @@ def get_config(arg=None):
         c.model.update(variant("DiT-Toy/4"))
         c.steps = 200
         c.optim.update(lr=3e-4, warmup_steps=20)
+        cosine_restarts(c, epochs=10, mult=2)
         c.checkpoint.every, c.log.every, c.sample.every = 100, 20, 200
     return c

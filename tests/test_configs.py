@@ -19,8 +19,9 @@ DIT_T4 = dict(hidden_size=128, depth=4, num_heads=4, patch_size=4)
 
 # recipe: (model size, data name, resolution, latents?, encoder, schedule, restart period, steps)
 EXPECTED = {
-    "tiny": (DIT_T4, "emoji", 32, False, "minilm", "warmup_cosine", 0, 2000),
-    "fashion_tiny": (DIT_T4, "fashion_mnist", 32, False, "minilm", "warmup_cosine", 0, 3000),
+    # 10 epochs of 3,778 emoji in batches of 32; of Fashion-MNIST's 60,000 images in batches of 64.
+    "tiny": (DIT_T4, "emoji", 32, False, "minilm", "cosine_restarts", 1181, 2000),
+    "fashion_tiny": (DIT_T4, "fashion_mnist", 32, False, "minilm", "cosine_restarts", 9375, 3000),
     # 10 epochs of 3,778 emoji in batches of 256 = 148 steps; 1000 warm-up steps, then 8 doubling periods.
     "small": (VARIANTS["DiT-S/4"], "emoji", 64, False, "minilm", "cosine_restarts", 148, 1000 + 148 * 255),
     # 10 epochs of COCO's 82,783 training images in batches of 256 = 3,234 steps; warm-up, then 7 periods.

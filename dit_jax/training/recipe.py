@@ -125,14 +125,15 @@ def coco_latents_256(c):
 
 
 def cpu_text_to_image(c):
-    """What configs/tiny.py and configs/fashion_tiny.py share: a DiT-T/4 trained on a CPU in under an hour."""
+    """What configs/tiny.py and configs/fashion_tiny.py share: a DiT-T/4 trained on a CPU in under an hour.
+    Each sets its schedule with `cosine_restarts` once its data and batch are set."""
     # At depth 4 the plain loop over blocks is ~10% faster on CPU than scan_blocks, and compiles in 11 s
     # against 17 s (BENCHMARKS.md); the scan pays off from about depth 12.
     c.model.update(variant("DiT-T/4"), attention="auto", scan_blocks=False)
     # v-prediction with min-SNR weighting: on a CPU budget it learns the high-noise steps (where an
     # eps-model's x0 estimate is eps error times sigma/alpha) far sooner than DiT's eps loss.
     c.diffusion.update(prediction="v", min_snr_gamma=5.0)
-    c.optim.update(lr=5e-4, schedule="warmup_cosine")
+    c.optim.lr = 5e-4
     c.ema.decay = 0.999
     c.checkpoint.update(every=500, keep=2, keep_every=0)
     c.log.every = 50
