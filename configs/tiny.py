@@ -18,7 +18,7 @@ def get_config(arg=None):
     c.batch_size = 32
     c.steps = 2000
     c.optim.warmup_steps = 100
-    cosine_restarts(c, epochs=10, mult=2)  # first restart after 1,181 steps; see configs/fashion_tiny.py for why
+    cosine_restarts(c, epochs=10, mult=2)  # a first period of 1,181 steps; configs/fashion_tiny.py says why
     c.sample.every = 500
 
     if arg.runlocal:  # a toy of this recipe: 512 emoji, DiT-Toy/4, 200 steps
