@@ -1,15 +1,34 @@
-"""Every recipe loads, passes start-up validation, and its runlocal form is a toy."""
+"""What each recipe resolves to (model size, data, encoder, schedule, attention, mesh), and its runlocal toy."""
 
 import importlib.util
 import os
 
+import jax
 import pytest
 
 from dit_jax.models.pretrained import abstract_model, count_parameters
+from dit_jax.models.variants import VARIANTS
+from dit_jax.training import sharding
 from dit_jax.training.checks import validate
+from dit_jax.training.optim import learning_rate
+from dit_jax.training.recipe import parse_arg
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 RECIPES = ["tiny", "fashion_tiny", "small", "base", "large", "xl"]
+DIT_T4 = dict(hidden_size=128, depth=4, num_heads=4, patch_size=4)
+
+# recipe: (model size, data name, resolution, latents?, encoder, schedule, restart period, steps)
+EXPECTED = {
+    # 10 epochs of 3,778 emoji in batches of 32; of Fashion-MNIST's 60,000 images in batches of 64.
+    "tiny": (DIT_T4, "emoji", 32, False, "minilm", "cosine_restarts", 1181, 2000),
+    "fashion_tiny": (DIT_T4, "fashion_mnist", 32, False, "minilm", "cosine_restarts", 9375, 3000),
+    # 10 epochs of 3,778 emoji in batches of 256 = 148 steps; 1000 warm-up steps, then 8 doubling periods.
+    "small": (VARIANTS["DiT-S/4"], "emoji", 64, False, "minilm", "cosine_restarts", 148, 1000 + 148 * 255),
+    # 10 epochs of COCO's 82,783 training images in batches of 256 = 3,234 steps; warm-up, then 7 periods.
+    "base": (VARIANTS["DiT-B/2"], "tfds:coco_captions", 256, True, "clip", "cosine_restarts", 3234, 1000 + 3234 * 127),
+    "large": (VARIANTS["DiT-L/2"], "tfds:coco_captions", 256, True, "clip", "cosine_restarts", 3234, 1000 + 3234 * 127),
+    "xl": (VARIANTS["DiT-XL/2"], "tfds:imagenet2012", 256, True, "minilm", "constant", 0, 7_000_000),
+}
 
 
 def load(name, arg=None):
@@ -20,13 +39,80 @@ def load(name, arg=None):
 
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_recipe_validates_and_shrinks(name):
-    config = load(name)
-    validate(config)  # 8 CPU devices in tests: every recipe's mesh fits
-    small = load(name, "runlocal")
-    validate(small)
-    assert small.data.name == "emoji" and small.steps <= 200 and small.model.hidden_size <= 64
-    assert config.data.name and config.text.encoder and config.data.resolution
+def test_recipe_resolves_to_what_it_says(name):
+    size, data, resolution, latents, encoder, schedule, period, steps = EXPECTED[name]
+    c = load(name)
+    assert {k: c.model[k] for k in size} == size
+    assert (c.data.name, c.data.resolution, bool(c.vae.path), c.text.encoder) == (data, resolution, latents, encoder)
+    assert (c.optim.schedule, c.optim.restart_period, c.steps) == (schedule, period, steps)
+    assert c.model.attention == "auto"
+    assert validate(c).devices.size == 8  # the 8 CPU test devices
+
+
+@pytest.mark.parametrize("name", ["small", "base", "large", "xl"])
+def test_accelerator_recipes_shard_over_any_device_count(name):
+    c = load(name)
+    assert sharding.make_mesh(c.mesh, jax.devices()[:1]).devices.shape == (1, 1, 1)
+    assert sharding.make_mesh(c.mesh, jax.devices()[:2]).devices.shape == (1, 2, 1)
+    assert sharding.make_mesh(c.mesh).devices.shape == (1, 8, 1)
+    c.mesh.fsdp = 8  # a mesh the user fixes still has to fit
+    with pytest.raises(ValueError, match="does not fit 1 devices"):
+        sharding.make_mesh(c.mesh, jax.devices()[:1])
+
+
+def test_restarts_double_their_period():
+    c = load("base")
+    lr = learning_rate(c.optim, c.steps)
+    warmup, period, peak = c.optim.warmup_steps, c.optim.restart_period, c.optim.lr
+    starts = [warmup + period * (2 ** k - 1) for k in range(7)]  # 1000, 4234, 10702, ...
+    for start in starts:
+        assert float(lr(start)) == pytest.approx(peak)
+        assert float(lr(start - 1)) < 1e-3 * peak or start == warmup
+    assert float(lr(starts[1] + period)) == pytest.approx(peak / 2, rel=1e-3)  # halfway through the second period
+    assert float(lr(c.steps)) == pytest.approx(peak)  # the 7th period ends with the run: its last update
+    assert float(lr(c.steps - 1)) < 1e-6 * peak       # (optax counts from 0) takes the lowest rate
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_runlocal_is_a_cpu_toy(name):
+    c = load(name, "runlocal")
+    validate(c)
+    assert (c.data.name, c.data.max_examples, c.vae.path, c.text.encoder) == ("emoji", 512, "", "minilm")
+    assert c.steps == 200 and c.model.hidden_size == 64 and c.model.dtype == "float32"
+    if c.optim.schedule == "cosine_restarts":
+        assert c.optim.restart_period == 160  # 10 epochs of 512 examples in batches of 32
+
+
+def test_variant_option_picks_the_size():
+    c = load("base", "variant=DiT-B/4,runlocal=false")
+    assert (c.model.patch_size, c.model.hidden_size, c.data.name) == (4, 768, "tfds:coco_captions")
+    assert load("small", "variant=DiT-B/4").model.hidden_size == 768
+    with pytest.raises(ValueError, match="Unknown DiT variant 'DiT-Q/2'"):
+        load("large", "variant=DiT-Q/2")
+
+
+def test_parse_arg():
+    assert parse_arg(None, variant="DiT-B/2", runlocal=False).to_dict() == dict(variant="DiT-B/2", runlocal=False)
+    assert parse_arg("runlocal,variant=DiT-S/2", variant="DiT-B/2", runlocal=False).to_dict() == dict(
+        variant="DiT-S/2", runlocal=True)
+    assert parse_arg("steps=7", steps=1).steps == 7
+    with pytest.raises(ValueError, match=r"Unknown recipe option 'runlocl'.*\['runlocal'\]"):
+        parse_arg("runlocl", runlocal=False)
+    with pytest.raises(ValueError, match="on or off"):
+        parse_arg("runlocal=maybe", runlocal=False)
+
+
+def test_xl_recipe_is_the_reference_dit_xl2():
+    c = load("xl")
+    kwargs = dict(c.model.to_dict(), input_size=32, in_channels=4, num_classes=1000, text_dim=0)
+    assert count_parameters(abstract_model(kwargs)) == 675_129_632
+    # DiT's train.py: float32, a fixed EMA of 0.9999, AdamW 1e-4 constant without warm-up, decay or clipping.
+    assert (c.model.dtype, c.ema.decay, c.ema.warmup) == ("float32", 0.9999, False)
+    assert (c.optim.lr, c.optim.warmup_steps, c.optim.weight_decay, c.optim.grad_clip) == (1e-4, 0, 0.0, 0.0)
+    assert (c.batch_size, c.diffusion.schedule, c.diffusion.timesteps) == (256, "linear", 1000)
+    assert c.model.learn_sigma
+    # DiT's sample.py: 250 DDPM steps on its respaced grid, guidance 1.5.
+    assert (c.sample.sampler, c.sample.steps, c.sample.spacing, c.sample.cfg_scale) == ("ddpm", 250, "dit", 1.5)
 
 
 def test_validation_reads_attention_specs():
@@ -36,9 +122,3 @@ def test_validation_reads_attention_specs():
     config.model.attention = "splash:window=64"
     with pytest.raises(ValueError, match="use local=W and/or strided=S"):
         validate(config)
-
-
-def test_xl_recipe_is_the_reference_dit_xl2():
-    config = load("xl")
-    kwargs = dict(config.model.to_dict(), input_size=32, in_channels=4, num_classes=1000, text_dim=0)
-    assert count_parameters(abstract_model(kwargs)) == 675_129_632

@@ -20,7 +20,7 @@ from dit_jax.models.pretrained import abstract_model, flat_weights, load_flat_we
 from dit_jax.diffusion import beta_schedule
 from dit_jax.sample import Options, read_setup, run
 from dit_jax.text.encoders import resolve
-from dit_jax.training.recipe import apply_runlocal, base_config
+from dit_jax.training.recipe import base_config, emoji_minilm
 from dit_jax.utils.visualization import CAPTION_HEIGHT
 from test_schedules import reference_space_timesteps
 
@@ -42,7 +42,7 @@ def run_dir(tmp_path_factory):
     """A text-to-image workdir as training leaves it (export/, run.json) and its data's manifest."""
     root = tmp_path_factory.mktemp("sample")
     workdir, data_dir = root / "run", root / "data"
-    config = apply_runlocal(base_config())
+    config = emoji_minilm(base_config(), resolution=32, max_examples=512)
     save_random_model(dict(TOY, num_classes=0, text_dim=384, text_len=32, text_pooled=True), workdir / "export")
     (workdir / "run.json").write_text(json.dumps({"config": config.to_dict()}))
     folder = prepare.prepared_dir(config, str(data_dir))

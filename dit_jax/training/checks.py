@@ -1,20 +1,115 @@
-"""Start-up checks of a config, before any data work or compile."""
+"""Start-up checks of a config, before any data, encoder or model is loaded."""
 
+import jax.numpy as jnp
+
+from dit_jax.data.sources import BUILDERS
 from dit_jax.diffusion.generate import check_sampler
+from dit_jax.diffusion.prediction import check_prediction
+from dit_jax.diffusion.schedules import beta_schedule
 from dit_jax.models import attention
 from dit_jax.models.dit import REMAT_POLICIES
-from dit_jax.training import sharding
+from dit_jax.text.encoders import DEFAULT_IDS as ENCODERS
+from dit_jax.training import optim, sharding
+
+# key, test, what it must be. Each test sees the key's value; NaN fails every one.
+BOUNDS = (
+    ("steps", lambda v: v >= 1, "at least 1"),
+    ("batch_size", lambda v: v >= 1, "at least 1"),
+    ("data.resolution", lambda v: v >= 1, "at least 1"),
+    ("data.max_examples", lambda v: v >= 0, "0 (all) or more"),
+    ("data.color_jitter", lambda v: v >= 0, "0 (off) or more"),
+    ("data.rotation", lambda v: v >= 0, "0 (off) or more degrees"),
+    ("data.prefetch", lambda v: v >= 0, "0 or more"),
+    ("text.max_length", lambda v: v >= 1, "at least 1"),
+    ("vae.scale", lambda v: v > 0, "above 0"),
+    ("model.patch_size", lambda v: v >= 1, "at least 1"),
+    ("model.hidden_size", lambda v: v >= 1, "at least 1"),
+    ("model.depth", lambda v: v >= 1, "at least 1"),
+    ("model.num_heads", lambda v: v >= 1, "at least 1"),
+    ("model.mlp_ratio", lambda v: v > 0, "above 0"),
+    ("model.num_classes", lambda v: v >= -1, "0 (none), -1 (from the data) or a count"),
+    ("model.class_dropout_prob", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model.caption_dropout_prob", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("diffusion.timesteps", lambda v: v >= 2, "at least 2"),
+    ("diffusion.min_snr_gamma", lambda v: v >= 0, "0 (off) or more"),
+    ("optim.lr", lambda v: v > 0, "above 0"),
+    ("optim.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.weight_decay", lambda v: v >= 0, "0 or more"),
+    ("optim.grad_clip", lambda v: v >= 0, "0 (off) or more"),
+    ("optim.accumulate", lambda v: v >= 1, "at least 1"),
+    ("optim.warmup_steps", lambda v: v >= 0, "0 (none) or more"),
+    ("optim.min_lr", lambda v: v >= 0, "0 or more"),
+    ("ema.decay", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("checkpoint.every", lambda v: v >= 0, "0 (only at the end) or more"),
+    ("checkpoint.keep", lambda v: v >= 1, "at least 1"),
+    ("checkpoint.keep_every", lambda v: v >= 0, "0 (none) or more"),
+    ("log.every", lambda v: v >= 1, "at least 1"),
+    ("sample.every", lambda v: v >= 0, "0 (no sample grids) or more"),
+    ("sample.steps", lambda v: v >= 1, "at least 1"),
+    ("sample.cfg_scale", lambda v: v >= 1, "1 (no guidance) or more"),
+)
+
+
+def lookup(config, key):
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def named(key, check, *args):
+    """Runs a library's own check, its one-line error prefixed with the config key it is about."""
+    try:
+        return check(*args)
+    except ValueError as e:
+        raise ValueError(f"{key}: {e}") from None
 
 
 def validate(config):
-    """Fails within seconds, in one line, on what would otherwise fail after a long compile."""
+    """Fails within seconds, in one line that names the key, on what would otherwise fail after loading data,
+    an encoder or a compile, or silently train nothing. Returns the device mesh."""
+    for key, test, need in BOUNDS:
+        value = lookup(config, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not test(value):
+            raise ValueError(f"{key}={value!r} must be {need}: set --config.{key}.")
+    name = config.data.name
+    if name not in BUILDERS and not (name.startswith("tfds:") and name[len("tfds:"):]):
+        raise ValueError(f"Unknown data.name {name!r}; use one of {sorted(BUILDERS)} or tfds:<name>.")
+    if config.text.encoder not in ENCODERS:
+        raise ValueError(f"Unknown text.encoder {config.text.encoder!r}; choose one of {sorted(ENCODERS)}.")
+    if config.text.layer not in ("last", "penultimate"):
+        raise ValueError(f"text.layer must be 'last' or 'penultimate', not {config.text.layer!r}.")
+
     m = config.model
     if m.hidden_size % m.num_heads:
         raise ValueError(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads {m.num_heads}.")
-    attention.parse(m.attention)  # a backend name, optionally with a sparse pattern
+    if not config.vae.path and config.data.resolution % m.patch_size:
+        raise ValueError(f"data.resolution {config.data.resolution} is not divisible by model.patch_size "
+                         f"{m.patch_size}: pick a resolution that is a multiple of it.")
+    named("model.attention", attention.parse, m.attention)  # a backend name, optionally with a sparse pattern
     if m.remat not in REMAT_POLICIES:
         raise ValueError(f"Unknown model.remat {m.remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
-    check_sampler(config.sample.sampler)
+    if m.null_text not in ("learned", "zeros"):
+        raise ValueError(f"model.null_text must be 'learned' or 'zeros', not {m.null_text!r}.")
+    try:
+        floating = jnp.issubdtype(jnp.dtype(m.dtype), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise ValueError(f"model.dtype {m.dtype!r} is not a float type; use float32 or bfloat16.")
+
+    named("diffusion.prediction", check_prediction, config.diffusion.prediction)
+    named("diffusion.schedule", beta_schedule, config.diffusion.schedule, config.diffusion.timesteps)
+    if config.sample.steps > config.diffusion.timesteps:
+        raise ValueError(f"sample.steps {config.sample.steps} exceeds diffusion.timesteps "
+                         f"{config.diffusion.timesteps}.")
+    named("sample.sampler", check_sampler, config.sample.sampler)
+    if config.optim.min_lr > config.optim.lr:
+        raise ValueError(f"optim.min_lr {config.optim.min_lr} is above optim.lr {config.optim.lr}.")
+    # The optimizer and schedule names, and the restart period and mult, as the trainer will read them.
+    named("optim", optim.make_optimizer, config.optim, config.steps)
+
     mesh = sharding.make_mesh(config.mesh)
-    sharding.check_batch(config.batch_size, mesh, config.optim.get("accumulate", 1))
+    sharding.check_batch(config.batch_size, mesh, config.optim.accumulate)
     return mesh

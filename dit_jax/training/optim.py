@@ -19,7 +19,8 @@ def cosine_warm_restarts(base_lr, period, mult=1, min_lr=0.0):
         raise ValueError(f"Warm restarts need period >= 1 and an integer mult >= 1, got {period}, {mult}.")
 
     def schedule(step):
-        step = jnp.asarray(step, jnp.int32)
+        # optax.join_schedules also evaluates this during the warm-up, at negative steps: start those at 0.
+        step = jnp.maximum(jnp.asarray(step, jnp.int32), 0)
         if mult == 1:
             cycle_start, length = (step // period) * period, jnp.full_like(step, period)
         else:

@@ -1,23 +1,52 @@
-"""The defaults every recipe under configs/ starts from, and the `runlocal` shrink.
+"""What the recipes under configs/ share: the defaults, the named pieces they pick, and their arg parser.
 
-A recipe names its data, text encoder, resolution and model; everything else
-comes from here and can be overridden with --config.KEY=VALUE.
+A recipe reads on its own: it names its data, text encoder, model variant and
+schedule with the helpers here, spells out its `runlocal` shrink, and leaves
+the rest to `base_config()`; any key can be overridden with --config.KEY=VALUE.
 """
 
 import ml_collections
 
+from dit_jax.models import variants
 from dit_jax.training.sharding import DEFAULT_RULES
 
-# What `:runlocal` turns any recipe into: a toy on the emoji that ship in packages, minutes on a CPU.
-RUNLOCAL = dict(
-    data=dict(name="emoji", resolution=32, source_dir="", max_examples=512),
-    text=dict(encoder="minilm", path="", max_length=32, layer="last"),
-    vae=dict(path=""),
-    model=dict(patch_size=4, hidden_size=64, depth=2, num_heads=4, dtype="float32", remat="none"),
-    batch_size=32, steps=200, mesh=dict(data=-1, fsdp=1, tensor=1),
-    optim=dict(lr=3e-4, warmup_steps=20), ema=dict(decay=0.999),
-    checkpoint=dict(every=100), log=dict(every=20), sample=dict(every=200),
-)
+# Sizes below DiT-S, for CPU runs, named like DiT's (width, depth, heads, patch); the DiT sizes are in
+# dit_jax/models/variants.py.
+CPU_VARIANTS = {
+    "DiT-T/4": dict(hidden_size=128, depth=4, num_heads=4, patch_size=4),   # configs/tiny.py, fashion_tiny.py
+    "DiT-Toy/4": dict(hidden_size=64, depth=2, num_heads=4, patch_size=4),  # every `:runlocal`
+}
+
+# Training examples of the datasets the recipes name, for schedules set in epochs (coco_captions: tfds's
+# "train" split, Karpathy's 2014 train images).
+EXAMPLES = {"emoji": 3778, "fashion_mnist": 60_000, "tfds:coco_captions": 82_783}
+
+
+def parse_arg(arg, **defaults):
+    """big_vision's `bvcc.parse_arg`: "variant=DiT-B/2,runlocal" -> ConfigDict(variant="DiT-B/2", runlocal=True).
+
+    Each option must be one of `defaults` and takes its type; a bare name sets a bool option to True.
+    """
+    options = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, has_value, value = item.partition("=")
+        if key not in defaults:
+            raise ValueError(f"Unknown recipe option {key!r} in {arg!r}; this recipe takes {sorted(defaults)}.")
+        kind = type(defaults[key])
+        if kind is bool:
+            if has_value and value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"Recipe option {key} is on or off: write {key} or {key}=false, not {item!r}.")
+            options[key] = not has_value or value.lower() in ("true", "1")
+        elif not has_value:
+            raise ValueError(f"Recipe option {key!r} needs a value: {key}=...")
+        else:
+            options[key] = kind(value)
+    return options
+
+
+def variant(name):
+    """Model sizes by name: DiT's ("DiT-B/2") or the CPU ones above."""
+    return dict(CPU_VARIANTS[name]) if name in CPU_VARIANTS else variants.variant(name)
 
 
 def base_config():
@@ -53,18 +82,31 @@ def base_config():
     c.checkpoint = dict(every=5000, keep=3, keep_every=50_000, restore_step=0)  # 0: the newest that reads
     c.log = dict(every=100, tensorboard=True, wandb=False, mlflow=False)
     c.sample = dict(every=10_000, sampler="dpmpp_2m", steps=25, cfg_scale=4.0, seed=0,
+                    spacing="",  # "": the sampler's default
                     prompts=["red apple", "cat face", "smiling face with sunglasses", "rocket",
                              "green heart", "pizza", "snowman", "thumbs up"])
     return c
 
 
-def apply_runlocal(c):
-    """Shrinks a recipe in place to the toy that `:runlocal` promises."""
-    for key, value in RUNLOCAL.items():
-        if isinstance(value, dict):
-            c[key].update(value)
-        else:
-            c[key] = value
+def cosine_restarts(c, epochs=10, mult=2, cycles=0):
+    """Cosine warm restarts as the tutorial sets them: a first period of `epochs` epochs, each next one
+    `mult` times longer, in steps of c.batch_size over c.data's examples, after the warm-up; with `cycles`,
+    c.steps ends with the last of them, where the rate is lowest. Set c.data, c.batch_size and the warm-up
+    first (a --config.batch_size given later leaves the period in steps as it is)."""
+    examples = c.data.max_examples or EXAMPLES[c.data.name]
+    period = round(epochs * examples / c.batch_size)
+    c.optim.update(schedule="cosine_restarts", restart_period=period, restart_mult=mult)
+    if cycles:
+        periods = (mult ** cycles - 1) // (mult - 1) if mult > 1 else cycles
+        c.steps = c.optim.warmup_steps + period * periods
+    return c
+
+
+def emoji_minilm(c, resolution, max_examples=0):
+    """The emoji that ship in packages, in pixel space, with MiniLM captions (offline, real weights)."""
+    c.data.update(name="emoji", resolution=resolution, source_dir="", max_examples=max_examples, flip=False)
+    c.text.update(encoder="minilm", path="", max_length=32, layer="last")
+    c.vae.path = ""
     return c
 
 
@@ -79,4 +121,21 @@ def coco_latents_256(c):
                         "a bowl of fruit on a wooden table", "a surfer riding a large wave",
                         "a plate of pasta with tomato sauce", "a train crossing a bridge at sunset",
                         "two dogs playing in the snow", "a kitchen with white cabinets"]
+    return c
+
+
+def cpu_text_to_image(c):
+    """What configs/tiny.py and configs/fashion_tiny.py share: a DiT-T/4 trained on a CPU in under an hour.
+    Each sets its schedule with `cosine_restarts` once its data and batch are set."""
+    # At depth 4 the plain loop over blocks is ~10% faster on CPU than scan_blocks, and compiles in 11 s
+    # against 17 s (BENCHMARKS.md); the scan pays off from about depth 12.
+    c.model.update(variant("DiT-T/4"), attention="auto", scan_blocks=False)
+    # v-prediction with min-SNR weighting: on a CPU budget it learns the high-noise steps (where an
+    # eps-model's x0 estimate is eps error times sigma/alpha) far sooner than DiT's eps loss.
+    c.diffusion.update(prediction="v", min_snr_gamma=5.0)
+    c.optim.lr = 5e-4
+    c.ema.decay = 0.999
+    c.checkpoint.update(every=500, keep=2, keep_every=0)
+    c.log.every = 50
+    c.sample.update(steps=25, cfg_scale=3.0)
     return c
