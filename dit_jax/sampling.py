@@ -23,6 +23,7 @@ import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from dit_jax.data.latents import VAE_SCALE
 from dit_jax.diffusion import PREDICTIONS, Schedule, beta_schedule
 from dit_jax.diffusion.generate import (CFG_SCALE, DDIM_SAMPLERS, DEFAULT_SPACING, SAMPLER, STEPS, check_sampler,
                                         check_spacing, generate, sampler_grid)
@@ -32,7 +33,6 @@ from dit_jax.utils.visualization import to_uint8, trajectory_frames
 
 SAMPLING_FILE = "sampling.json"  # beside config.json: the diffusion a checkpoint was trained with, how it samples
 CHECKPOINT_DEFAULTS = dict(schedule="linear", timesteps=1000, prediction="eps", spacing=None, guidance_channels=None)
-VAE_SCALE = 0.18215  # Stable Diffusion's VAE latents times this have unit variance
 
 
 @dataclasses.dataclass

@@ -113,6 +113,7 @@ def test_xl_recipe_is_the_reference_dit_xl2():
     assert c.model.learn_sigma
     # DiT's sample.py: 250 DDPM steps on its respaced grid, guidance 1.5.
     assert (c.sample.sampler, c.sample.steps, c.sample.spacing, c.sample.cfg_scale) == ("ddpm", 250, "dit", 1.5)
+    assert c.sample.guidance_channels == 3  # DiT guides the first three latent channels
 
 
 def test_validation_reads_attention_specs():

@@ -129,28 +129,6 @@ def test_sigterm_saves_the_current_step(tmp_path, data_dir):
     assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(saved)]
 
 
-@pytest.mark.parametrize("override,message", [
-    ("--config.mesh.data=3", "does not fit 1 devices"),
-    ("--config.batch_size=7", None),
-    ("--config.model.num_heads=5", "not divisible by model.num_heads"),
-    ("--config.sample.sampler=euler", "Unknown sampler"),
-    ("--config.model.attention=flash9", "Unknown attention backend"),
-])
-def test_invalid_config_fails_fast_in_one_line(tmp_path, data_dir, override, message):
-    devices = 2 if "batch_size" in override else 1
-    result = train(str(tmp_path / "run"), data_dir, override, devices=devices, check=False)
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("train: ") and (message or "use a multiple of 2") in last, result.stderr[-2000:]
-    assert not os.path.exists(tmp_path / "run" / "checkpoints")
-
-
-def test_unknown_dataset_and_encoder_fail_fast(tmp_path, data_dir):
-    for override, message in [("--config.data.name=imagenet9", "imagenet9"), ("--config.text.encoder=gpt", "gpt")]:
-        result = train(str(tmp_path / "run"), data_dir, override, check=False)
-        assert result.returncode != 0 and message in result.stderr.strip().splitlines()[-1]
-
-
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
     workdir = str(tmp_path / "run")
     result = train(workdir, data_dir, "--config.optim.lr=1e30", "--config.optim.warmup_steps=0",

@@ -16,6 +16,7 @@ HOWTO = ("pass --config.vae.path=DIR holding a diffusers AutoencoderKL (save_pre
          "an empty path trains in pixel space")
 
 # Stable Diffusion's VAEs (8x smaller, 4 channels): latent shapes known without downloading them.
+VAE_SCALE = 0.18215  # Stable Diffusion's VAE latents times this have unit variance
 SD_VAE = dict(block_out_channels=[128, 256, 512, 512], latent_channels=4)
 DEFAULT_CONFIGS = {"stabilityai/sd-vae-ft-ema": SD_VAE, "stabilityai/sd-vae-ft-mse": SD_VAE}
 

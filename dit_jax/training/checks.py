@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 
 from dit_jax.data.sources import BUILDERS
-from dit_jax.diffusion.generate import check_sampler
+from dit_jax.diffusion.generate import DDIM_SAMPLERS, check_sampler, check_spacing
 from dit_jax.diffusion.prediction import check_prediction
 from dit_jax.diffusion.schedules import beta_schedule
 from dit_jax.models import attention
@@ -49,6 +49,8 @@ BOUNDS = (
     ("sample.every", lambda v: v >= 0, "0 (no sample grids) or more"),
     ("sample.steps", lambda v: v >= 1, "at least 1"),
     ("sample.cfg_scale", lambda v: v >= 1, "1 (no guidance) or more"),
+    ("sample.eta", lambda v: v >= 0, "0 (deterministic DDIM) or more"),
+    ("sample.guidance_channels", lambda v: v >= 0, "0 (every channel) or more"),
 )
 
 
@@ -105,6 +107,9 @@ def validate(config):
         raise ValueError(f"sample.steps {config.sample.steps} exceeds diffusion.timesteps "
                          f"{config.diffusion.timesteps}.")
     named("sample.sampler", check_sampler, config.sample.sampler)
+    named("sample.spacing", check_spacing, config.sample.spacing or None)
+    if config.sample.eta and config.sample.sampler not in DDIM_SAMPLERS:
+        raise ValueError(f"sample.eta is DDIM's; the {config.sample.sampler} sampler does not take it.")
     if config.optim.min_lr > config.optim.lr:
         raise ValueError(f"optim.min_lr {config.optim.min_lr} is above optim.lr {config.optim.lr}.")
     # The optimizer and schedule names, and the restart period and mult, as the trainer will read them.

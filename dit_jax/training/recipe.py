@@ -7,6 +7,8 @@ the rest to `base_config()`; any key can be overridden with --config.KEY=VALUE.
 
 import ml_collections
 
+from dit_jax.data.latents import VAE_SCALE
+from dit_jax.diffusion.generate import CFG_SCALE, SAMPLER, STEPS
 from dit_jax.models import variants
 from dit_jax.training.sharding import DEFAULT_RULES
 
@@ -63,7 +65,7 @@ def base_config():
         prefetch=2,
     )
     c.text = dict(encoder="minilm", path="", max_length=32, layer="last")  # run once by `prepare`
-    c.vae = dict(path="", scale=0.18215)  # empty path: pixel space
+    c.vae = dict(path="", scale=VAE_SCALE)  # empty path: pixel space
     c.model = dict(
         patch_size=2, hidden_size=384, depth=12, num_heads=6, mlp_ratio=4.0,
         num_classes=0, class_dropout_prob=0.1, learn_sigma=True,
@@ -81,8 +83,10 @@ def base_config():
     c.sharding_rules = [list(rule) for rule in DEFAULT_RULES]
     c.checkpoint = dict(every=5000, keep=3, keep_every=50_000, restore_step=0)  # 0: the newest that reads
     c.log = dict(every=100, tensorboard=True, wandb=False, mlflow=False)
-    c.sample = dict(every=10_000, sampler="dpmpp_2m", steps=25, cfg_scale=4.0, seed=0,
+    c.sample = dict(every=10_000, sampler=SAMPLER, steps=STEPS, cfg_scale=CFG_SCALE, seed=0,
                     spacing="",  # "": the sampler's default
+                    eta=0.0,  # DDIM's noise (ddim, ddim_diffusers)
+                    guidance_channels=0,  # 0: guide every channel
                     prompts=["red apple", "cat face", "smiling face with sunglasses", "rocket",
                              "green heart", "pizza", "snowman", "thumbs up"])
     return c
@@ -116,7 +120,7 @@ def coco_latents_256(c):
     download offline) and the VAE and CLIP as hub ids or local copies."""
     c.data.update(name="tfds:coco_captions", resolution=256, flip=True)
     c.text.update(encoder="clip", path="openai/clip-vit-large-patch14", max_length=77, layer="penultimate")
-    c.vae.update(path="stabilityai/sd-vae-ft-ema", scale=0.18215)
+    c.vae.update(path="stabilityai/sd-vae-ft-ema")
     c.sample.prompts = ["a cat sitting on a sofa", "a red double-decker bus on a city street",
                         "a bowl of fruit on a wooden table", "a surfer riding a large wave",
                         "a plate of pasta with tomato sauce", "a train crossing a bridge at sunset",
