@@ -144,9 +144,9 @@ def test_restore_onto_another_mesh(tmp_path):
     config = toy_config(1, 2, 2)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:4])
     trainer = trainer_lib.create(config, {**config.model.to_dict(), **MODEL}, mesh)
-    restored, data_state = checkpoints.restore(trainer.abstract_state)
+    step, restored, data_state = checkpoints.restore(trainer.abstract_state)
     checkpoints.close()
-    assert data_state == {"position": 7}
+    assert step == 1 and data_state == {"position": 7}
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     kernel = restored["params"]["blocks"][0]["mlp"]["fc1"]["kernel"].get_value()
