@@ -94,6 +94,16 @@ def wait_for_step(proc, workdir, step):
     raise AssertionError(f"the run ended before step {step}")
 
 
+def assert_same_run(run, reference, step):
+    """Bit-identical exported weights and the same loss at the last step."""
+    a = load_file(os.path.join(reference, "export", "model.safetensors"))
+    b = load_file(os.path.join(run, "export", "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert losses(run)[step] == losses(reference)[step]
+
+
 def test_sigkill_and_resume_is_bit_identical(tmp_path, data_dir):
     steps = ["--config.steps=30"]
     reference = str(tmp_path / "reference")
@@ -109,12 +119,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, data_dir):
         assert not os.path.exists(os.path.join(killed, "export")), "killed after the end: nothing tested"
     assert os.listdir(os.path.join(killed, "checkpoints")), "no checkpoint survived to resume from"
     train(killed, data_dir, *steps)
-    a = load_file(os.path.join(reference, "export", "model.safetensors"))
-    b = load_file(os.path.join(killed, "export", "model.safetensors"))
-    assert a.keys() == b.keys()
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    assert losses(killed)[30] == losses(reference)[30]
+    assert_same_run(killed, reference, step=30)
 
 
 def test_sigterm_saves_the_current_step(tmp_path, data_dir):
@@ -195,12 +200,7 @@ def test_sigterm_to_one_of_two_processes_saves_one_step_on_both_and_resumes_exac
     out, _ = (proc := launch(workdir, data_dir)).communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert f"Resumed from step {saved[0]}" in out
-    a = load_file(os.path.join(two_processes, "export", "model.safetensors"))
-    b = load_file(os.path.join(workdir, "export", "model.safetensors"))
-    assert a.keys() == b.keys()
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    assert losses(workdir)[16] == losses(two_processes)[16]
+    assert_same_run(workdir, two_processes, step=16)
 
 
 @pytest.fixture(scope="module")
