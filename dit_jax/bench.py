@@ -72,14 +72,17 @@ FLAGS = flags.FLAGS
 def default_config():
     """Class-conditional DiT-S/4 on the SD VAE's 32x32x4 latents of 256px images, batch 32, fp32, plain AdamW.
 
-    On CPU the blocks keep only their matmul outputs for the backward pass (remat "dots"): the same
-    numbers, 10-25% faster there (BENCHMARKS.md).
+    On CPU the blocks run as a plain loop (not one lax.scan) and keep only their matmul outputs for the
+    backward pass (remat "dots"): the same numbers, the fastest of the four combinations there at depth 12
+    (BENCHMARKS.md, issue 19).
     """
     c = base_config()
     c.data.resolution = 256
     c.vae.path = "stabilityai/sd-vae-ft-ema"  # only its shape is read (latents.DEFAULT_CONFIGS): 32x32x4
     c.model.update(variant("DiT-S/4"), num_classes=1000, text_cross_attention=False, text_pooled=False,
-                   dtype="float32", remat="dots" if jax.default_backend() == "cpu" else "none")
+                   dtype="float32")
+    if jax.default_backend() == "cpu":
+        c.model.update(scan_blocks=False, remat="dots")
     c.batch_size = 32
     c.optim.grad_clip = 0.0  # as torch's plain AdamW step
     return c
