@@ -41,18 +41,27 @@ def one_line(error):
 
 
 def quiet_abandoned_reads():
-    """After a failed restore, TensorStore still finishes the other reads it had started, and their callbacks
-    find orbax's event loop closed; Python would print each as an "Exception ignored" traceback. They are
-    harmless, so only those are dropped."""
-    default = sys.unraisablehook
-    if getattr(default, "quiet_abandoned_reads", False):
+    """When a restore fails, TensorStore still finishes the other reads it had started, and their callbacks
+    find orbax's event loop closed; Python would print each as a traceback, through the unraisable hook or,
+    from TensorStore's callback threads, through the except hook. They are harmless, so only those are
+    dropped."""
+    if getattr(sys.unraisablehook, "quiet_abandoned_reads", False):
         return
 
-    def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
-            default(unraisable)
-    hook.quiet_abandoned_reads = True
-    sys.unraisablehook = hook
+    def closed_loop(error):
+        return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
+
+    default_unraisable, default_except = sys.unraisablehook, sys.excepthook
+
+    def unraisable_hook(unraisable):
+        if not closed_loop(unraisable.exc_value):
+            default_unraisable(unraisable)
+
+    def except_hook(kind, error, traceback):
+        if not closed_loop(error):
+            default_except(kind, error, traceback)
+    unraisable_hook.quiet_abandoned_reads = True
+    sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
 
 
@@ -100,13 +109,13 @@ class Checkpointer:
                                  f"(steps there: {', '.join(map(str, steps)) or 'none'}).")
             steps = [self.restore_step]
         failed = []
+        quiet_abandoned_reads()  # before the first read: a failing one's siblings may finish before it raises
         for step in steps:
             try:
                 restored, error = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())), None
             except Exception as e:  # noqa: BLE001 (TensorStore, JSON and file errors have no common type)
                 restored, error = None, e
-                quiet_abandoned_reads()
             if everywhere(error is None):
                 return step, restored.state, restored.data
             failed.append(step)
