@@ -1,6 +1,7 @@
 """Control images (canny against OpenCV, silhouette, tile, gray, depth and pose through tiny random transformers
 models), the circles dataset, and controls stored by `prepare` and delivered by the loader."""
 
+import functools
 import json
 import logging
 import os
@@ -14,6 +15,15 @@ from PIL import Image
 from dit_jax.data import canny_agreement, circles, controls, emoji, images, pipeline, prepare, sources
 from test_data import save_tiny_vae
 from test_prepare import tiny_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def encoder_loaded_once():
+    """Every `prepare` here loads the same MiniLM: load it once (the encoder keeps no state between calls)."""
+    from dit_jax.text import encoders
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(encoders, "load", functools.lru_cache(maxsize=2)(encoders.load))
+        yield
 
 
 # ------------------------------------------------------------------------------------------------------ canny
@@ -147,9 +157,9 @@ def tiny_models(tmp_path_factory):
 
 def test_depth_through_a_saved_model(tiny_models):
     from transformers import pipeline as hf_pipeline
-    batch = np.stack([circles.example(0, i)[0] for i in range(3)])
+    batch = np.stack([circles.example(0, i)[0] for i in range(2)])
     out = controls.compute_control("depth", batch, model_path=str(tiny_models / "depth"))
-    assert out.shape == (3, 32, 32, 1) and out.dtype == np.uint8
+    assert out.shape == (2, 32, 32, 1) and out.dtype == np.uint8
     # transformers' own depth-estimation pipeline on each image, scaled to 0..255.
     estimator = hf_pipeline("depth-estimation", model=str(tiny_models / "depth"))
     for image, ours in zip(batch, out):
