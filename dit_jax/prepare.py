@@ -28,6 +28,8 @@ def main(argv):
     manifest = prepare.prepare(flags.FLAGS.config, flags.FLAGS.data_dir)
     summary = {k: manifest[k] for k in ("dir", "dataset", "space", "image_shape", "examples", "skipped")}
     summary["text"] = manifest["text"]
+    if manifest.get("controls"):
+        summary["controls"] = manifest["control_shapes"]
     print(json.dumps(summary, indent=1))
 
 

@@ -35,3 +35,12 @@ def fit(image, resolution):
         image = image.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=2.0)
     array = np.asarray(image, np.uint8)
     return array[..., None] if array.ndim == 2 else array
+
+
+def alpha(data):
+    """Encoded bytes -> the image's alpha channel as a PIL image in mode L, or None when it has none."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+            return None
+        return image.convert("RGBA").getchannel("A")

@@ -7,6 +7,7 @@ What the training loop calls:
   model = DiT(**config.model, **model_kwargs(manifest, config), rngs=...)
   loader = make_loader(config, manifest, global_batch_size=B, seed=s, sharding=NamedSharding(mesh, P("data")))
   batch = next(loader)          # {"image", "text", "text_mask", "pooled", "label"}: global jax.Arrays
+                                # (and "control_<type>" for each of data.controls)
   state = loader.get_state()    # small JSON dict, saved with checkpoints; loader.set_state(state) resumes
 
 The stream of examples is the prepared set shuffled with the seed and repeated
@@ -16,6 +17,9 @@ disjoint shares that together cover the data, and the same global batches,
 row for row, for any number of processes. Randomness (which caption of several, augmentation, the
 latent posterior sample) is drawn from (seed, position in the stream), so a
 resumed run sees exactly the batches an uninterrupted one would.
+
+A control image (data.controls) is flipped and rotated with its image (not
+colour-jittered), and in latent space is the VAE's mean of it, times the scale.
 
 Captions are not dropped here: the model drops them to its learned null text
 (model.caption_dropout_prob), and labels likewise, for classifier-free guidance.
@@ -67,6 +71,9 @@ def check_compatible(manifest, config):
         problems.append(f"text.max_length={config.text.max_length} but the data has {manifest['text']['max_length']}")
     if (manifest["space"] == "latent") != bool(config.vae.path):
         problems.append(f"the data is in {manifest['space']} space but vae.path={config.vae.path!r}")
+    wanted, stored = set(prepare.control_names(config)), set(manifest.get("controls") or [])
+    if wanted != stored:
+        problems.append(f"data.controls={tuple(sorted(wanted))} but the data has controls {tuple(sorted(stored))}")
     if expected["input_size"] % config.model.patch_size:
         problems.append(f"input size {expected['input_size']} is not divisible by patch_size {config.model.patch_size}")
     if problems:
@@ -78,6 +85,7 @@ class Example:
 
     def __init__(self, config, manifest, seed):
         self.seed, self.data = seed, config.data
+        self.controls = manifest.get("controls") or []
         self.latent = manifest["space"] == "latent"
         self.scale = manifest["vae"]["scale"] if self.latent else 1.0
         if self.latent and (self.data.color_jitter or self.data.rotation):
@@ -93,11 +101,25 @@ class Example:
             mean, std = (r["mean_flip"], r["std_flip"]) if flipped else (r["mean"], r["std"])
             noise = rng.standard_normal(mean.shape, dtype=np.float32)
             image = (mean.astype(np.float32) + std.astype(np.float32) * noise) * self.scale
+            controls = {name: r[f"control_{name}_flip" if flipped else f"control_{name}"].astype(np.float32)
+                        * self.scale for name in self.controls}
         else:
+            state = rng.bit_generator.state  # each control replays the image's flip and rotation draws
             image = augment.augment(r["image"], rng, flip=flip, color_jitter=self.data.color_jitter,
                                     rotation=self.data.rotation)
-        return {"image": image, "text": r["text"][k].astype(np.float32), "text_mask": r["mask"][k].astype(bool),
-                "pooled": r["pooled"][k].astype(np.float32), "label": np.int32(r["label"])}
+            controls = {name: augment.augment(r[f"control_{name}"], _replay(rng, state), flip=flip,
+                                              rotation=self.data.rotation) for name in self.controls}
+        out = {"image": image, "text": r["text"][k].astype(np.float32), "text_mask": r["mask"][k].astype(bool),
+               "pooled": r["pooled"][k].astype(np.float32), "label": np.int32(r["label"])}
+        out.update({f"control_{name}": c for name, c in controls.items()})
+        return out
+
+
+def _replay(rng, state):
+    """A Generator that draws what `rng` drew from `state` on."""
+    replay = np.random.Generator(type(rng.bit_generator)())
+    replay.bit_generator.state = state
+    return replay
 
 
 class Loader:

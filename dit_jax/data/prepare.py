@@ -5,6 +5,13 @@ written to a temporary name and renamed when complete, each with a small
 `.json` beside it, so a killed run keeps its finished shards and continues
 where it stopped; the work is deterministic, so the result is the same.
 An unreadable image is skipped and counted; the run goes on.
+
+With `data.controls` (e.g. ("canny", "silhouette")) every record also holds
+each control image (dit_jax/data/controls.py) computed from the resized
+image, under `control_<type>`: uint8 pixels, or in latent space the VAE
+posterior's mean of the control (and of its mirror image). A dataset's own
+control image (image_folder's `conditioning_image` column, "user"; circles'
+outline, "outline") is read instead of computed.
 """
 
 import hashlib
@@ -14,17 +21,53 @@ import os
 
 import numpy as np
 import tqdm
+from absl import logging
 from array_record.python import array_record_module
+from PIL import Image
 
-from dit_jax.data import images, records, sources
+from dit_jax.data import controls, images, records, sources
 
 SHARD_SIZE = 1024
 BATCH = 64
 MANIFEST = "manifest.json"
 
 
+def control_names(config):
+    """The control types config.data.controls asks for, in its order (a string may list them with commas)."""
+    names = config.data.get("controls") or ()
+    return tuple(n.strip() for n in names.split(",") if n.strip()) if isinstance(names, str) else tuple(names)
+
+
+def given_control(config):
+    """(name, channels) of the control image the dataset comes with, ("", 0) when it has none."""
+    name, channels = sources.GIVEN_CONTROLS.get(config.data.name, ("", 0))
+    user_name = (config.get("controls") or {}).get("user_name", "")
+    return (user_name or name, channels) if name else ("", 0)
+
+
+def control_settings(config):
+    """{type: options} of the controls asked for; a dataset's own control is {"given": True}. An unknown type,
+    a repeated one or an unknown option fails in one line."""
+    names = control_names(config)
+    given, _ = given_control(config)
+    for name in names:
+        if name != given and name in ("user", "outline"):
+            raise ValueError(f"Control {name!r} is the control image a dataset comes with: image_folder's "
+                             f"conditioning_image column (\"user\") or circles' outline (\"outline\"); "
+                             f"data.name={config.data.name} has none.")
+        controls.check_name(name, extra=(given,) if given else ())
+    if len(set(names)) != len(names):
+        raise ValueError(f"data.controls={names} names a control twice.")
+    settings = {}
+    for name in names:
+        settings[name] = ({"given": True} if name == given else
+                          controls.options_from_config(config.get("controls"), name))
+    return settings
+
+
 def prepared_dir(config, data_dir):
-    """DATA_DIR/prepared/<dataset>_<res>px_<encoder><len>[_vae-…][_n<max>][_<hash of paths>]."""
+    """DATA_DIR/prepared/<dataset>_<res>px_<encoder><len>[_vae-…][_n<max>][_ctl-<types>][_<hash of paths and
+    settings>]."""
     c = config
     parts = [c.data.name.replace("tfds:", "tfds-").replace("/", "-"), f"{c.data.resolution}px",
              f"{c.text.encoder}{c.text.max_length}" + ("p" if c.text.layer == "penultimate" else "")]
@@ -32,7 +75,17 @@ def prepared_dir(config, data_dir):
         parts.append("vae")
     if c.data.max_examples:
         parts.append(f"n{c.data.max_examples}")
+    settings = control_settings(c)
+    if settings:
+        parts.append("ctl-" + "-".join(sorted(settings)))
     paths = "|".join([c.data.source_dir, c.text.path, c.vae.path])
+    extra = {}
+    if c.data.name == "circles":
+        extra["circles"] = sources.circles_options(c.data)
+    if settings:
+        extra["controls"] = settings
+    if extra:  # only then, so the folders of data prepared before these settings existed keep their names
+        paths += "|" + json.dumps(extra, sort_keys=True)
     if paths.strip("|"):
         parts.append(sources.short_hash(paths))
     return os.path.join(os.path.expanduser(data_dir), "prepared", "_".join(parts))
@@ -59,12 +112,17 @@ class Preparer:
         from dit_jax.data import latents  # pylint: disable=import-outside-toplevel
         from dit_jax.text import encoders  # pylint: disable=import-outside-toplevel
         self.config, self.out = config, prepared_dir(config, data_dir)
-        # Models first: a missing encoder or VAE fails before any data work.
+        self.control_settings = control_settings(config)
+        # Models first: a missing control model, encoder or VAE fails before any data work.
+        self.control_fns = {name: None if options.get("given") else controls.control_fn(name, **options)
+                            for name, options in self.control_settings.items()}
         t = config.text
         self.encoder = encoders.load(t.encoder, t.path, max_length=t.max_length, layer=t.layer)
         self.vae = latents.Vae(config.vae.path) if config.vae.path else None
         self.source = sources.load(config.data, os.path.expanduser(data_dir))
         self.channels = 3 if self.vae is not None else self.source.channels
+        self.given_channels = given_control(config)[1]
+        self.resized_logged = False
         n = len(self.source)
         self.count = min(n, config.data.max_examples) if config.data.max_examples else n
 
@@ -83,11 +141,13 @@ class Preparer:
             for index in range(begin, min(begin + BATCH, stop)):
                 example = self.source[index]
                 try:
-                    pixels = images.fit(images.decode(example["image"], self.channels), self.config.data.resolution)
+                    image = images.decode(example["image"], self.channels)
+                    pixels = images.fit(image, self.config.data.resolution)
+                    extras = self.control_inputs(example, image.size)
                 except Exception as e:  # pylint: disable=broad-except  # PIL raises many kinds for bad files
                     skipped.append({"key": example["key"], "error": f"{type(e).__name__}: {e}"})
                     continue
-                batch.append((index, example, pixels))
+                batch.append((index, example, pixels, extras))
             for example in self.encode(batch):
                 writer.write(records.encode(example))
         writer.close()
@@ -96,6 +156,39 @@ class Preparer:
                    "sha256": _sha256(path)}
         _write_json(path + ".json", summary)
         return summary
+
+    def control_inputs(self, example, size):
+        """What the controls need beyond the resized image: the alpha channel (silhouette) and the dataset's
+        own control image, resized as the image was (one of another size is first brought to the image's)."""
+        res, extras = self.config.data.resolution, {}
+        if "silhouette" in self.control_fns:
+            a = images.alpha(example["image"])
+            extras["alpha"] = None if a is None else images.fit(a, res)[..., 0]
+        if None in self.control_fns.values():
+            data = example.get("control")
+            if not data:
+                raise ValueError("no conditioning image")
+            control = images.decode(data, self.given_channels)
+            if control.size != size:
+                if not self.resized_logged:
+                    logging.warning("Conditioning images of another size than their images are resized to it "
+                                    "(first: %s, %s against %s).", example["key"], control.size, size)
+                    self.resized_logged = True
+                control = control.resize(size, Image.Resampling.BICUBIC)
+            extras["given"] = images.fit(control, res)
+        return extras
+
+    def compute_controls(self, pixels, extras):
+        """{name: uint8 (B, H, W, c)} for the batch."""
+        out = {}
+        for name, fn in self.control_fns.items():
+            if fn is None:
+                out[name] = np.stack([e["given"] for e in extras])
+            elif name == "silhouette":
+                out[name] = fn(pixels, alpha=[e["alpha"] for e in extras])
+            else:
+                out[name] = fn(pixels)
+        return out
 
     def encode_captions(self, captions):
         """Encodes each distinct caption once per shard (Fashion-MNIST has 40 in all); the cache is cleared with
@@ -108,22 +201,31 @@ class Preparer:
     def encode(self, batch):
         if not batch:
             return []
-        captions = [c for _, example, _ in batch for c in example["captions"]]
+        captions = [c for _, example, _, _ in batch for c in example["captions"]]
         tokens, mask, pooled = self.encode_captions(captions)
-        pixels = np.stack([p for _, _, p in batch])
+        pixels = np.stack([p for _, _, p, _ in batch])
+        control_pixels = self.compute_controls(pixels, [e for _, _, _, e in batch])
         if self.vae is not None:
             mean, std = self.vae.encode(pixels)
             mean_flip, std_flip = self.vae.encode(pixels[:, :, ::-1])
+            control_means = {}
+            for name, c in control_pixels.items():
+                c = np.repeat(c, 3, -1) if c.shape[-1] == 1 else c  # the VAE reads RGB
+                control_means[name] = (self.vae.encode(c)[0], self.vae.encode(c[:, :, ::-1])[0])
         out, offset = [], 0
-        for j, (index, example, _) in enumerate(batch):
+        for j, (index, example, _, _) in enumerate(batch):
             n = len(example["captions"])
             row = {"index": index, "key": example["key"], "label": example["label"], "captions": example["captions"],
                    "text": tokens[offset:offset + n], "mask": mask[offset:offset + n], "pooled": pooled[offset:offset + n]}
+            row.update({f"label_{k}": v for k, v in example.get("labels", {}).items()})
             offset += n
             if self.vae is None:
                 row["image"] = pixels[j]
+                row.update({f"control_{name}": c[j] for name, c in control_pixels.items()})
             else:
                 row.update(mean=mean[j], std=std[j], mean_flip=mean_flip[j], std_flip=std_flip[j])
+                for name, (m, m_flip) in control_means.items():
+                    row.update({f"control_{name}": m[j], f"control_{name}_flip": m_flip[j]})
             out.append(row)
         return out
 
@@ -150,6 +252,10 @@ class Preparer:
             side = res // self.vae.downsample
             shape, space = [side, side, self.vae.channels], "latent"
         skipped = [s for shard in shards for s in shard["skipped"]]
+        control_shapes = {name: shape if self.vae is not None else
+                          [res, res, self.given_channels if options.get("given") else
+                           controls.channels(name, self.channels)]
+                          for name, options in self.control_settings.items()}
         return {
             "dataset": c.data.name, "source_dir": c.data.source_dir, "resolution": res,
             "space": space, "image_shape": shape, "pixel_channels": self.channels,
@@ -160,6 +266,9 @@ class Preparer:
             "vae": {"source": c.vae.path, "scale": c.vae.scale} if self.vae is not None else None,
             "num_classes": len(self.source.class_names) if self.source.has_labels else 0,
             "class_names": self.source.class_names if self.source.has_labels else [],
+            "extra_labels": self.source.extra_labels,
+            "controls": list(self.control_settings), "control_options": self.control_settings,
+            "control_shapes": control_shapes,
             "shards": [{k: s[k] for k in ("file", "count", "sha256")} for s in shards],
         }
 

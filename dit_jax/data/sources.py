@@ -1,7 +1,7 @@
 """The raw dataset a config names, as a tfds ArrayRecord data source read without TensorFlow.
 
-`data.name` is `emoji`, `fashion_mnist`, `image_folder` (our builders, built
-on first use under DATA_DIR/tfds) or `tfds:<name>` for any registered tfds
+`data.name` is `emoji`, `fashion_mnist`, `image_folder`, `circles` (our
+builders, built on first use under DATA_DIR/tfds) or `tfds:<name>` for any registered tfds
 dataset with an image and captions or a label (imagenet2012, coco_captions)
 that is already prepared in `data.source_dir` (a tfds data_dir), or whose
 manual files are there. Nothing is downloaded when offline.
@@ -9,15 +9,20 @@ manual files are there. Nothing is downloaded when offline.
 
 import dataclasses
 import hashlib
+import json
 import os
 
+import numpy as np
 import tensorflow_datasets as tfds
 
-from dit_jax.data import emoji, fashion_mnist, image_folder
+from dit_jax.data import circles, emoji, fashion_mnist, image_folder
 
 BUILDERS = {"emoji": emoji.Emoji, "fashion_mnist": fashion_mnist.FashionMnist,
-            "image_folder": image_folder.ImageFolder}
+            "image_folder": image_folder.ImageFolder, "circles": circles.Circles}
 CAPTION_FEATURES = ("captions", "caption", "text")
+CONTROL_FEATURE = "conditioning_image"  # a control image that comes with the data (diffusers' name for it)
+# The name a dataset's own control image goes by (controls.user_name renames it) and its channels.
+GIVEN_CONTROLS = {"image_folder": ("user", 3), "circles": ("outline", 1)}
 
 
 def short_hash(text):
@@ -32,6 +37,8 @@ class Source:
     class_names: list
     has_labels: bool
     channels: int  # of the stored images: 1 (grayscale) or 3
+    extra_labels: dict = dataclasses.field(default_factory=dict)  # other ClassLabel features: {name: names}
+    has_control: bool = False  # examples carry their own control image (CONTROL_FEATURE)
 
     def __len__(self):
         return len(self.records)
@@ -42,8 +49,15 @@ class Source:
         label = int(row["label"]) if self.has_labels else 0
         if not captions:
             captions = [f"a photo of a {self.class_names[label].replace('_', ' ')}"]
-        return {"image": row["image"], "captions": captions, "label": label,
-                "key": _text(row.get("key", str(index)))}
+        example = {"image": row["image"], "captions": captions, "label": label,
+                   "key": _text(row.get("key", str(index)))}
+        if self.extra_labels:
+            example["labels"] = {name: int(row[name]) for name in self.extra_labels}
+        if self.has_control:
+            control = row[CONTROL_FEATURE]
+            control = control.item() if isinstance(control, np.ndarray) else control
+            example["control"] = bytes(control) or None  # encoded bytes; None where an example has none
+        return example
 
 
 def _text(value):
@@ -69,6 +83,12 @@ def load(data, data_dir):
         if not builder.is_prepared():
             builder.download_and_prepare(file_format="array_record", download_config=tfds.download.DownloadConfig(
                 manual_dir=data.source_dir or None))
+    elif name == "circles":
+        kwargs = circles_options(data)
+        tfds_dir = os.path.join(data_dir, "tfds", short_hash(json.dumps(kwargs, sort_keys=True)))
+        builder = BUILDERS[name](data_dir=tfds_dir, file_format="array_record", **kwargs)
+        if not builder.is_prepared():
+            builder.download_and_prepare()
     elif name in BUILDERS:
         tfds_dir = os.path.join(data_dir, "tfds", short_hash(data.source_dir) if data.source_dir else "")
         kwargs = {"source_dir": data.source_dir} if name != "emoji" else {}
@@ -81,7 +101,22 @@ def load(data, data_dir):
     label = features["label"] if "label" in features else None
     if not any(f in features for f in CAPTION_FEATURES) and label is None:
         raise ValueError(f"Dataset {name!r} has neither captions nor a label.")
-    records = builder.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
+    has_control = CONTROL_FEATURE in features
+    decoders = {"image": tfds.decode.SkipDecoding()}
+    if has_control and isinstance(features[CONTROL_FEATURE], tfds.features.Image):
+        decoders[CONTROL_FEATURE] = tfds.decode.SkipDecoding()
+    records = builder.as_data_source("train", decoders=decoders)
     class_names = list(label.names) if label is not None else []
     channels = features["image"].shape[-1] or 3
-    return Source(name, records, class_names, has_labels=len(class_names) > 1, channels=channels)
+    extra_labels = {k: list(f.names) for k, f in features.items()
+                    if k != "label" and isinstance(f, tfds.features.ClassLabel)}
+    return Source(name, records, class_names, has_labels=len(class_names) > 1, channels=channels,
+                  extra_labels=extra_labels, has_control=has_control)
+
+
+def circles_options(data):
+    """The circles builder's arguments from the data config (data.circles.examples and .seed; the size is
+    data.resolution, so the circles are drawn at the size trained on)."""
+    options = data.get("circles") or {}
+    return {"num_examples": int(options.get("examples", 50_000)), "seed": int(options.get("seed", 0)),
+            "size": int(data.resolution)}

@@ -7,6 +7,7 @@ the rest to `base_config()`; any key can be overridden with --config.KEY=VALUE.
 
 import ml_collections
 
+from dit_jax.data import controls
 from dit_jax.data.latents import VAE_SCALE
 from dit_jax.diffusion.generate import CFG_SCALE, SAMPLER, STEPS
 from dit_jax.models import variants
@@ -55,7 +56,7 @@ def base_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = dict(
-        name="emoji",            # emoji | fashion_mnist | image_folder | tfds:<name>
+        name="emoji",            # emoji | fashion_mnist | image_folder | circles | tfds:<name>
         resolution=32,
         source_dir="",           # image_folder: the directory; fashion_mnist: the idx files; tfds: manual_dir
         max_examples=0,          # 0: all
@@ -63,7 +64,16 @@ def base_config():
         color_jitter=0.0,
         rotation=0.0,            # degrees
         prefetch=2,
+        # Control images `prepare` stores with each example (dit_jax/data/controls.py): canny, silhouette, tile,
+        # gray, depth, pose; "user" (image_folder's conditioning_image column), "outline" (circles).
+        controls=(),
+        circles=dict(examples=50_000, seed=0),  # data.name=circles: how many, from which seed
     )
+    # How the controls are computed: <type>_<option> (canny_low=100, ...), and the depth or pose model
+    # (a local directory or hub id; "depth=A,pose=B" for both). user_name renames the "user" control.
+    c.controls = dict(model_path="", user_name="",
+                      **{f"{name}_{k}": v for name in controls.CONTROL_TYPES
+                         for k, v in controls.options_of(name).items() if k != "model_path"})
     c.text = dict(encoder="minilm", path="", max_length=32, layer="last")  # run once by `prepare`
     c.vae = dict(path="", scale=VAE_SCALE)  # empty path: pixel space
     c.model = dict(
