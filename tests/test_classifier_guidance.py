@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from dit_jax import evaluate, sampling
 from dit_jax.diffusion import Schedule, beta_schedule, classifier_gradient, generate
@@ -177,15 +178,20 @@ def test_exact_classifier_at_scale_one_samples_the_class_component(sampler, step
 META = dict(resolution=16, channels=3, num_classes=3, latent=False)
 
 
-def brightness_logits(x, t):
-    """A closed-form classifier of the toy DiT's inputs: class k favours mean value (k - 1) (dark, grey, bright)."""
-    mean = x.mean(axis=(1, 2, 3))
-    return 50.0 * mean[:, None] * jnp.asarray([-1.0, 0.0, 1.0])
+class BrightnessClassifier(nnx.Module):
+    """A closed-form classifier of the toy DiT's inputs: class k favours mean value (k - 1) (dark, grey, bright).
+    An nnx module, as load_classifier returns, so its weights go through sampling's split and merge."""
+
+    def __init__(self):
+        self.w = nnx.Param(jnp.asarray([-50.0, 0.0, 50.0]))
+
+    def __call__(self, x, t):
+        return x.mean(axis=(1, 2, 3))[:, None] * self.w[...]
 
 
 @pytest.fixture
 def classifier_dir(tmp_path, monkeypatch):
-    """A classifier workdir that dit_jax.models.classifier.load_classifier reads as `brightness_logits` with
+    """A classifier workdir that dit_jax.models.classifier.load_classifier reads as a BrightnessClassifier with
     metadata META (updated by setting `classifier_dir.meta`)."""
     path = tmp_path / "classifier"
     path.mkdir()
@@ -193,7 +199,7 @@ def classifier_dir(tmp_path, monkeypatch):
 
     def load_classifier(directory):
         found.loaded.append(directory)
-        return brightness_logits, dict(found.meta)
+        return BrightnessClassifier(), dict(found.meta)
 
     module = types.ModuleType("dit_jax.models.classifier")
     module.load_classifier = load_classifier
