@@ -3,6 +3,7 @@
   python -m dit_jax.evaluate --workdir=RUN
   python -m dit_jax.evaluate --workdir=RUN --num_samples=1000 --samplers=dpmpp_2m:20,ddpm:250
   python -m dit_jax.evaluate --workdir=RUN --clip_model=openai/clip-vit-base-patch32
+  python -m dit_jax.evaluate --workdir=RUN --classifier=CLS --classifier_scale=0,1,2,4 --cfg_scale=1
 
 The sample set is one image for the caption (or class) of each of
 --num_samples training examples drawn with --seed, and the reference set for
@@ -22,6 +23,9 @@ each sampler OUT/metrics.json (every result so far), its TensorBoard scalars
 under OUT/tensorboard and, with several samplers, OUT/fid_vs_steps.png.
 --reuse_samples scores an existing npz of the same captions instead of
 sampling again (a killed evaluation resumes at the sampler it was on).
+--classifier guides every image toward its example's class with each
+--classifier_scale in turn (OUT/<sampler>_<steps>_cls<scale>.npz, and with
+several scales OUT/fid_vs_scale.png).
 """
 
 import dataclasses
@@ -38,7 +42,7 @@ from dit_jax.data import pipeline, prepare
 from dit_jax.diffusion import SPACINGS
 from dit_jax.diffusion.generate import DDIM_SAMPLERS, SAMPLER, STEPS, check_sampler
 from dit_jax.utils import distributed
-from dit_jax.utils.visualization import captioned_grid, sampler_comparison
+from dit_jax.utils.visualization import captioned_grid, line_plot, sampler_comparison
 
 METRICS = ("fid", "adherence", "retrieval", "clip")
 
@@ -60,12 +64,29 @@ def define_flags():
     flags.DEFINE_integer("batch_size", 100, "Images per sampling call.")
     flags.DEFINE_integer("seed", 0, "Chooses the training examples whose captions are sampled, and the noise.")
     flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval).")
+    flags.DEFINE_string("classifier", None, "A noise-aware classifier's workdir: classifier guidance toward each "
+                        "example's class.")
+    flags.DEFINE_list("classifier_scale", ["1"], "Classifier guidance scales, each evaluated in turn (0: none).")
     flags.DEFINE_bool("reuse_samples", False, "Score OUT/<sampler>_<steps>.npz where it holds this evaluation's "
                       "captions, instead of sampling again (single host).")
     flags.mark_flags_as_required(["workdir"])
 
 
 FLAGS = flags.FLAGS
+
+
+def parse_scales(specs):
+    """["0", "1.5"] -> [0.0, 1.5], checked."""
+    try:
+        return [float(s) for s in specs]
+    except ValueError:
+        raise ValueError(f"--classifier_scale takes numbers like 1,2,4, got {','.join(specs)!r}.") from None
+
+
+def run_name(result):
+    """How files and TensorBoard tags name an evaluated setting: sampler_steps, and the classifier scale."""
+    scale = f"_cls{result['classifier_scale']:g}" if result.get("classifier") else ""
+    return f"{result['sampler']}_{result['steps']}{scale}"
 
 
 def parse_samplers(specs):
@@ -117,8 +138,8 @@ def run_manifest(workdir, data_dir):
 
 def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=((SAMPLER, STEPS),), num_samples=1000,
              cfg_scale=None, metrics=None, clip_model=None, batch_size=100, seed=0, out=None, reuse_samples=False,
-             spacing=None, eta=0.0):
-    """Generates and scores samples for each (sampler, steps); returns one result dict per sampler."""
+             spacing=None, eta=0.0, classifier_path=None, classifier_scales=(1.0,)):
+    """Generates and scores samples for each (sampler, steps) and classifier scale; returns one result dict each."""
     for path in (workdir, os.path.join(workdir, "run.json"), os.path.join(workdir, "export", "config.json")):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found: --workdir must be a training run that has exported weights.")
@@ -131,10 +152,12 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=((SAMPLER, STEPS),),
         raise ValueError(f"--num_samples {num_samples} exceeds the {manifest['examples']} prepared examples.")
     cfg_scale = config.sample.cfg_scale if cfg_scale is None else cfg_scale
     plan = [sampling.Settings(sampler=name, steps=steps, spacing=spacing, eta=eta if name in DDIM_SAMPLERS else 0.0,
-                              cfg_scale=cfg_scale, seed=seed) for name, steps in samplers]
+                              cfg_scale=cfg_scale, seed=seed, classifier=classifier_path, classifier_scale=scale)
+            for name, steps in samplers for scale in classifier_scales]
     for settings in plan:
         sampling.check_settings(settings)
     setup = sampling.read_setup(workdir, data_dir=data_dir)
+    guide = sampling.read_classifier(classifier_path, setup) if classifier_path else None
     out = out or os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
 
@@ -143,25 +166,30 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=((SAMPLER, STEPS),),
     captions = [str(e["captions"][0]) for e in examples]
     labels = [int(e["label"]) for e in examples]
     prompts = captions if setup.text else []
-    classes = labels if setup.model_config.get("num_classes") else []
-    model_captions, model_labels = sampling.read_conditions(setup, prompts, classes)
+    classes = labels if setup.model_config.get("num_classes") or guide else []
+    model_captions, model_labels = sampling.read_conditions(setup, prompts, classes, guide and guide[1])
+    if not prompts and not classes:
+        model_captions = model_captions * num_samples  # an unconditional model: one empty condition a sample
     judge = Judge(metrics, manifest, data_dir, chosen, captions, clip_model) if jax.process_index() == 0 else None
 
     results = []
     for settings in plan:
         name, steps = settings.sampler, settings.steps
         resolved = setup.resolve(settings)
-        npz = os.path.join(out, f"{name}_{steps}.npz")
+        guided = dict(classifier=classifier_path, classifier_scale=settings.classifier_scale) if guide else {}
+        tag = run_name(dict(sampler=name, steps=steps, **guided))
+        npz = os.path.join(out, f"{tag}.npz")
         images = saved_samples(npz, captions, resolved) if reuse_samples else None
         if images is None:
-            images = sampling.sample_images(setup, settings, model_captions, model_labels, 1, batch_size).images
+            images = sampling.sample_images(setup, settings, model_captions, model_labels, 1, batch_size,
+                                            classifier=guide).images
             if jax.process_index() == 0:
                 sampling.write_npz(npz, images, captions, model_labels, resolved)
         if jax.process_index():
             continue
-        captioned_grid(images[:32], captions[:32], columns=8).save(os.path.join(out, f"{name}_{steps}.png"))
+        captioned_grid(images[:32], captions[:32], columns=8).save(os.path.join(out, f"{tag}.png"))
         result = dict(sampler=name, steps=steps, spacing=resolved.spacing, eta=resolved.eta, cfg_scale=cfg_scale,
-                      num_samples=num_samples, seed=seed, **judge(images, captions, labels))
+                      **guided, num_samples=num_samples, seed=seed, **judge(images, captions, labels))
         print(json.dumps(result), flush=True)
         results.append(result)
         write_results(out, results, int(config.steps))
@@ -261,15 +289,23 @@ def write_results(out, results, step):
     with SummaryWriter(os.path.join(out, "tensorboard")) as writer:
         r = results[-1]
         for key, value in r.items():
-            if isinstance(value, float) and key not in ("cfg_scale", "eta", "classifier_test_accuracy"):
-                writer.add_scalar(f"eval/{r['sampler']}_{r['steps']}/{key}", value, step)
-    fids = {r["sampler"]: {} for r in results}
+            if isinstance(value, float) and key not in ("cfg_scale", "eta", "classifier_test_accuracy",
+                                                        "classifier_scale"):
+                writer.add_scalar(f"eval/{run_name(r)}/{key}", value, step)
+    fids, by_scale = {r["sampler"]: {} for r in results}, {}
     for r in results:
         fid = next((v for k, v in r.items() if k.startswith("fid_")), None)
         if fid is not None:
-            fids[r["sampler"]][r["steps"]] = fid
-    if len(results) > 1 and any(fids.values()):
+            if r.get("classifier_scale") == results[0].get("classifier_scale"):  # one scale: the first
+                fids[r["sampler"]][r["steps"]] = fid
+            if r.get("classifier"):
+                by_scale.setdefault(f"{r['sampler']}:{r['steps']}", {})[r["classifier_scale"]] = fid
+    if len({(r["sampler"], r["steps"]) for r in results}) > 1 and any(fids.values()):
         sampler_comparison({k: v for k, v in fids.items() if v}).save(os.path.join(out, "fid_vs_steps.png"))
+    if any(len(v) > 1 for v in by_scale.values()):
+        series = {k: (sorted(v), [v[s] for s in sorted(v)]) for k, v in by_scale.items()}
+        line_plot(series, "FID against classifier scale", "classifier scale", "FID").save(
+            os.path.join(out, "fid_vs_scale.png"))
     print(f"Wrote {out}/metrics.json", flush=True)
 
 
@@ -280,7 +316,7 @@ def main(argv):
     try:
         evaluate(FLAGS.workdir, FLAGS.data_dir, parse_samplers(FLAGS.samplers), FLAGS.num_samples, FLAGS.cfg_scale,
                  FLAGS.metrics, FLAGS.clip_model, FLAGS.batch_size, FLAGS.seed, FLAGS.out, FLAGS.reuse_samples,
-                 FLAGS.spacing, FLAGS.eta)
+                 FLAGS.spacing, FLAGS.eta, FLAGS.classifier, parse_scales(FLAGS.classifier_scale))
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"evaluate: {e}") from None
 

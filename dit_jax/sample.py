@@ -5,6 +5,7 @@
   python -m dit_jax.sample --workdir=RUN --prompt="cat face" --mode=inpaint --image=in.png --mask=mask.png
   python -m dit_jax.sample --workdir=RUN --prompt=snowman --mode=img2img --image=in.png --strength=0.6
   python -m dit_jax.sample --checkpoint=weights/xl2 --vae=stabilityai/sd-vae-ft-ema --class=207 --guidance_channels=3
+  python -m dit_jax.sample --workdir=RUN --classifier=CLS --classifier_scale=4 --class=3 --cfg_scale=1
 
 --workdir reads the run's EMA export and run.json, and encodes prompts with
 the encoder its data was prepared with (the manifest under --data_dir).
@@ -16,6 +17,9 @@ samples do not change with --batch_size or the device count; ddpm and
 inpainting also draw noise per batch and repeat for the same batch size.
 --spacing defaults to the model's: DiT's respaced grid for converted DiT
 weights, the recipe's `sample.spacing` for a run, else each sampler's own.
+--classifier (a noise-aware classifier's workdir) adds classifier guidance
+toward --class to any model, unconditional and text ones included, on top
+of classifier-free guidance (--cfg_scale=1 for none).
 The work is in dit_jax/sampling.py; this module holds the flags and outputs.
 """
 
@@ -66,6 +70,8 @@ class Options:
     eta: float = option(0.0, "DDIM's noise: 0 deterministic, 1 DDPM's variance (ddim samplers only).")
     cfg_scale: float = option(CFG_SCALE, "Classifier-free guidance scale (1 = none).")
     guidance_channels: int = option(None, "Guide only the first k channels (DiT: 3); default: the model's, else all.")
+    classifier: str = option(None, "A noise-aware classifier's workdir: guide each image toward its --class.")
+    classifier_scale: float = option(1.0, "Classifier guidance scale: 1 exact Bayes, more sharper, 0 none.")
     seed: int = option(0, "Random seed.")
     num_images: int = option(4, "Images per prompt or class.")
     batch_size: int = option(32, "Images per sampling call over all devices (a multiple of the device count).")
@@ -87,7 +93,8 @@ class Options:
     @property
     def settings(self):
         return sampling.Settings(sampler=self.sampler, steps=self.steps, spacing=self.spacing, eta=self.eta,
-                                 cfg_scale=self.cfg_scale, guidance_channels=self.guidance_channels, seed=self.seed)
+                                 cfg_scale=self.cfg_scale, guidance_channels=self.guidance_channels, seed=self.seed,
+                                 classifier=self.classifier, classifier_scale=self.classifier_scale)
 
 
 DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
@@ -141,7 +148,8 @@ def run(o):
     if o.prompts:
         with open(o.prompts) as f:
             prompts += [line.strip() for line in f if line.strip()]
-    captions, labels = sampling.read_conditions(setup, prompts, o.classes)
+    guide = sampling.read_classifier(o.classifier, setup) if o.classifier else None
+    captions, labels = sampling.read_conditions(setup, prompts, o.classes, guide and guide[1])
     codec = sampling.Codec(setup)
     image = mask = None
     if o.mode != "sample":
@@ -150,7 +158,7 @@ def run(o):
         mask = codec.mask(sampling.read_image(o.mask, codec.resolution, 1)[..., 0] > 127)
     out = sampling.sample_images(setup, o.settings, captions, labels, o.num_images, o.batch_size, codec=codec,
                                  image=image, mask=mask, strength=o.strength if o.mode == "img2img" else 1.0,
-                                 resample=o.resample, trajectory=bool(o.trajectory))
+                                 resample=o.resample, trajectory=bool(o.trajectory), classifier=guide)
     if jax.process_index():
         return None, out.captions
     write_outputs(o, out, setup.resolve(o.settings))

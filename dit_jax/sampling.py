@@ -6,9 +6,11 @@
 
 `Setup` is how the model was trained (schedule, prediction, text encoder, VAE,
 the spacing its recipe samples with); `Settings` how to sample it now, with
-None meaning "what the setup says". `Codec` maps pixels to the model's space
-and back; `generate_batch` is the one call of `generate` that fills in the
-schedule, prediction, clip_x0 policy and sampler settings.
+None meaning "what the setup says", optionally guided by a noise-aware
+classifier (`read_classifier`) toward each condition's class. `Codec` maps
+pixels to the model's space and back; `generate_batch` is the one call of
+`generate` that fills in the schedule, prediction, clip_x0 policy and
+sampler settings.
 """
 
 import dataclasses
@@ -24,7 +26,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from dit_jax.data.latents import VAE_SCALE
-from dit_jax.diffusion import PREDICTIONS, Schedule, beta_schedule
+from dit_jax.diffusion import PREDICTIONS, Schedule, beta_schedule, classifier_gradient
 from dit_jax.diffusion.generate import (CFG_SCALE, DDIM_SAMPLERS, DEFAULT_SPACING, SAMPLER, STEPS, check_sampler,
                                         check_spacing, generate, sampler_grid)
 from dit_jax.models.pretrained import load_pretrained
@@ -45,11 +47,13 @@ class Settings:
     cfg_scale: float = CFG_SCALE
     guidance_channels: int = None
     seed: int = 0
+    classifier: str = None         # a noise-aware classifier (dit_jax/models/classifier.py) guiding toward the class
+    classifier_scale: float = 1.0  # the weight of its gradient (1: exact Bayes, more: sharper)
 
 
 def check_settings(settings, inpaint=False):
     """One-line errors for settings that cannot sample, before anything loads."""
-    check_sampler(settings.sampler, inpaint=inpaint)
+    check_sampler(settings.sampler, inpaint=inpaint, classifier=bool(settings.classifier))
     check_spacing(settings.spacing)
     if settings.steps < 1:
         raise ValueError(f"steps must be at least 1, got {settings.steps}.")
@@ -57,6 +61,13 @@ def check_settings(settings, inpaint=False):
         raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM's noise), got {settings.eta}.")
     if settings.eta and settings.sampler not in DDIM_SAMPLERS:
         raise ValueError(f"eta is DDIM's; the {settings.sampler} sampler does not take it.")
+    if not settings.classifier_scale >= 0:
+        raise ValueError(f"classifier_scale must be >= 0 (0: no guidance), got {settings.classifier_scale}.")
+    if settings.classifier_scale != 1 and not settings.classifier:
+        raise ValueError("classifier_scale was given without a classifier: pass --classifier (its directory).")
+    if settings.classifier and not os.path.exists(settings.classifier):
+        raise FileNotFoundError(f"Classifier {settings.classifier} not found: pass the workdir of one trained by "
+                                "`python -m dit_jax.train` with a classifier config (configs/classifier_*.py).")
 
 
 def run_settings(sample_config):
@@ -190,15 +201,56 @@ def _read_json(path, howto):
         return json.load(f)
 
 
-def read_conditions(setup, prompts, classes):
+def read_classifier(path, setup):
+    """The noise-aware classifier at `path` as (logits_fn or nnx model, metadata), checked against the model it
+    is to guide before anything compiles."""
+    from dit_jax.models.classifier import load_classifier  # pylint: disable=import-outside-toplevel
+    logits_fn, meta = load_classifier(path)
+    check_classifier(setup, meta)
+    return logits_fn, meta
+
+
+def check_classifier(setup, meta):
+    """One-line errors for a classifier (its metadata) that cannot guide this model: it must see what the model
+    samples (the same space, input size and channels) and know the model's classes."""
+    c, latent = setup.model_config, bool(setup.vae)
+    space = {True: "VAE latents", False: "pixels"}
+    if bool(meta["latent"]) != latent:
+        raise ValueError(f"The classifier was trained on {space[bool(meta['latent'])]} but this model samples "
+                         f"{space[latent]}: train the classifier on the model's data.")
+    for key, model_key, what in (("resolution", "input_size", "inputs of side"), ("channels", "in_channels",
+                                                                                  "channels")):
+        if meta[key] != c[model_key]:
+            raise ValueError(f"The classifier was trained on {what} {meta[key]} but this model samples {what} "
+                             f"{c[model_key]}: train the classifier on the model's data.")
+    known = c.get("num_classes") or len(setup.class_names)
+    if known and meta["num_classes"] != known:
+        raise ValueError(f"The classifier has {meta['num_classes']} classes but this model's data has {known}: "
+                         "train the classifier on the model's data.")
+    if meta.get("timesteps", len(setup.schedule)) != len(setup.schedule):
+        raise ValueError(f"The classifier was trained on {meta['timesteps']} diffusion timesteps but this model on "
+                         f"{len(setup.schedule)}.")
+    if meta.get("schedule") and not np.allclose(beta_schedule(meta["schedule"], len(setup.schedule)),
+                                                setup.schedule.betas):
+        raise ValueError(f"The classifier was trained on the {meta['schedule']} beta schedule, this model on "
+                         "another: its t would mean other noise levels.")
+    scale = (meta.get("vae") or {}).get("scale")
+    if latent and scale is not None and scale != setup.vae["scale"]:
+        raise ValueError(f"The classifier's latents are scaled by {scale}, this model's by {setup.vae['scale']}.")
+
+
+def read_conditions(setup, prompts, classes, classifier=None):
     """The conditions to sample, checked against the model: (captions, labels or None).
 
     `classes` are indices or class names; one class goes with every prompt,
     or one per prompt. Captions name the classes of a label-only model.
+    With a `classifier` (its metadata) the classes are also its targets, so
+    every model takes them, text-conditioned or unconditional ones too.
     """
     prompts = list(prompts)
     num_classes = setup.model_config.get("num_classes", 0)
-    if classes and not num_classes:
+    targets = classifier["num_classes"] if classifier else 0
+    if classes and not num_classes and not targets:
         raise ValueError("--class was given but this model is not class-conditional: pass --prompt.")
     if prompts and not setup.text:
         raise ValueError("--prompt was given but this model reads no text: pass --class.")
@@ -206,11 +258,22 @@ def read_conditions(setup, prompts, classes):
         raise ValueError("This model is text-conditioned: pass --prompt or --prompts.")
     if num_classes and not classes:
         raise ValueError(f"This model is class-conditional: pass --class (0..{num_classes - 1} or a class name).")
-    labels = [_class_index(c, num_classes, setup.class_names) for c in classes] or None
+    if targets and not classes:
+        raise ValueError(f"Classifier guidance steers toward a class: pass --class (0..{targets - 1} or a class "
+                         "name).")
+    if num_classes:
+        labels = [_class_index(c, num_classes, setup.class_names) for c in classes] or None
+    else:
+        labels = [_class_index(c, targets, setup.class_names, "the classifier") for c in classes] or None
+    for label in labels if targets else ():
+        if label >= targets:
+            raise ValueError(f"Class {label} is outside the classifier's classes 0..{targets - 1}.")
     if prompts and labels and len(labels) not in (1, len(prompts)):
         raise ValueError(f"Give one --class, or one per prompt ({len(prompts)}), not {len(labels)}.")
     if prompts and labels:
         labels = labels * (len(prompts) // len(labels))
+    if not prompts and labels is None:
+        return [""], None  # an unconditional model: one empty condition
     captions = prompts or [setup.class_names[i] if setup.class_names else str(i) for i in labels]
     return captions, labels
 
@@ -225,13 +288,13 @@ def grid_conditions(setup, prompts):
     return [setup.class_names[i] if setup.class_names else str(i) for i in labels], labels
 
 
-def _class_index(value, num_classes, names):
+def _class_index(value, num_classes, names, whose="this model"):
     by_name = {n.lower(): i for i, n in enumerate(names)}
     if str(value).lower() in by_name:
         return by_name[str(value).lower()]
     if not str(value).isdigit() or int(value) >= num_classes:
         known = f"; names: {', '.join(names)}" if names else ""
-        raise ValueError(f"Unknown class {value!r}: this model has classes 0..{num_classes - 1}{known}.")
+        raise ValueError(f"Unknown class {value!r}: {whose} has classes 0..{num_classes - 1}{known}.")
     return int(value)
 
 
@@ -241,7 +304,7 @@ def encode_conditions(setup, captions, labels):
     if setup.text:
         from dit_jax.text import encoders  # pylint: disable=import-outside-toplevel
         cond.update(encoders.text_conditions(setup.text, captions))
-    if labels is not None:
+    if labels is not None and setup.model_config.get("num_classes"):
         cond["y"] = np.asarray(labels, np.int32)
     return cond
 
@@ -292,21 +355,24 @@ def initial_noise(seed, ids, shape):
 
 
 def generate_batch(model, setup, settings, cond, ids, *, return_trajectory=False, image=None, mask=None,
-                   strength=1.0, resample=1):
+                   strength=1.0, resample=1, classifier=None, targets=None):
     """`generate` for images `ids` under `cond` (leading axis = len(ids)), as `setup` and `settings` say.
 
     The starting noise is `initial_noise`; the step noise of ddpm, ddim with
     eta > 0 and inpainting is drawn per batch from the seed and its first index.
+    `classifier(x, t) -> logits` guides each image toward its class in `targets`
+    with weight settings.classifier_scale.
     """
     s = setup.resolve(settings)
     c = setup.model_config
     x_T = initial_noise(s.seed, ids, (c["input_size"], c["input_size"], c["in_channels"]))
     key = jax.random.fold_in(jax.random.split(jax.random.PRNGKey(s.seed))[1], ids[0])
+    cond_fn = None if classifier is None else classifier_gradient(classifier, targets, s.classifier_scale)
     return generate(model, cond, x_T.shape, key, setup.schedule, sampler=s.sampler, steps=s.steps,
                     spacing=s.spacing, eta=s.eta, cfg_scale=s.cfg_scale, guidance_channels=s.guidance_channels,
                     prediction=setup.prediction, learn_sigma=c.get("learn_sigma", True), clip_x0=setup.clip_x0,
                     return_trajectory=return_trajectory, image=image, mask=mask, strength=strength,
-                    resample=resample, x_T=x_T)
+                    resample=resample, x_T=x_T, cond_fn=cond_fn)
 
 
 def sampled_timesteps(setup, settings):
@@ -331,16 +397,25 @@ def to_global(x, target):
 
 
 def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32, *, codec=None, image=None,
-                  mask=None, strength=1.0, resample=1, trajectory=False, verbose=True):
+                  mask=None, strength=1.0, resample=1, trajectory=False, verbose=True, classifier=None):
     """Each condition `num_images` times, in batches split over every device of every process.
 
     `image` and `mask` are in the model's space (`codec.encode`, `codec.mask`):
     with a mask, inpaint; with an image alone, img2img from `strength`.
+    With settings.classifier each image is guided toward its label by that
+    classifier (`classifier`: what `read_classifier` returned, else read here).
     Images come back on process 0 only; each one's starting noise depends on
     the seed and its index, so ddim and dpmpp samples do not change with the
     batch size or the device count.
     """
     check_settings(settings, inpaint=mask is not None)
+    logits_fn = None
+    if settings.classifier:
+        logits_fn, meta = classifier or read_classifier(settings.classifier, setup)
+        if labels is None:
+            raise ValueError("Classifier guidance steers toward a class: give each condition a label (--class).")
+        if max(labels) >= meta["num_classes"]:
+            raise ValueError(f"Class {max(labels)} is outside the classifier's classes 0..{meta['num_classes'] - 1}.")
     codec = codec or Codec(setup)
     cond = encode_conditions(setup, captions, labels)
     model, _ = load_pretrained(setup.export)
@@ -348,14 +423,22 @@ def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32
     mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
     batched, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     state = jax.tree.map(lambda v: to_global(v, replicated), state)
+    # The classifier's weights enter the compiled function as an argument, like the model's; a plain function
+    # (a closed-form classifier) is closed over.
+    guide, guide_state = logits_fn, None
+    if isinstance(guide, nnx.Module):
+        guide, guide_state = nnx.split(guide)
+        guide_state = jax.tree.map(lambda v: to_global(v, replicated), guide_state)
     edit = {k: to_global(v, replicated) for k, v in (("image", image), ("mask", mask)) if v is not None}
     total, devices = len(captions) * num_images, jax.device_count()
     batch = min(batch_size, -(-total // devices) * devices)
 
     @jax.jit
-    def sample_batch(state, cond, ids, edit):
+    def sample_batch(state, cond, ids, edit, guide_state, targets):
+        classifier_fn = guide if guide_state is None else nnx.merge(guide, guide_state)
         return generate_batch(nnx.merge(graphdef, state), setup, settings, cond, ids, return_trajectory=trajectory,
-                              strength=strength, resample=resample, **edit)
+                              strength=strength, resample=resample, classifier=classifier_fn, targets=targets,
+                              **edit)
 
     is_main = jax.process_index() == 0
     order = np.repeat(np.arange(len(captions)), num_images)  # the condition of each image
@@ -364,15 +447,17 @@ def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32
         s = setup.resolve(settings)
         t = sampled_timesteps(setup, settings)
         shown = " ".join(map(str, t)) if len(t) <= 30 else f"{' '.join(map(str, t[:3]))} ... {t[-1]}"
+        guided = f", classifier scale {s.classifier_scale}" if s.classifier else ""
         print(f"Sampling {total} images ({len(captions)} conditions x {num_images}) in {num_batches} batches of "
-              f"{batch} on {devices} devices: {s.sampler}, {s.steps} steps, cfg {s.cfg_scale}, spacing {s.spacing} "
-              f"(t = {shown}).", flush=True)
+              f"{batch} on {devices} devices: {s.sampler}, {s.steps} steps, cfg {s.cfg_scale}{guided}, spacing "
+              f"{s.spacing} (t = {shown}).", flush=True)
     outputs, frames = [], None
     for b in tqdm.trange(num_batches, desc="sample", unit="batch", disable=not (verbose and is_main)):
         ids = np.arange(b * batch, (b + 1) * batch, dtype=np.int32)
         rows = order[np.minimum(ids, total - 1)]  # the last batch is padded with repeats of the last image
+        targets = to_global(np.asarray(labels, np.int32)[rows], batched) if settings.classifier else None
         x = sample_batch(state, {k: to_global(v[rows], batched) for k, v in cond.items()}, to_global(ids, batched),
-                         edit)
+                         edit, guide_state, targets)
         if trajectory:
             x, steps = x
             if b == 0:

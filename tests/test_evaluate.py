@@ -208,7 +208,7 @@ def test_spacing_and_eta_flags_reach_sampling(run_dir, tmp_path, monkeypatch):
     workdir, data_dir, _ = run_dir
     seen = []
 
-    def record(setup, settings, captions, labels, num_images, batch_size):
+    def record(setup, settings, captions, labels, num_images, batch_size, classifier=None):
         seen.append(setup.resolve(settings))
         return sampling.Samples(np.zeros((len(captions), 32, 32, 1), np.uint8), captions, labels, None)
 
@@ -231,3 +231,28 @@ def test_spacing_and_eta_flags_reach_sampling(run_dir, tmp_path, monkeypatch):
         flags.FLAGS(argv[:-2] + ["--spacing=even"])
         command.main(argv[:1])
     assert not seen
+
+
+def test_classifier_scales_are_evaluated_in_turn_toward_each_examples_class(run_dir, tmp_path, monkeypatch):
+    """--classifier with several scales: every sampler at every scale, each image's classifier target its
+    example's label (the text model reads its caption), results and files named by the scale."""
+    import types
+    workdir, data_dir, manifest = run_dir
+    module = types.ModuleType("dit_jax.models.classifier")
+    module.load_classifier = lambda path: (None, dict(resolution=32, channels=1, num_classes=10, latent=False))
+    monkeypatch.setitem(sys.modules, "dit_jax.models.classifier", module)
+    seen = []
+
+    def record(setup, settings, captions, labels, num_images, batch_size, classifier=None):
+        seen.append((settings.sampler, settings.classifier_scale, list(labels), classifier[1]["num_classes"]))
+        return sampling.Samples(np.zeros((len(captions), 32, 32, 1), np.uint8), captions, labels, None)
+
+    monkeypatch.setattr(sampling, "sample_images", record)
+    monkeypatch.setattr("dit_jax.evaluate.Judge", lambda *args: lambda images, captions, labels: {"fid_16": 1.0})
+    results = evaluate(workdir, data_dir, samplers=[("ddim", 2)], num_samples=16, out=str(tmp_path),
+                       classifier_path=str(tmp_path), classifier_scales=[0.0, 2.0])
+    chosen = np.sort(np.random.default_rng(0).choice(manifest["examples"], 16, replace=False))
+    labels = [int(e["label"]) for e in pipeline.read_prepared(manifest, chosen)]
+    assert seen == [("ddim", 0.0, labels, 10), ("ddim", 2.0, labels, 10)]
+    assert [r["classifier_scale"] for r in results] == [0.0, 2.0]
+    assert (tmp_path / "ddim_2_cls2.npz").exists() and (tmp_path / "fid_vs_scale.png").exists()

@@ -1,5 +1,6 @@
 """Gaussian diffusion for DiT: schedules, losses, samplers and guidance (pure JAX + numpy)."""
 
+from dit_jax.diffusion.classifier_guidance import classifier_gradient
 from dit_jax.diffusion.guidance import classifier_free_guidance
 from dit_jax.diffusion.losses import (
     diffusion_loss,
@@ -35,6 +36,7 @@ __all__ = [
     "Trajectory",
     "beta_schedule",
     "classifier_free_guidance",
+    "classifier_gradient",
     "ddim_sample",
     "ddpm_sample",
     "diffusion_loss",

@@ -20,7 +20,7 @@ from dit_jax.diffusion.schedules import sampling_grid
 
 
 def inpaint(model_fn, x_T, key, schedule, timesteps, known, mask, *, eta=1.0, resample=1, spacing="leading",
-            prediction="eps", clip_x0=None, return_trajectory=False):
+            prediction="eps", clip_x0=None, return_trajectory=False, cond_fn=None):
     """Regenerates where `mask` is 1 and keeps `known` where it is 0; the result equals `known` there exactly.
 
     Each step is a DDIM step with noise std eta * sqrt(posterior variance):
@@ -32,6 +32,7 @@ def inpaint(model_fn, x_T, key, schedule, timesteps, known, mask, *, eta=1.0, re
     which is exactly the forward process between the two levels.
     `mask` broadcasts against x_T (e.g. (B, H, W, 1)); `timesteps` and
     `spacing` as in `ddpm_sample`; the trajectory keeps the last pass of each step.
+    `cond_fn` (classifier guidance) corrects each step's eps, as in `ddim_sample`.
     """
     check_prediction(prediction)
     if resample < 1:
@@ -52,7 +53,7 @@ def inpaint(model_fn, x_T, key, schedule, timesteps, known, mask, *, eta=1.0, re
 
     def denoise(x, row, key):
         """One step from level t to the next, then the known region put back at the new level."""
-        x0, eps = ddim_predict(model_fn, x, row, prediction, clip_x0)
+        x0, eps = ddim_predict(model_fn, x, row, prediction, clip_x0, cond_fn)
         k_step, k_known = jax.random.split(key)
         x_prev = ddim_update(x0, eps, row, normal(k_step))
         known_prev = row["alpha_prev"] * known + row["sigma_prev"] * normal(k_known)

@@ -15,6 +15,8 @@ SAMPLERS = ("ddpm", "ddim", "ddim_diffusers", "dpmpp_2m", "dpmpp_3m")
 # DDIMScheduler with set_alpha_to_one=False (from t to t - T // N, the last to alphas_cumprod[0]).
 DDIM_SAMPLERS = ("ddim", "ddim_diffusers")
 INPAINT_SAMPLERS = ("ddpm", "ddim")  # RePaint's steps: DDIM with eta 1 (ddpm) or the given eta
+# Those whose steps take classifier guidance: ddpm moves its mean, the others correct eps (classifier_guidance.py).
+CLASSIFIER_SAMPLERS = ("ddpm", "ddim", "ddim_diffusers", "dpmpp_2m", "dpmpp_3m")
 # The one home of the sampling defaults: generate's, the commands' flags and the recipes' sample.* keys.
 SAMPLER, STEPS, CFG_SCALE = "dpmpp_2m", 25, 4.0
 # Each sampler's spacing when none is asked for: diffusers' default for its scheduler.
@@ -22,11 +24,14 @@ DEFAULT_SPACING = {"ddpm": "leading", "ddim": "leading", "ddim_diffusers": "lead
                    "dpmpp_3m": "linspace"}
 
 
-def check_sampler(name, inpaint=False):
+def check_sampler(name, inpaint=False, classifier=False):
     if name not in SAMPLERS:
         raise ValueError(f"Unknown sampler {name!r}; choose one of {SAMPLERS}.")
     if inpaint and name not in INPAINT_SAMPLERS:
         raise ValueError(f"Inpainting takes ddpm or ddim steps (RePaint), not {name!r}.")
+    if classifier and name not in CLASSIFIER_SAMPLERS:
+        raise ValueError(f"Classifier guidance takes {', '.join(CLASSIFIER_SAMPLERS)} steps, not {name!r}: "
+                         "pick one of those or drop the classifier.")
 
 
 def check_spacing(spacing):
@@ -54,7 +59,7 @@ def guided_model(model, cond, batch, cfg_scale, guidance_channels=None):
 
 def generate(model, cond, shape, key, schedule, *, sampler=SAMPLER, steps=STEPS, spacing=None, eta=0.0,
              cfg_scale=CFG_SCALE, guidance_channels=None, prediction="eps", learn_sigma=True, clip_x0=None,
-             return_trajectory=False, image=None, mask=None, strength=1.0, resample=1, x_T=None):
+             return_trajectory=False, image=None, mask=None, strength=1.0, resample=1, x_T=None, cond_fn=None):
     """Samples `shape` = (B, H, W, C) from the model under `cond` (dict of y / text / text_mask / pooled).
 
     `spacing` (leading | trailing | linspace | dit) picks the timesteps, None each sampler's diffusers
@@ -66,14 +71,16 @@ def generate(model, cond, shape, key, schedule, *, sampler=SAMPLER, steps=STEPS,
     inpaint with ddpm (eta 1) or ddim (`eta`) steps and `resample` RePaint passes; without, SDEdit from `strength`.
     The key gives the same starting noise either way, so strength 1 is exactly plain sampling.
     `x_T` replaces the starting noise drawn from the key (e.g. noise drawn per image).
+    `cond_fn(x, t)` (classifier_guidance.classifier_gradient) adds classifier guidance to every step, editing
+    included, on top of the classifier-free guided output.
     """
-    check_sampler(sampler, inpaint=mask is not None)
+    check_sampler(sampler, inpaint=mask is not None, classifier=cond_fn is not None)
     fn = guided_model(model, cond, shape[0], cfg_scale, guidance_channels)
     k_init, k_steps = jax.random.split(key)
     x_T = jax.random.normal(k_init, shape, jnp.float32) if x_T is None else x_T
     check_spacing(spacing)
     grid = sampler_grid(schedule, sampler, steps, spacing)
-    common = dict(prediction=prediction, clip_x0=clip_x0, return_trajectory=return_trajectory)
+    common = dict(prediction=prediction, clip_x0=clip_x0, return_trajectory=return_trajectory, cond_fn=cond_fn)
     if mask is not None:
         image = jnp.broadcast_to(image, shape)
         return editing.inpaint(fn, x_T, k_steps, schedule, grid, image, mask, eta=1.0 if sampler == "ddpm" else eta,

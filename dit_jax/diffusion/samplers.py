@@ -11,6 +11,9 @@ timesteps (`schedule.timesteps`), and returns C channels (the prediction) or
 "learned_range" reads). The step after the last grid point lands on clean
 data (acp = 1), like diffusers' set_alpha_to_one / final_sigmas_type="zero"
 (DDIM can also stop at index 0, as set_alpha_to_one=False does).
+Each sampler takes an optional `cond_fn(x, t)`, the scaled gradient of a
+classifier's log p(y | x_t) (classifier_guidance.py), and applies it where
+its step allows: DDPM shifts the mean, DDIM and DPM-Solver++ correct eps.
 """
 
 from typing import NamedTuple
@@ -19,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dit_jax.diffusion.classifier_guidance import condition_mean, condition_score
 from dit_jax.diffusion.prediction import check_prediction, split_output, to_x0_eps
 from dit_jax.diffusion.schedules import posterior, sampling_grid
 
@@ -57,6 +61,10 @@ def _predict(model_fn, x, t, channels):
     return split_output(model_fn(x, jnp.full((x.shape[0],), t, jnp.int32)), channels)
 
 
+def _gradient(cond_fn, x, t):
+    return cond_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
+
+
 def _clip(x0, clip_x0):
     return x0 if clip_x0 is None else jnp.clip(x0, -clip_x0, clip_x0)
 
@@ -76,7 +84,7 @@ def _run(step, carry, rows, t, return_trajectory):
 
 
 def ddpm_sample(model_fn, x_T, key, schedule, timesteps=None, *, spacing="leading", variance="fixed_small",
-                prediction="eps", clip_x0=None, noise=None, return_trajectory=False):
+                prediction="eps", clip_x0=None, noise=None, return_trajectory=False, cond_fn=None):
     """Ancestral sampling: x_prev ~ N(posterior mean at the predicted x0, model variance).
 
     variance "fixed_small" is the posterior variance, "fixed_large" the beta
@@ -88,7 +96,11 @@ def ddpm_sample(model_fn, x_T, key, schedule, timesteps=None, *, spacing="leadin
     `timesteps`: None = every index of `schedule` (DiT: respace(s, "250")),
     int = that many steps with `spacing` (DiT's "250" is spacing="dit"),
     or explicit descending indices. `noise` (num_steps, *x_T.shape) replaces
-    the draws from `key`; its last row is unused.
+    the draws from `key`; its last row is unused. `cond_fn` moves the mean by
+    the step's variance times its gradient, with guided-diffusion's variances
+    also on the last step, where no noise is drawn: fixed_small's is the
+    posterior variance, 0 there; fixed_large and learned_range's lower end take
+    the step before's posterior variance there (its "clipped" log variance).
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(VARIANCES)}")
@@ -97,14 +109,16 @@ def ddpm_sample(model_fn, x_T, key, schedule, timesteps=None, *, spacing="leadin
     acp = schedule.alphas_cumprod[grid]
     post = posterior(acp, np.append(acp[1:], 1.0))
     z_rows, draw = _noise_rows(key, noise, len(grid), x_T.shape)
+    last = post.variance[-2] if len(grid) > 1 else post.beta[-1]
     rows = _rows(
         schedule.timesteps[grid],
         alpha=np.sqrt(acp),
         sigma=np.sqrt(1.0 - acp),
         coef_x0=post.coef_x0,
         coef_xt=post.coef_xt,
-        min_log=np.log(np.maximum(post.variance, 1e-20)),  # the posterior variance is 0 on the last step
+        min_log=np.log(np.append(post.variance[:-1], last)),  # 0 on the last step: guided-diffusion's stand-in
         max_log=np.log(post.beta),
+        fixed_var=post.variance if variance == "fixed_small" else np.append(post.beta[:-1], last),
         noise_scale=np.arange(len(grid)) < len(grid) - 1,
     )
     rows["z"] = z_rows
@@ -121,6 +135,9 @@ def ddpm_sample(model_fn, x_T, key, schedule, timesteps=None, *, spacing="leadin
             log_var = frac * row["max_log"] + (1.0 - frac) * row["min_log"]
         else:
             log_var = row["min_log"] if variance == "fixed_small" else row["max_log"]
+        if cond_fn is not None:
+            var = jnp.exp(log_var) if variance == "learned_range" else row["fixed_var"]
+            mean = condition_mean(mean, var, _gradient(cond_fn, x, row["t"]))
         x = mean + row["noise_scale"] * jnp.exp(0.5 * log_var) * draw(row["z"])
         return x, (x, x0)
 
@@ -149,14 +166,16 @@ def ddim_table(schedule, grid, eta, stride=None, set_alpha_to_one=True):
                 sigma_prev=np.sqrt(1.0 - acp_prev), direction=np.sqrt(1.0 - acp_prev - std**2), std=std)
 
 
-def ddim_predict(model_fn, x, row, prediction, clip_x0):
+def ddim_predict(model_fn, x, row, prediction, clip_x0, cond_fn=None):
     """(x0, eps) at a step's level; with clip_x0, eps is re-derived from the clipped x0 (DiT; diffusers'
-    use_clipped_model_output=True)."""
+    use_clipped_model_output=True); with cond_fn, eps is then corrected and x0 re-derived from it."""
     pred, _ = _predict(model_fn, x, row["t"], x.shape[-1])
     x0, eps = to_x0_eps(pred, x, row["alpha"], row["sigma"], prediction)
     if clip_x0 is not None:
         x0 = _clip(x0, clip_x0)
         eps = (x - row["alpha"] * x0) / row["sigma"]
+    if cond_fn is not None:
+        x0, eps = condition_score(x, eps, _gradient(cond_fn, x, row["t"]), row["alpha"], row["sigma"])
     return x0, eps
 
 
@@ -167,7 +186,8 @@ def ddim_update(x0, eps, row, z=None):
 
 
 def ddim_sample(model_fn, x_T, key, schedule, timesteps=None, *, spacing="leading", eta=0.0, prediction="eps",
-                clip_x0=None, stride=None, set_alpha_to_one=True, noise=None, return_trajectory=False):
+                clip_x0=None, stride=None, set_alpha_to_one=True, noise=None, return_trajectory=False,
+                cond_fn=None):
     """DDIM: x_prev = sqrt(acp_prev) x0 + sqrt(1 - acp_prev - s^2) eps + s z, s = eta * sqrt(posterior variance).
 
     eta = 0 is deterministic (`key` may be None); eta = 1 has DDPM's
@@ -186,7 +206,7 @@ def ddim_sample(model_fn, x_T, key, schedule, timesteps=None, *, spacing="leadin
         rows["z"], draw = _noise_rows(key, noise, len(grid), x_T.shape)
 
     def step(x, row):
-        x0, eps = ddim_predict(model_fn, x, row, prediction, clip_x0)
+        x0, eps = ddim_predict(model_fn, x, row, prediction, clip_x0, cond_fn)
         x = ddim_update(x0, eps, row, draw(row["z"]) if stochastic else None)
         return x, (x, x0)
 
@@ -204,7 +224,7 @@ def _dpm_orders(num_steps, solver_order):
 
 
 def dpm_solver_pp_sample(model_fn, x_T, schedule, timesteps=None, *, order=2, spacing="linspace",
-                         prediction="eps", clip_x0=None, return_trajectory=False):
+                         prediction="eps", clip_x0=None, return_trajectory=False, cond_fn=None):
     """DPM-Solver++ multistep (Lu et al. 2022): data prediction, diffusers' "midpoint" second order.
 
     In lambda = log(alpha / sigma) the exact step from s to t is
@@ -212,6 +232,7 @@ def dpm_solver_pp_sample(model_fn, x_T, schedule, timesteps=None, *, order=2, sp
     an order-k step expands x0 with divided differences of the last k
     predictions (D0, D1, D2 below). An int `timesteps` uses diffusers' DPM grid
     (`spaced_timesteps(..., exclude_zero=True)`); the final step goes to sigma = 0.
+    `cond_fn` corrects each step's eps, so the x0 the solver integrates.
     """
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
@@ -236,7 +257,6 @@ def dpm_solver_pp_sample(model_fn, x_T, schedule, timesteps=None, *, order=2, sp
         r1=np.append([1.0, 1.0], h[:-2])[: len(h)] / h,
     )
     rows["order"] = jnp.asarray(_dpm_orders(len(grid), order), jnp.int32)
-    channels = x_T.shape[-1]
 
     def first(x, m0, m1, m2, row):
         return row["ratio"] * x + row["phi1"] * m0
@@ -254,8 +274,7 @@ def dpm_solver_pp_sample(model_fn, x_T, schedule, timesteps=None, *, order=2, sp
 
     def step(carry, row):
         x, m1, m2 = carry  # m1, m2: the previous two x0 predictions
-        pred, _ = _predict(model_fn, x, row["t"], channels)
-        m0 = _clip(to_x0_eps(pred, x, row["alpha"], row["sigma"], prediction)[0], clip_x0)
+        m0, _ = ddim_predict(model_fn, x, row, prediction, clip_x0, cond_fn)
         x = jax.lax.switch(row["order"] - 1, (first, second, third), x, m0, m1, m2, row)
         return (x, m0, m1), (x, m0)
 
