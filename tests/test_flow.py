@@ -110,7 +110,7 @@ def test_heun_follows_the_exact_flow_of_gaussian_data(path):
 def test_euler_maruyama_samples_gaussian_data():
     eps = jax.random.normal(jax.random.PRNGKey(1), (4000, 2))
     x = np.asarray(jax.jit(lambda: flow.euler_maruyama_sample(gaussian_velocity("linear"), eps,
-                                                              jax.random.PRNGKey(2), flow.flow_sigmas(100)))())
+                                                              jax.random.PRNGKey(2), flow.flow_sigmas(50)))())
     np.testing.assert_allclose(x.mean(0), MU, atol=0.06)
     np.testing.assert_allclose(np.cov(x.T), COV, atol=0.1)
     assert np.abs(x - exact_map(np.asarray(eps))).mean() > 0.1  # stochastic: not the ODE's map
@@ -199,8 +199,8 @@ def test_guidance_mixes_the_velocities():
     np.testing.assert_allclose(out, x_T - (-0.5 * x_T + 3.0 * offset), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("sampler", flow.FLOW_SAMPLERS)
-def test_inpainting_keeps_the_known_region_exactly(sampler):
+def test_inpainting_keeps_the_known_region_exactly(sampler="euler_maruyama"):
+    """The blend is the samplers' shared scan body: checked on the stochastic one."""
     image = jax.random.uniform(jax.random.PRNGKey(5), (4, 4, 3), minval=-1, maxval=1)
     mask = np.zeros((4, 4, 1), np.float32)
     mask[1:3, :2] = 1
@@ -269,11 +269,11 @@ def test_sampling_settings_follow_the_objective():
 
 
 def test_toy_flow_run_trains_exports_and_samples_with_euler(tmp_path):
-    """In-process train (4 steps of a DiT with one block) with logit-normal times, then `sample` from its export."""
+    """In-process train (2 steps of a DiT with one block) with logit-normal times, then `sample` from its export."""
     from dit_jax import train as train_cli
     from dit_jax.sample import Options, run
     config = flow_config(time_sampling="logit_normal")
-    config.update(steps=4, batch_size=8)
+    config.update(steps=2, batch_size=8)
     config.data.max_examples = 64
     config.model.update(hidden_size=32, depth=1, patch_size=8)
     config.checkpoint.every, config.log.every, config.sample.every = 0, 1, 0
@@ -284,12 +284,12 @@ def test_toy_flow_run_trains_exports_and_samples_with_euler(tmp_path):
     finally:
         signal.signal(signal.SIGINT, handler)  # train's StopSignal took Ctrl-C
     losses = [json.loads(line)["loss"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    assert len(losses) == 4 and np.isfinite(losses).all()
+    assert len(losses) == 2 and np.isfinite(losses).all()
     record = json.load(open(os.path.join(workdir, "export", sampling.SAMPLING_FILE)))
     assert (record["objective"], record["flow_path"], record["shift"]) == ("flow", "linear", 1.0)
 
     options = Options(workdir=workdir, data_dir=data_dir, prompt=["red apple"], num_images=2, sampler="euler",
-                      steps=2, batch_size=8, npz=str(tmp_path / "s.npz"))
+                      steps=1, batch_size=8, npz=str(tmp_path / "s.npz"))
     images, _ = run(options)
     assert images.shape == (2, 32, 32, 3) and len({im.tobytes() for im in images}) == 2
     with pytest.raises(ValueError, match="dpmpp_2m is a DDPM sampler"):
