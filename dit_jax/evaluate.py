@@ -54,7 +54,7 @@ def define_flags():
     flags.DEFINE_string("workdir", None, "The training run to evaluate (its exported EMA weights).")
     flags.DEFINE_integer("num_samples", 1000, "Images per sampler; FID is named by it (FID-1k).")
     flags.DEFINE_list("samplers", [f"{SAMPLER}:{STEPS}"], "sampler:steps pairs, each evaluated on the same prompts "
-                      "and starting noise.")
+                      "and starting noise (a flow-matching run: euler, heun or euler_maruyama, e.g. heun:25).")
     flags.DEFINE_float("cfg_scale", None, "Guidance scale (default: the run's config.sample.cfg_scale).")
     flags.DEFINE_string("spacing", None, f"{' | '.join(SPACINGS)}; default: the run's config.sample.spacing, else "
                         "each sampler's.")
@@ -157,6 +157,8 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=((SAMPLER, STEPS),),
     for settings in plan:
         sampling.check_settings(settings)
     setup = sampling.read_setup(workdir, data_dir=data_dir)
+    for settings in plan:
+        sampling.check_settings(settings, objective=setup.objective)
     guide = sampling.read_classifier(classifier_path, setup) if classifier_path else None
     out = out or os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)

@@ -33,6 +33,7 @@ from PIL import Image
 
 from dit_jax import sampling
 from dit_jax.diffusion import BETA_SCHEDULES, PREDICTIONS, SPACINGS
+from dit_jax.diffusion.flow import FLOW_SAMPLERS
 from dit_jax.diffusion.generate import CFG_SCALE, SAMPLER, SAMPLERS, STEPS
 from dit_jax.utils import distributed
 from dit_jax.utils.visualization import captioned_grid, trajectory_strip
@@ -63,7 +64,8 @@ class Options:
     mask: str = option(None, "Inpainting mask: white = regenerate, black = keep.")
     resample: int = option(1, "Inpainting: passes per step (RePaint resampling; 1 = replacement only).")
     strength: float = option(0.6, "img2img: how far the image is noised, 0 (kept) to 1 (pure noise).")
-    sampler: str = option(SAMPLER, f"{' | '.join(SAMPLERS)} (inpainting: ddpm | ddim).")
+    sampler: str = option(SAMPLER, f"{' | '.join(SAMPLERS)} (inpainting: ddpm | ddim); a flow-matching model: "
+                          f"{' | '.join(FLOW_SAMPLERS)}.")
     steps: int = option(STEPS, "Sampling steps.")
     spacing: str = option(None, f"{' | '.join(SPACINGS)}; default: the model's (DiT's weights: dit), else the "
                           "sampler's.")

@@ -27,14 +27,17 @@ from jax.experimental import multihost_utils
 
 from dit_jax.data.latents import VAE_SCALE
 from dit_jax.diffusion import PREDICTIONS, Schedule, beta_schedule, classifier_gradient
-from dit_jax.diffusion.generate import (CFG_SCALE, DDIM_SAMPLERS, DEFAULT_SPACING, SAMPLER, STEPS, check_sampler,
-                                        check_spacing, generate, sampler_grid)
+from dit_jax.diffusion.flow import FLOW_SAMPLERS, T_SCALE, check_path, flow_sigmas
+from dit_jax.diffusion.generate import (CFG_SCALE, DDIM_SAMPLERS, DEFAULT_SPACING, OBJECTIVES, SAMPLER, STEPS,
+                                        check_objective, check_sampler, check_spacing, generate, generate_flow,
+                                        sampler_grid)
 from dit_jax.models.pretrained import load_pretrained
 from dit_jax.training import sharding
 from dit_jax.utils.visualization import to_uint8, trajectory_frames
 
 SAMPLING_FILE = "sampling.json"  # beside config.json: the diffusion a checkpoint was trained with, how it samples
 CHECKPOINT_DEFAULTS = dict(schedule="linear", timesteps=1000, prediction="eps", spacing=None, guidance_channels=None)
+FLOW_DEFAULTS = dict(objective="ddpm", flow_path="linear", shift=1.0)  # what a run or record without them means
 
 
 @dataclasses.dataclass
@@ -51,10 +54,16 @@ class Settings:
     classifier_scale: float = 1.0  # the weight of its gradient (1: exact Bayes, more: sharper)
 
 
-def check_settings(settings, inpaint=False):
-    """One-line errors for settings that cannot sample, before anything loads."""
+def check_settings(settings, inpaint=False, objective=None):
+    """One-line errors for settings that cannot sample, before anything loads; with `objective` (the model's),
+    also that the sampler is one of its kind."""
     check_sampler(settings.sampler, inpaint=inpaint, classifier=bool(settings.classifier))
+    if objective is not None:
+        check_objective(objective, settings.sampler)
     check_spacing(settings.spacing)
+    if settings.spacing and settings.sampler in FLOW_SAMPLERS:
+        raise ValueError(f"spacing picks DDPM timesteps; the {settings.sampler} sampler walks flow sigmas "
+                         "(shifted by the model's diffusion.shift).")
     if settings.steps < 1:
         raise ValueError(f"steps must be at least 1, got {settings.steps}.")
     if settings.eta < 0:
@@ -95,6 +104,9 @@ class Setup:
     class_names: list
     spacing: str = None      # the spacing this model samples with unless told (None: each sampler's default)
     guidance_channels: int = None  # channels guided unless told (None: all; DiT's weights: 3)
+    objective: str = "ddpm"  # ddpm, or flow: a flow-matching model (diffusion/flow.py), sampled by the flow samplers
+    flow_path: str = "linear"  # flow: its interpolant, linear | gvp
+    shift: float = 1.0       # flow: SD3's shift of the sigma grid
 
     @property
     def clip_x0(self):
@@ -103,7 +115,9 @@ class Setup:
 
     def resolve(self, settings):
         """`settings` with what it leaves to the model filled in, spacing named even when it is the sampler's."""
-        spacing = settings.spacing or self.spacing or DEFAULT_SPACING[settings.sampler]
+        spacing = settings.spacing or self.spacing or DEFAULT_SPACING.get(settings.sampler)
+        if settings.sampler in FLOW_SAMPLERS:
+            spacing = None
         channels = self.guidance_channels if settings.guidance_channels is None else settings.guidance_channels
         return dataclasses.replace(settings, spacing=spacing, guidance_channels=channels)
 
@@ -120,7 +134,17 @@ def run_setup(config, manifest, model_config, export=None):
     d, defaults = config.diffusion, recipe_defaults(config.sample)
     check_spacing(defaults["spacing"])
     return Setup(export, dict(model_config), text if model_config.get("text_dim") else None, vae,
-                 Schedule(beta_schedule(d.schedule, d.timesteps)), d.prediction, class_names, **defaults)
+                 Schedule(beta_schedule(d.schedule, d.timesteps)), d.prediction, class_names, **defaults,
+                 **flow_settings(d))
+
+
+def flow_settings(d):
+    """objective, flow_path and shift of a diffusion config or sampling record (older ones lack them: ddpm)."""
+    d = {k: d.get(k, v) for k, v in FLOW_DEFAULTS.items()}
+    if d["objective"] not in OBJECTIVES:
+        raise ValueError(f"Unknown diffusion objective {d['objective']!r}; choose one of {OBJECTIVES}.")
+    check_path(d["flow_path"])
+    return d
 
 
 def read_setup(workdir=None, checkpoint=None, data_dir="~/.cache/dit_jax", *, text_encoder=None, text_path="",
@@ -154,7 +178,7 @@ def read_setup(workdir=None, checkpoint=None, data_dir="~/.cache/dit_jax", *, te
         check_spacing(d["spacing"])
         return Setup(checkpoint, config, text, dict(source=vae, scale=vae_scale) if vae else None,
                      Schedule(beta_schedule(d["schedule"], d["timesteps"])), d["prediction"], [],
-                     spacing=d["spacing"], guidance_channels=d["guidance_channels"])
+                     spacing=d["spacing"], guidance_channels=d["guidance_channels"], **flow_settings(d))
 
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"Workdir {workdir} does not exist.")
@@ -184,7 +208,8 @@ def converted_record(source):
 def run_record(config):
     """sampling.json for a training run's export (`config`: its recipe)."""
     d = config.diffusion
-    return dict(schedule=d.schedule, timesteps=d.timesteps, prediction=d.prediction, **recipe_defaults(config.sample))
+    return dict(schedule=d.schedule, timesteps=d.timesteps, prediction=d.prediction, **recipe_defaults(config.sample),
+                **flow_settings(d))
 
 
 def write_sampling_record(directory, record):
@@ -367,6 +392,11 @@ def generate_batch(model, setup, settings, cond, ids, *, return_trajectory=False
     c = setup.model_config
     x_T = initial_noise(s.seed, ids, (c["input_size"], c["input_size"], c["in_channels"]))
     key = jax.random.fold_in(jax.random.split(jax.random.PRNGKey(s.seed))[1], ids[0])
+    if setup.objective == "flow":
+        return generate_flow(model, cond, x_T.shape, key, sampler=s.sampler, steps=s.steps, shift=setup.shift,
+                             path=setup.flow_path, cfg_scale=s.cfg_scale, guidance_channels=s.guidance_channels,
+                             return_trajectory=return_trajectory, image=image, mask=mask, strength=strength,
+                             resample=resample, x_T=x_T)
     cond_fn = None if classifier is None else classifier_gradient(classifier, targets, s.classifier_scale)
     return generate(model, cond, x_T.shape, key, setup.schedule, sampler=s.sampler, steps=s.steps,
                     spacing=s.spacing, eta=s.eta, cfg_scale=s.cfg_scale, guidance_channels=s.guidance_channels,
@@ -378,6 +408,8 @@ def generate_batch(model, setup, settings, cond, ids, *, return_trajectory=False
 def sampled_timesteps(setup, settings):
     """The model timesteps `settings` visit on this setup, in order (what the CLI reports)."""
     s = setup.resolve(settings)
+    if setup.objective == "flow":
+        return np.round(flow_sigmas(s.steps, setup.shift)[:-1] * T_SCALE, 1)
     return setup.schedule.timesteps[sampler_grid(setup.schedule, s.sampler, s.steps, s.spacing)]
 
 
@@ -408,7 +440,7 @@ def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32
     the seed and its index, so ddim and dpmpp samples do not change with the
     batch size or the device count.
     """
-    check_settings(settings, inpaint=mask is not None)
+    check_settings(settings, inpaint=mask is not None, objective=setup.objective)
     logits_fn = None
     if settings.classifier:
         logits_fn, meta = classifier or read_classifier(settings.classifier, setup)

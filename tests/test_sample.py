@@ -130,7 +130,8 @@ def test_checkpoint_schedule_has_the_given_timesteps(class_checkpoint):
 
 @pytest.mark.parametrize("change, message", [
     (dict(workdir="/nonexistent/run"), "Workdir /nonexistent/run does not exist"),
-    (dict(sampler="euler"), "Unknown sampler 'euler'"),
+    (dict(sampler="eulr"), "Unknown sampler 'eulr'"),
+    (dict(sampler="euler"), "euler is a flow-matching sampler but the model is trained with DDPM"),
     (dict(classes=["1"]), "--class was given but this model is not class-conditional"),
     (dict(prompt=[]), "This model is text-conditioned: pass --prompt"),
     (dict(mode="inpaint", image=__file__, sampler="dpmpp_2m"), "Inpainting takes ddpm or ddim steps"),

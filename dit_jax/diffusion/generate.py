@@ -5,7 +5,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from dit_jax.diffusion import editing
+from dit_jax.diffusion import editing, flow
+from dit_jax.diffusion.flow import FLOW_SAMPLERS
 from dit_jax.diffusion.guidance import classifier_free_guidance
 from dit_jax.diffusion.samplers import Trajectory, ddim_sample, ddpm_sample, dpm_solver_pp_sample
 from dit_jax.diffusion.schedules import SPACINGS, sampling_grid
@@ -24,14 +25,30 @@ DEFAULT_SPACING = {"ddpm": "leading", "ddim": "leading", "ddim_diffusers": "lead
                    "dpmpp_3m": "linspace"}
 
 
+OBJECTIVES = ("ddpm", "flow")  # what the model was trained for: DDPM's noise levels, or flow matching (flow.py)
+FLOW_SAMPLER = "heun"  # generate_flow's default
+
+
 def check_sampler(name, inpaint=False, classifier=False):
-    if name not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {name!r}; choose one of {SAMPLERS}.")
-    if inpaint and name not in INPAINT_SAMPLERS:
-        raise ValueError(f"Inpainting takes ddpm or ddim steps (RePaint), not {name!r}.")
+    if name not in SAMPLERS + FLOW_SAMPLERS:
+        raise ValueError(f"Unknown sampler {name!r}; choose one of {SAMPLERS + FLOW_SAMPLERS}.")
+    if inpaint and name not in INPAINT_SAMPLERS + FLOW_SAMPLERS:
+        raise ValueError(f"Inpainting takes ddpm or ddim steps (RePaint) or a flow sampler, not {name!r}.")
     if classifier and name not in CLASSIFIER_SAMPLERS:
         raise ValueError(f"Classifier guidance takes {', '.join(CLASSIFIER_SAMPLERS)} steps, not {name!r}: "
                          "pick one of those or drop the classifier.")
+
+
+def check_objective(objective, sampler):
+    """A DDPM model samples with the DDPM samplers, a flow model with the flow ones."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"Unknown objective {objective!r}; choose one of {OBJECTIVES}.")
+    if objective == "flow" and sampler not in FLOW_SAMPLERS:
+        raise ValueError(f"{sampler} is a DDPM sampler but the model is trained with flow matching: sample with "
+                         f"{' | '.join(FLOW_SAMPLERS)}.")
+    if objective == "ddpm" and sampler in FLOW_SAMPLERS:
+        raise ValueError(f"{sampler} is a flow-matching sampler but the model is trained with DDPM: sample with "
+                         f"{' | '.join(SAMPLERS)}.")
 
 
 def check_spacing(spacing):
@@ -75,6 +92,7 @@ def generate(model, cond, shape, key, schedule, *, sampler=SAMPLER, steps=STEPS,
     included, on top of the classifier-free guided output.
     """
     check_sampler(sampler, inpaint=mask is not None, classifier=cond_fn is not None)
+    check_objective("ddpm", sampler)
     fn = guided_model(model, cond, shape[0], cfg_scale, guidance_channels)
     k_init, k_steps = jax.random.split(key)
     x_T = jax.random.normal(k_init, shape, jnp.float32) if x_T is None else x_T
@@ -99,3 +117,32 @@ def generate(model, cond, shape, key, schedule, *, sampler=SAMPLER, steps=STEPS,
                            stride=len(schedule) // steps if diffusers else None, set_alpha_to_one=not diffusers,
                            **common)
     return dpm_solver_pp_sample(fn, x_T, schedule, grid, order=2 if sampler == "dpmpp_2m" else 3, **common)
+
+
+def generate_flow(model, cond, shape, key, *, sampler=FLOW_SAMPLER, steps=STEPS, shift=1.0, path="linear",
+                  cfg_scale=CFG_SCALE, guidance_channels=None, return_trajectory=False, image=None, mask=None,
+                  strength=1.0, resample=1, x_T=None):
+    """`generate` for a flow-matching model: euler | heun | euler_maruyama over `flow.flow_sigmas(steps, shift)`.
+
+    Guidance mixes the velocities. Editing: with `mask` (1 = regenerate) the
+    kept region follows `image` along the path with the starting noise (no
+    RePaint resampling); without, img2img from t = strength. Predicted images
+    are not clipped (SiT and SD3 do not).
+    """
+    check_sampler(sampler, inpaint=mask is not None)
+    check_objective("flow", sampler)
+    if resample != 1:
+        raise ValueError(f"resample is RePaint's (ddpm/ddim inpainting); flow inpainting takes 1, not {resample}.")
+    fn = guided_model(model, cond, shape[0], cfg_scale, guidance_channels)
+    k_init, k_steps = jax.random.split(key)
+    x_T = jax.random.normal(k_init, shape, jnp.float32) if x_T is None else x_T
+    sigmas, known = flow.flow_sigmas(steps, shift), None
+    if mask is not None:
+        known = jnp.broadcast_to(image, shape)
+    elif image is not None:
+        sigmas, x_T = flow.img2img_start(jnp.broadcast_to(image, shape), x_T, steps, shift, strength, path)
+        if len(sigmas) == 0:
+            empty = jnp.zeros((0, *shape), jnp.float32)
+            return (x_T, Trajectory(jnp.zeros((0,), jnp.float32), empty, empty)) if return_trajectory else x_T
+    return flow.flow_sample(sampler, fn, x_T, sigmas, key=k_steps, path=path, known=known, mask=mask,
+                            return_trajectory=return_trajectory)

@@ -1,9 +1,12 @@
 """Start-up checks of a config, before any data, encoder or model is loaded."""
 
+import math
+
 import jax.numpy as jnp
 
 from dit_jax.data.sources import BUILDERS
-from dit_jax.diffusion.generate import DDIM_SAMPLERS, check_sampler, check_spacing
+from dit_jax.diffusion.flow import FLOW_SAMPLERS, TIME_SAMPLINGS, check_path
+from dit_jax.diffusion.generate import DDIM_SAMPLERS, OBJECTIVES, check_objective, check_sampler, check_spacing
 from dit_jax.diffusion.prediction import check_prediction
 from dit_jax.diffusion.schedules import beta_schedule
 from dit_jax.models import attention
@@ -33,6 +36,9 @@ BOUNDS = (
     ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("diffusion.timesteps", lambda v: v >= 2, "at least 2"),
     ("diffusion.min_snr_gamma", lambda v: v >= 0, "0 (off) or more"),
+    ("diffusion.logit_mean", math.isfinite, "a finite number"),
+    ("diffusion.logit_std", lambda v: 0 < v < math.inf, "above 0 and finite"),
+    ("diffusion.shift", lambda v: 0 < v < math.inf, "above 0 and finite (1: no shift)"),
     ("optim.lr", lambda v: v > 0, "above 0"),
     ("optim.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optim.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -107,6 +113,20 @@ def validate(config):
         raise ValueError(f"sample.steps {config.sample.steps} exceeds diffusion.timesteps "
                          f"{config.diffusion.timesteps}.")
     named("sample.sampler", check_sampler, config.sample.sampler)
+    d = config.diffusion
+    if d.objective not in OBJECTIVES:
+        raise ValueError(f"Unknown diffusion.objective {d.objective!r}; choose one of {OBJECTIVES}.")
+    named("sample.sampler", check_objective, d.objective, config.sample.sampler)
+    if d.objective == "flow":
+        named("diffusion.flow_path", check_path, d.flow_path)
+        if d.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"Unknown diffusion.time_sampling {d.time_sampling!r}; choose one of {TIME_SAMPLINGS}.")
+        if m.learn_sigma:
+            raise ValueError("model.learn_sigma learns DDPM variances; a flow model predicts a velocity only: set "
+                             "--config.model.learn_sigma=False.")
+        if config.sample.spacing and config.sample.sampler in FLOW_SAMPLERS:
+            raise ValueError("sample.spacing picks DDPM timesteps; the flow samplers walk flow sigmas: leave it "
+                             "empty.")
     named("sample.spacing", check_spacing, config.sample.spacing or None)
     if config.sample.eta and config.sample.sampler not in DDIM_SAMPLERS:
         raise ValueError(f"sample.eta is DDIM's; the {config.sample.sampler} sampler does not take it.")

@@ -82,7 +82,16 @@ def base_config():
         text_cross_attention=True, text_pooled=True, null_text="learned", caption_dropout_prob=0.1,
         dropout=0.0, attention="xla", remat="none", scan_blocks=True, dtype="float32",
     )
-    c.diffusion = dict(schedule="linear", timesteps=1000, prediction="eps", min_snr_gamma=0.0)
+    c.diffusion = dict(
+        schedule="linear", timesteps=1000, prediction="eps", min_snr_gamma=0.0,
+        # flow: flow matching (dit_jax/diffusion/flow.py), which reads the keys below and none of those above;
+        # it needs model.learn_sigma=False and a flow sampler (sample.sampler=euler | heun | euler_maruyama).
+        objective="ddpm",          # ddpm | flow
+        flow_path="linear",        # linear (rectified flow, SD3, SiT) | gvp (SiT's cos / sin)
+        time_sampling="uniform",   # uniform | logit_normal (SD3): t = sigmoid(logit_mean + logit_std * n)
+        logit_mean=0.0, logit_std=1.0,
+        shift=1.0,                 # SD3's t' = shift t / (1 + (shift - 1) t), in training and the sampling grid
+    )
     c.batch_size = 256
     c.steps = 400_000
     c.optim = dict(name="adamw", lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0, accumulate=1,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dit_jax.diffusion import Schedule, beta_schedule, diffusion_loss, q_sample
+from dit_jax.diffusion import Schedule, beta_schedule, diffusion_loss, flow, q_sample
 from dit_jax.models.pretrained import build_model
 from dit_jax.training import optim, sharding
 
@@ -79,15 +79,23 @@ def infer_state_shardings(abstract_state, param_shardings, mesh):
 
 
 def loss_fn(trainer, params, batch, key):
-    """Mean diffusion loss of a batch at random timesteps and noise."""
+    """Mean diffusion (or, with diffusion.objective=flow, flow-matching) loss of a batch at random times and noise."""
     cfg = trainer.config
     x0 = batch["image"]
     k_t, k_noise, k_model = jax.random.split(key, 3)
-    t = jax.random.randint(k_t, (x0.shape[0],), 0, len(trainer.schedule))
     noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+
+    def model(x_t, t):
+        return trainer.model(params)(x_t, t, y=batch.get("label"), text=batch.get("text"),
+                                     text_mask=batch.get("text_mask"), pooled=batch.get("pooled"), rng=k_model)
+
+    d = cfg.diffusion
+    if d.get("objective", "ddpm") == "flow":
+        return flow.training_loss(model, x0, noise, k_t, path=d.flow_path, sampling=d.time_sampling,
+                                  mean=d.logit_mean, std=d.logit_std, shift=d.shift).mean()
+    t = jax.random.randint(k_t, (x0.shape[0],), 0, len(trainer.schedule))
     x_t = q_sample(x0, t, noise, trainer.schedule)
-    out = trainer.model(params)(x_t, t, y=batch.get("label"), text=batch.get("text"),
-                                text_mask=batch.get("text_mask"), pooled=batch.get("pooled"), rng=k_model)
+    out = model(x_t, t)
     gamma = cfg.diffusion.get("min_snr_gamma") or None
     loss = diffusion_loss(out, x0, x_t, t, noise, trainer.schedule, prediction=cfg.diffusion.prediction,
                           learn_sigma=cfg.model.get("learn_sigma", True), min_snr_gamma=gamma)
