@@ -10,12 +10,17 @@ encoder's configs through pipeline.model_kwargs), so nothing needs preparing.
 --vs_torch trains the same objective on both sides: DiT's hybrid loss (noise MSE + variational bound) when the
 model learns its variance (the default), the MSE alone with --config.model.learn_sigma=False; printed as
 `objective`.
+On a GPU the torch side runs on the card too (bf16 autocast for --dtype=bfloat16, fp32 weights as ours), and first,
+handing its memory back before JAX compiles: run with XLA_PYTHON_CLIENT_PREALLOCATE=false so JAX takes the card
+only then (launch/gpu_check.sh does).
 Prints a table; --json adds one JSON line per result.
 """
 
+import gc
 import json
 import math
 import os
+import signal
 import statistics
 import time
 
@@ -52,6 +57,10 @@ def define_flags():
     flags.DEFINE_bool("vs_torch", False, "Also time diffusers' DiTTransformer2DModel with torch AdamW on the same "
                       "batch and objective (DiT's hybrid loss with learn_sigma, the default).")
     flags.DEFINE_alias("vs-torch", "vs_torch")
+    flags.DEFINE_string("torch_compile", "", "With --vs_torch: torch.compile diffusers' model with this backend "
+                        "(inductor; aot_eager traces without generating code); empty: eager.")
+    flags.DEFINE_integer("torch_timeout_s", 0, "With --vs_torch: give up on the torch side after this many seconds "
+                         "(a torch.compile that takes too long), reported as torch_error; 0: no limit.")
     flags.DEFINE_list("backends", None, "Attention backends (default: xla, dot_product, and this platform's kernels; "
                       "on CPU only xla and dot_product, since interpreted kernels say nothing about speed).")
     flags.DEFINE_list("seq_lens", None, "Sequence lengths (default 256..16384; 256..2048 on CPU).")
@@ -162,9 +171,10 @@ def bench_train(config):
         config.model.remat = FLAGS.remat
     kw = model_kwargs(config)
     compared = objective(config, kw) if FLAGS.vs_torch else None  # a bad comparison fails before compiling
+    host_batch = synthetic_batch(kw, config.batch_size)
+    torch_row = torch_side(kw, host_batch, config) if FLAGS.vs_torch else {}  # first: see the module docstring
     mesh = sharding.make_mesh(config.mesh)
     trainer = trainer_lib.create(config, kw, mesh)
-    host_batch = synthetic_batch(kw, config.batch_size)
     batch = jax.device_put(host_batch, sharding.batch_sharding(mesh))
     state = trainer.init()
     start = time.perf_counter()
@@ -200,9 +210,10 @@ def bench_train(config):
                   peak_tflops=peak / 1e12, peak_source=peak_source, mfu=flops / peak, compile_s=compile_s,
                   peak_memory_gb=peak_bytes(step) / 1e9)
     if FLAGS.vs_torch:
-        torch_s = bench_torch(kw, host_batch, config)
-        result.update(objective=compared, torch_step_s=torch_s,
-                      torch_img_per_s=config.batch_size / torch_s, ratio_vs_torch=torch_s / seconds)
+        result.update(objective=compared, **torch_row)
+        if "torch_step_s" in torch_row:
+            result.update(torch_img_per_s=config.batch_size / torch_row["torch_step_s"],
+                          ratio_vs_torch=torch_row["torch_step_s"] / seconds)
     return [result]
 
 
@@ -212,8 +223,9 @@ def objective(config, kw):
     DiT's objective with learned variances (model.learn_sigma, the default): the MSE of the predicted noise
     plus the variational bound, which trains the variance channels. Without them, the MSE alone.
     """
-    if kw["text_dim"] or kw["dtype"] != "float32" or not kw.get("num_classes"):
-        raise ValueError("--vs_torch compares class-conditional fp32 models (diffusers' DiT has no text input).")
+    if kw["text_dim"] or kw["dtype"] not in ("float32", "bfloat16") or not kw.get("num_classes"):
+        raise ValueError("--vs_torch compares class-conditional fp32 or bf16 models (diffusers' DiT has no text "
+                         "input).")
     d = config.diffusion
     if d.prediction != "eps" or d.get("min_snr_gamma"):
         raise ValueError("--vs_torch writes out the eps-prediction loss without min-SNR weighting: use "
@@ -270,31 +282,58 @@ def torch_loss(out, x0, x_t, t, noise, betas, learn_sigma):
     return mse + vb
 
 
-def bench_torch(kw, batch, config):
-    """diffusers' DiTTransformer2DModel, same size, batch and `objective`, torch AdamW + EMA; seconds a step."""
+def torch_side(kw, batch, config):
+    """`bench_torch` within --torch_timeout_s, as result fields: torch_step_s, or torch_error when it fails (out of
+    memory, a compile past the limit), so that our side is still measured. Its GPU memory goes back after."""
     import torch  # pylint: disable=import-outside-toplevel
 
+    def give_up(*_):
+        raise TimeoutError(f"the torch side took over {FLAGS.torch_timeout_s} s")
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(FLAGS.torch_timeout_s)
+    try:
+        return dict(torch_step_s=bench_torch(kw, batch, config))
+    except Exception as e:  # pylint: disable=broad-except
+        return dict(torch_error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def bench_torch(kw, batch, config):
+    """diffusers' DiTTransformer2DModel, same size, batch and `objective`, torch AdamW + EMA; seconds a step.
+    On the GPU when there is one; bf16 as ours is: autocast over fp32 weights, the loss in fp32."""
+    import torch  # pylint: disable=import-outside-toplevel
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = torch_model(kw).train()
+    model = torch_model(kw).to(device).train()
+    forward = torch.compile(model, backend=FLAGS.torch_compile) if FLAGS.torch_compile else model
     ema = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=0.0)
-    x0 = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
-    labels = torch.from_numpy(batch["label"]).long()
+    x0 = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
+    labels = torch.from_numpy(batch["label"]).long().to(device)
     betas = trainer_lib.diffusion_schedule(config.diffusion).betas  # the table our side trains with
-    acp = torch.as_tensor(np.cumprod(1 - betas), dtype=torch.float32)
+    acp = torch.as_tensor(np.cumprod(1 - betas), dtype=torch.float32, device=device)
 
     def step():
-        t = torch.randint(0, len(betas), (x0.shape[0],))
+        t = torch.randint(0, len(betas), (x0.shape[0],), device=device)
         noise = torch.randn_like(x0)
         a = acp[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        out = model(x_t, timestep=t, class_labels=labels).sample
-        loss = torch_loss(out, x0, x_t, t, noise, betas, kw.get("learn_sigma", True)).mean()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=kw["dtype"] == "bfloat16"):
+            out = forward(x_t, timestep=t, class_labels=labels).sample
+        loss = torch_loss(out.float(), x0, x_t, t, noise, betas, kw.get("learn_sigma", True)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1 - config.ema.decay)
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # timed() measures finished steps
     return timed(step, FLAGS.steps, FLAGS.warmup)
 
 
