@@ -12,13 +12,14 @@ template per image. Model (DiT-T/4), loss, schedule and EMA are shared with
 configs/tiny.py: see `cpu_text_to_image` in dit_jax/training/recipe.py.
 """
 
-from dit_jax.training.recipe import base_config, cosine_restarts, cpu_text_to_image, emoji_minilm, parse_arg, variant
+from dit_jax.training.recipe import (base_config, cosine_restarts, cpu_text_to_image, emoji_minilm, modern_block,
+                                     parse_arg, variant)
 
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, runlocal=False)
+    arg = parse_arg(arg, runlocal=False, modern=False)
     c = cpu_text_to_image(base_config())
     c.data.update(name="fashion_mnist", resolution=32)
     c.text.update(encoder="minilm", max_length=16)
@@ -30,6 +31,8 @@ def get_config(arg=None):
     # against 34.4% and FID-1k 173.1 against 182.9 (BENCHMARKS.md, "Schedule comparison"), so the recipe keeps them.
     cosine_restarts(c, epochs=10, mult=2)
     c.sample.update(every=1000, prompts=[f"a photo of a {name}" for name in CLASSES])
+    if arg.modern:  # LightningDiT's block: RMSNorm, QK-norm, SwiGLU, 2-D RoPE
+        modern_block(c)
 
     if arg.runlocal:  # a toy of this recipe on 512 emoji (no Debian package needed), DiT-Toy/4, 200 steps
         emoji_minilm(c, resolution=32, max_examples=512)

@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from dit_jax.models.dit import DIT_BLOCK
 from dit_jax.models.embeddings import sincos_2d
 
 # DiT's module names whose counterpart here is named differently (both directions).
@@ -118,6 +119,9 @@ def from_dit(state_dict, config):
 
 def to_dit(weights, config):
     """Our flat weights -> a DiT state dict that facebookresearch/DiT loads with strict=True."""
+    changed = {k: config[k] for k, v in DIT_BLOCK.items() if config.get(k, v) != v}
+    if changed:
+        raise ValueError(f"This model's block differs from DiT's ({changed}); DiT's format holds only DiT's block.")
     inverse = [(new, old) for old, new in DIT_RENAMES]
     state_dict = {}
     for name, value in weights.items():

@@ -10,6 +10,13 @@ Conditioning is a sum of embeddings driving adaLN (timestep + class label +
 pooled text) plus optional per-token text read by cross-attention in every
 block (PixArt-alpha). Each condition can be dropped to its null value, which
 is what classifier-free guidance needs.
+
+Four options, each off by default (DiT's block), give LightningDiT's block
+(Yao et al., 2025): norm="rmsnorm" (RMSNorm pre-norms, adaLN kept),
+qk_norm=True (RMSNorm with a learned scale on queries and keys),
+mlp="swiglu" (a SwiGLU MLP of about the same parameters) and pos_embed="rope"
+(2-D axial rotary positions on the self-attention's queries and keys, no
+sin-cos table).
 """
 
 import jax
@@ -22,7 +29,10 @@ from dit_jax.models.embeddings import (
     PatchEmbed,
     TextEmbedder,
     TimestepEmbedder,
+    apply_rope,
     linear,
+    param,
+    rope_2d,
     sincos_2d,
 )
 
@@ -34,12 +44,58 @@ REMAT_POLICIES = {
 }
 
 
+# The block options and DiT's choice for each (the default; converted DiT weights need it).
+DIT_BLOCK = dict(norm="layernorm", qk_norm=False, mlp="gelu", pos_embed="sincos")
+CHOICES = dict(norm=("layernorm", "rmsnorm"), qk_norm=(False, True), mlp=("gelu", "swiglu"),
+               pos_embed=("sincos", "rope"))
+
+
+def check_block(hidden_size, num_heads, **options):
+    """One-line errors for the block options (norm, qk_norm, mlp, pos_embed), naming the config key."""
+    for key, value in options.items():
+        if key not in CHOICES:
+            raise ValueError(f"Unknown block option {key!r}; the block takes {sorted(CHOICES)}.")
+        if not any(value is c or (isinstance(c, str) and value == c) for c in CHOICES[key]):
+            raise ValueError(f"model.{key}={value!r} is not one of {CHOICES[key]}: set --config.model.{key}.")
+    head_dim = hidden_size // num_heads
+    if options.get("pos_embed") == "rope" and head_dim % 4:
+        raise ValueError(f"model.pos_embed='rope' needs a head dimension divisible by 4 (two axes of rotated "
+                         f"pairs), got hidden_size {hidden_size} / num_heads {num_heads} = {head_dim}: change "
+                         "model.hidden_size or model.num_heads, or use model.pos_embed='sincos'.")
+
+
 def layer_norm(x, eps):
     """LayerNorm without affine parameters, computed in float32."""
     x32 = x.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
     var = jnp.square(x32 - mean).mean(-1, keepdims=True)
     return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+def rms_norm(x, eps):
+    """RMSNorm without affine parameters (adaLN scales the pre-norms), computed in float32."""
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + eps)).astype(x.dtype)
+
+
+PRE_NORMS = {"layernorm": layer_norm, "rmsnorm": rms_norm}
+
+
+def swiglu_dim(mlp_dim):
+    """SwiGLU's hidden width: 2/3 of the GELU MLP's, rounded up to a multiple of 8, so that its three
+    matrices hold about the parameters of the GELU MLP's two (LightningDiT's rule, rounded for tiling)."""
+    return (int(2 * mlp_dim / 3) + 7) // 8 * 8
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm with a learned scale (ones at first), computed in float32: QK-norm's, over each head's dims."""
+
+    def __init__(self, dim, eps=1e-6, *, param_dtype):
+        self.eps = eps
+        self.scale = param((dim,), (None,), param_dtype)
+
+    def __call__(self, x):
+        return (rms_norm(x.astype(jnp.float32), self.eps) * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
 def modulate(x, shift, scale):
@@ -77,10 +133,17 @@ materialize_grad.defvjp(_materialize_fwd, _materialize_bwd)
 
 
 class Attention(nnx.Module):
-    """Multi-head attention: self-attention with a fused qkv, or cross-attention to a context."""
+    """Multi-head attention: self-attention with a fused qkv, or cross-attention to a context.
 
-    def __init__(self, hidden_size, num_heads, *, cross, backend, dtype, param_dtype, rngs):
+    qk_norm: RMSNorm on each head's queries and keys. Rotary positions (self-attention only) turn the queries
+    and keys before the backend sees them, so every backend takes them.
+    """
+
+    def __init__(self, hidden_size, num_heads, *, cross, backend, qk_norm=False, dtype, param_dtype, rngs):
         self.num_heads, self.cross, self.attend = num_heads, cross, get_attention(backend, cross=cross)
+        head_dim = hidden_size // num_heads
+        self.q_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if cross:
             self.q = linear(hidden_size, hidden_size, ("embed", "heads"), **kw)
@@ -89,8 +152,8 @@ class Attention(nnx.Module):
             self.qkv = linear(hidden_size, 3 * hidden_size, ("embed", "heads"), **kw)
         self.proj = linear(hidden_size, hidden_size, ("heads", "embed"), **kw)
 
-    def __call__(self, x, context=None, mask=None):
-        """x (N, T, D), context (N, L, D) with its key mask (N, L) -> (N, T, D)."""
+    def __call__(self, x, context=None, mask=None, rope=None):
+        """x (N, T, D), context (N, L, D) with its key mask (N, L), rope (cos, sin) (T, D/heads) -> (N, T, D)."""
         b, n, d = x.shape
         split = lambda h: h.reshape(*h.shape[:2], self.num_heads, d // self.num_heads)  # (N, ., heads, D/heads)
         if self.cross:
@@ -98,17 +161,27 @@ class Attention(nnx.Module):
             k, v = map(split, jnp.split(self.kv(context), 2, axis=-1))
         else:
             q, k, v = map(split, jnp.split(self.qkv(x), 3, axis=-1))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None and not self.cross:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return self.proj(self.attend(q, k, v, mask).reshape(b, n, d))
 
 
 class Mlp(nnx.Module):
-    def __init__(self, hidden_size, mlp_dim, *, dtype, param_dtype, rngs):
+    """DiT's MLP, fc2(gelu(fc1 x)), or with swiglu fc2(silu(gate x) * fc1 x) at swiglu_dim(mlp_dim) wide."""
+
+    def __init__(self, hidden_size, mlp_dim, *, swiglu=False, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        mlp_dim = swiglu_dim(mlp_dim) if swiglu else mlp_dim
         self.fc1 = linear(hidden_size, mlp_dim, ("embed", "mlp"), **kw)
+        self.gate = linear(hidden_size, mlp_dim, ("embed", "mlp"), **kw) if swiglu else None
         self.fc2 = linear(mlp_dim, hidden_size, ("mlp", "embed"), **kw)
 
     def __call__(self, x):
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))  # (N, T, D) -> (N, T, 4D) -> (N, T, D)
+        h = self.fc1(x)  # (N, T, D) -> (N, T, 4D), or (N, T, swiglu_dim(4D))
+        h = jax.nn.gelu(h, approximate=True) if self.gate is None else jax.nn.silu(self.gate(x)) * h
+        return self.fc2(h)  # (N, T, D)
 
 
 class DiTBlock(nnx.Module):
@@ -124,46 +197,50 @@ class DiTBlock(nnx.Module):
         mlp_norm_eps,
         dropout,
         attention,
+        norm="layernorm",
+        qk_norm=False,
+        mlp="gelu",
         dtype,
         param_dtype,
         rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.mlp_norm_eps = mlp_norm_eps
-        self.attn = Attention(hidden_size, num_heads, cross=False, backend=attention, **kw)
+        self.mlp_norm_eps, self.norm = mlp_norm_eps, PRE_NORMS[norm]
+        self.attn = Attention(hidden_size, num_heads, cross=False, backend=attention, qk_norm=qk_norm, **kw)
         self.cross_attn = (
-            Attention(hidden_size, num_heads, cross=True, backend=attention, **kw)
+            Attention(hidden_size, num_heads, cross=True, backend=attention, qk_norm=qk_norm, **kw)
             if cross_attention
             else None
         )
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), **kw)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), swiglu=mlp == "swiglu", **kw)
         self.adaLN_modulation = linear(hidden_size, 6 * hidden_size, ("embed", "adaln"), **kw)
         self.dropout = nnx.Dropout(dropout)
 
-    def __call__(self, x, c, context=None, context_mask=None, rng=None):
-        """x (N, T, D), condition c (N, D), context (N, L, D) and mask (N, L) -> (N, T, D)."""
+    def __call__(self, x, c, context=None, context_mask=None, rng=None, rope=None):
+        """x (N, T, D), condition c (N, D), context (N, L, D) and mask (N, L), rotary (cos, sin) -> (N, T, D)."""
         mod = self.adaLN_modulation(jax.nn.silu(c))  # (N, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)  # (N, D) each
         keys = jax.random.split(rng, 3) if rng is not None else [None] * 3
         drop = lambda h, key: self.dropout(h, deterministic=key is None, rngs=key)
-        h = self.attn(modulate(layer_norm(x, 1e-6), shift_msa, scale_msa))  # (N, T, D)
+        h = self.attn(modulate(self.norm(x, 1e-6), shift_msa, scale_msa), rope=rope)  # (N, T, D)
         x = x + gate_msa[:, None] * drop(h, keys[0])
         if self.cross_attn is not None:
             x = x + drop(self.cross_attn(x, context, context_mask), keys[1])  # (N, T, D)
-        h = self.mlp(modulate(layer_norm(x, self.mlp_norm_eps), shift_mlp, scale_mlp))  # (N, T, D)
+        h = self.mlp(modulate(self.norm(x, self.mlp_norm_eps), shift_mlp, scale_mlp))  # (N, T, D)
         return x + gate_mlp[:, None] * drop(h, keys[2])
 
 
 class FinalLayer(nnx.Module):
-    def __init__(self, hidden_size, patch_size, out_channels, *, dtype, param_dtype, rngs):
+    def __init__(self, hidden_size, patch_size, out_channels, *, norm="layernorm", dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm = PRE_NORMS[norm]
         self.adaLN_modulation = linear(hidden_size, 2 * hidden_size, ("embed", "adaln"), **kw)
         self.linear = linear(hidden_size, patch_size * patch_size * out_channels, ("embed", None), **kw)
 
     def __call__(self, x, c):
         """x (N, T, D), c (N, D) -> (N, T, p*p*C_out)."""
         shift, scale = jnp.split(self.adaLN_modulation(jax.nn.silu(c)), 2, axis=-1)  # (N, D) each
-        return self.linear(modulate(layer_norm(x, 1e-6), shift, scale))
+        return self.linear(modulate(self.norm(x, 1e-6), shift, scale))
 
 
 class DiT(nnx.Module):
@@ -174,6 +251,7 @@ class DiT(nnx.Module):
     a pooled embedding added to the timestep embedding (text_pooled), or both;
     num_classes = 0 disables labels. freq_shift and mlp_norm_eps select
     diffusers' variant of the numerics (1 and 1e-5) instead of DiT's (0, 1e-6).
+    norm, qk_norm, mlp and pos_embed choose the block (DIT_BLOCK: DiT's).
     """
 
     def __init__(
@@ -198,6 +276,10 @@ class DiT(nnx.Module):
         dropout=0.0,
         freq_shift=0.0,
         mlp_norm_eps=1e-6,
+        norm="layernorm",
+        qk_norm=False,
+        mlp="gelu",
+        pos_embed="sincos",
         attention="xla",
         remat="none",
         scan_blocks=False,
@@ -211,10 +293,12 @@ class DiT(nnx.Module):
             raise ValueError(f"Unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
         if text_dim and not (text_cross_attention or text_pooled):
             raise ValueError("text_dim > 0 needs text_cross_attention or text_pooled.")
+        check_block(hidden_size, num_heads, norm=norm, qk_norm=qk_norm, mlp=mlp, pos_embed=pos_embed)
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.hidden_size, self.num_classes, self.text_dim = hidden_size, num_classes, text_dim
         self.remat, self.scan_blocks = remat, scan_blocks
+        self.head_dim, self.rope = hidden_size // num_heads, pos_embed == "rope"
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size, **kw)
@@ -249,12 +333,15 @@ class DiT(nnx.Module):
                     mlp_norm_eps=mlp_norm_eps,
                     dropout=dropout,
                     attention=attention,
+                    norm=norm,
+                    qk_norm=qk_norm,
+                    mlp=mlp,
                     **kw,
                 )
                 for _ in range(depth)
             ]
         )
-        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, **kw)
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, norm=norm, **kw)
         self.initialize_weights(rngs)
 
     def initialize_weights(self, rngs):
@@ -290,6 +377,10 @@ class DiT(nnx.Module):
             for name in ("null_tokens", "null_pooled"):
                 if hasattr(self.text_embedder, name):
                     init(getattr(self.text_embedder, name), nnx.initializers.normal(self.text_dim**-0.5))
+        # QK-norm's scales: ones.
+        for _, module in nnx.iter_modules(self):
+            if isinstance(module, RMSNorm):
+                init(module.scale, nnx.initializers.ones)
         # adaLN-Zero: the modulation of every block and of the final layer, the text cross-attention's output
         # projection and the final linear layer start at zero, so each block starts as the identity.
         zero = [self.final_layer.adaLN_modulation, self.final_layer.linear]
@@ -301,7 +392,7 @@ class DiT(nnx.Module):
             init(layer.kernel, nnx.initializers.zeros)
             init(layer.bias, nnx.initializers.zeros)
 
-    def scan(self, tokens, c, context, context_mask, keys, residuals, policy):
+    def scan(self, tokens, c, context, context_mask, keys, residuals, policy, rope=None):
         """The blocks as one lax.scan over their stacked weights: one compiled block body, whatever the depth
         (faster compiles; on CPU it stops XLA from fusing the backward pass across blocks)."""
         graphdef = nnx.graphdef(self.blocks[0])
@@ -311,7 +402,7 @@ class DiT(nnx.Module):
 
         def body(tokens, per_block):
             block_weights, key, residual = per_block
-            tokens = nnx.merge(graphdef, block_weights)(tokens, c, context, context_mask, key)
+            tokens = nnx.merge(graphdef, block_weights)(tokens, c, context, context_mask, key, rope)
             return (tokens if residual is None else tokens + residual), None
 
         if policy is not None:
@@ -322,6 +413,12 @@ class DiT(nnx.Module):
     def pos_embed(self, grid_h, grid_w):
         """(1, grid_h * grid_w, D): the fixed sin-cos table."""
         return jnp.asarray(sincos_2d(self.hidden_size, grid_h, grid_w), jnp.float32)[None]
+
+    def rope_tables(self, grid_h, grid_w):
+        """(cos, sin), each (grid_h * grid_w, D/heads): the rotary angles of the token grid, or None."""
+        if not self.rope:
+            return None
+        return tuple(jnp.asarray(t) for t in rope_2d(self.head_dim, grid_h, grid_w))
 
     def unpatchify(self, x, grid_h, grid_w):
         """(N, h*w, p*p*C) -> (N, h*p, w*p, C), each token's outputs in (p, q, C) order."""
@@ -353,7 +450,10 @@ class DiT(nnx.Module):
                 return drop
             return drop | (jax.random.uniform(keys[key_index], (b,)) < prob)
 
-        tokens = self.x_embedder(x) + self.pos_embed(h // p, w // p).astype(x.dtype)  # (N, T, D), T = HW/p^2
+        tokens = self.x_embedder(x)  # (N, T, D), T = HW/p^2
+        if not self.rope:
+            tokens = tokens + self.pos_embed(h // p, w // p).astype(x.dtype)
+        rope = self.rope_tables(h // p, w // p)
         c = self.t_embedder(t)  # (N, D)
         if self.y_embedder is not None:
             if y is None:
@@ -372,18 +472,18 @@ class DiT(nnx.Module):
                     raise ValueError("This DiT uses a pooled text embedding: pass pooled (B, D).")
                 c = c + self.text_embedder.pooled_embedding(pooled, text_drop)  # (N, D)
 
-        def run_block(block, tokens, c, context, context_mask, key):
-            return block(tokens, c, context, context_mask, key)
+        def run_block(block, tokens, c, context, context_mask, key, rope):
+            return block(tokens, c, context, context_mask, key, rope)
 
         policy = REMAT_POLICIES[self.remat]  # the blocks: (N, T, D) -> (N, T, D)
         if self.scan_blocks:
-            tokens = self.scan(tokens, c, context, context_mask, keys and keys[2:], residuals, policy)
+            tokens = self.scan(tokens, c, context, context_mask, keys and keys[2:], residuals, policy, rope)
         else:
             if policy is not None:
                 run_block = nnx.remat(run_block, policy=policy)
             for i, block in enumerate(self.blocks):
                 tokens = materialize_grad(tokens)  # the scan's carry does this for scan_blocks
-                tokens = run_block(block, tokens, c, context, context_mask, keys[2 + i] if keys else None)
+                tokens = run_block(block, tokens, c, context, context_mask, keys[2 + i] if keys else None, rope)
                 if residuals is not None and residuals[i] is not None:
                     tokens = tokens + residuals[i]
         out = self.final_layer(tokens, c)  # (N, T, p*p*C_out)

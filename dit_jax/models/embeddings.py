@@ -1,4 +1,4 @@
-"""Input and condition embeddings of the DiT: patches, positions, timesteps, labels, text.
+"""Input and condition embeddings of the DiT: patches, positions (sin-cos or rotary), timesteps, labels, text.
 
 Each matches facebookresearch/DiT (and PixArt-alpha for text) numerically, so
 that official weights load and reproduce their outputs. Parameters are created
@@ -54,6 +54,29 @@ def sincos_2d(dim, grid_h, grid_w):
     """
     cols, rows = np.meshgrid(np.arange(grid_w, dtype=np.float32), np.arange(grid_h, dtype=np.float32))
     return np.concatenate([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], axis=1)
+
+
+def rope_2d(head_dim, grid_h, grid_w, theta=10000.0):
+    """2-D axial rotary embedding (LightningDiT's): cos and sin of each token's angles, (grid_h * grid_w, head_dim)
+    in float32, tokens in raster order.
+
+    The first half of a head's dimensions rotates by the token's row, the second half by its column, each at
+    head_dim / 4 frequencies theta^(-i / (head_dim / 4)); dimensions 2i and 2i + 1 form a pair turned by one angle.
+    """
+    quarter = head_dim // 4
+    freqs = theta ** (-np.arange(quarter, dtype=np.float64) / quarter)  # (D/4,)
+    rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+    angles = np.concatenate([np.outer(rows.reshape(-1), freqs), np.outer(cols.reshape(-1), freqs)], axis=1)
+    angles = np.repeat(angles, 2, axis=1)  # (T, D): one angle a pair
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def apply_rope(x, cos, sin):
+    """x (N, T, H, D) with each pair (x[2i], x[2i+1]) rotated by its angle in (T, D) cos, sin; in float32."""
+    x32 = x.astype(jnp.float32)
+    pairs = x32.reshape(*x.shape[:-1], -1, 2)
+    turned = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)  # (x0, x1) -> (-x1, x0)
+    return (x32 * cos[:, None] + turned * sin[:, None]).astype(x.dtype)
 
 
 def timestep_frequencies(t, dim=256, max_period=10000, freq_shift=0.0):

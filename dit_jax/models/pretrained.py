@@ -33,8 +33,10 @@ def abstract_model(config):
 
 
 def count_parameters(model):
-    """Trainable parameters plus the fixed position table, the way the DiT paper counts."""
+    """Trainable parameters plus the fixed position table (none with rotary positions), as the DiT paper counts."""
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    if model.rope:
+        return params
     p = model.patch_size
     size = model.input_size if isinstance(model.input_size, (tuple, list)) else (model.input_size,) * 2
     return params + (size[0] // p) * (size[1] // p) * model.hidden_size

@@ -1,5 +1,7 @@
 """Named DiT sizes and their analytic cost."""
 
+from dit_jax.models.dit import swiglu_dim
+
 VARIANTS = {
         f"DiT-{name}/{patch}": dict(hidden_size=hidden, depth=depth, num_heads=heads, patch_size=patch)
         for name, (hidden, depth, heads) in {
@@ -17,18 +19,20 @@ def variant(name, **overrides):
 
 def forward_macs(*, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28,
                                  mlp_ratio=4.0, learn_sigma=True, text_dim=0, text_len=77,
-                                 text_cross_attention=True, text_pooled=False, **_):
+                                 text_cross_attention=True, text_pooled=False, mlp="gelu", **_):
     """Multiply-accumulates of one forward pass for one image, as the DiT paper counts "Gflops".
 
     Counts every matmul (patch embedding, qkv, attention scores and values,
     projections, MLP, adaLN, final layer, condition embedders); elementwise
-    work is left out.
+    work (norms, rotary positions) is left out. A SwiGLU MLP has three matrices,
+    swiglu_dim(mlp_dim) wide.
     """
     size = (input_size, input_size) if isinstance(input_size, int) else input_size
     n = (size[0] // patch_size) * (size[1] // patch_size)
-    d, mlp = hidden_size, int(hidden_size * mlp_ratio)
+    d, mlp, mlp_kind = hidden_size, int(hidden_size * mlp_ratio), mlp
     out = patch_size * patch_size * in_channels * (2 if learn_sigma else 1)
-    block = n * d * 3 * d + 2 * n * n * d + n * d * d + 2 * n * d * mlp + d * 6 * d
+    mlp_macs = 3 * n * d * swiglu_dim(mlp) if mlp_kind == "swiglu" else 2 * n * d * mlp
+    block = n * d * 3 * d + 2 * n * n * d + n * d * d + mlp_macs + d * 6 * d
     cond = 256 * d + d * d
     if text_dim and text_cross_attention:
         cond += text_len * (text_dim * d + d * d)

@@ -10,7 +10,7 @@ from dit_jax.diffusion.generate import DDIM_SAMPLERS, OBJECTIVES, check_objectiv
 from dit_jax.diffusion.prediction import check_prediction
 from dit_jax.diffusion.schedules import beta_schedule
 from dit_jax.models import attention
-from dit_jax.models.dit import REMAT_POLICIES
+from dit_jax.models.dit import DIT_BLOCK, REMAT_POLICIES, check_block
 from dit_jax.text.encoders import DEFAULT_IDS as ENCODERS
 from dit_jax.training import optim, sharding
 
@@ -98,6 +98,7 @@ def validate(config):
     named("model.attention", attention.parse, m.attention)  # a backend name, optionally with a sparse pattern
     if m.remat not in REMAT_POLICIES:
         raise ValueError(f"Unknown model.remat {m.remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
+    check_block(m.hidden_size, m.num_heads, **{k: m.get(k, v) for k, v in DIT_BLOCK.items()})
     if m.null_text not in ("learned", "zeros"):
         raise ValueError(f"model.null_text must be 'learned' or 'zeros', not {m.null_text!r}.")
     try:

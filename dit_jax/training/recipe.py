@@ -81,6 +81,7 @@ def base_config():
         num_classes=0, class_dropout_prob=0.1, learn_sigma=True,
         text_cross_attention=True, text_pooled=True, null_text="learned", caption_dropout_prob=0.1,
         dropout=0.0, attention="xla", remat="none", scan_blocks=True, dtype="float32",
+        norm="layernorm", qk_norm=False, mlp="gelu", pos_embed="sincos",  # DiT's block; see modern_block
     )
     c.diffusion = dict(
         schedule="linear", timesteps=1000, prediction="eps", min_snr_gamma=0.0,
@@ -108,6 +109,13 @@ def base_config():
                     guidance_channels=0,  # 0: guide every channel
                     prompts=["red apple", "cat face", "smiling face with sunglasses", "rocket",
                              "green heart", "pizza", "snowman", "thumbs up"])
+    return c
+
+
+def modern_block(c):
+    """LightningDiT's block in place of DiT's: RMSNorm pre-norms, QK-norm, a SwiGLU MLP (about the same
+    parameters) and 2-D rotary positions instead of the sin-cos table (dit_jax/models/dit.py)."""
+    c.model.update(norm="rmsnorm", qk_norm=True, mlp="swiglu", pos_embed="rope")
     return c
 
 
