@@ -48,9 +48,9 @@ def control(channels=3, size=8, seed=1):
     return jnp.asarray(np.random.RandomState(seed).rand(2, size, size, channels), jnp.float32)
 
 
-@pytest.mark.parametrize("scan_blocks", [False, True])
-def test_fresh_controlnet_leaves_the_base_exactly(scan_blocks):
-    base = toy_base(scan_blocks)
+@pytest.mark.parametrize("scan_blocks,remat,dtype", [(False, "none", "float32"), (True, "full", "bfloat16")])
+def test_fresh_controlnet_leaves_the_base_exactly(scan_blocks, remat, dtype):
+    base = toy_base(scan_blocks, remat=remat, dtype=dtype)
     model = ControlledDiT(base, [ControlNet(base, 2, 3, rngs=nnx.Rngs(1))])
     for copy, block in zip(model.controlnets[0].blocks, base.blocks):  # the copies start as the base's blocks
         jax.tree.map(np.testing.assert_array_equal, nnx.state(copy), nnx.state(block))
@@ -188,6 +188,9 @@ def test_bad_base_fails_before_compiling(trained, tmp_path):
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     with pytest.raises(ValueError, match="model.hidden_size=32, this config has 64"):
         trainer_lib.create(config, {**trained["kwargs"], "hidden_size": 64, "num_heads": 4}, mesh)
+    batch = {k: v for k, v in toy_batch().items() if k != "control_edges"}  # data prepared without controls
+    with pytest.raises(ValueError, match="no 'control_edges'.*prepare the data with controls 'edges'"):
+        jax.eval_shape(lambda s, b: trainer_lib.train_step(trained["trainer"], s, b), trained["state"], batch)
     config.controlnet.base = str(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="controlnet.base="):
         trainer_lib.create(config, trained["kwargs"], mesh)
