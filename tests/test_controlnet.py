@@ -197,3 +197,18 @@ def test_bad_base_fails_before_compiling(trained, tmp_path):
     config.controlnet.base, config.controlnet.num_blocks = str(trained["base"]), 3  # the base has 2
     with pytest.raises(ValueError, match="num_blocks=3"):
         trainer_lib.create(config, trained["kwargs"], mesh)
+
+
+def test_controlnet_state_follows_the_sharding_rules(trained):
+    """On an FSDP x tensor mesh the copies, zero layers and the frozen base are sharded like the DiT's weights
+    (shardings only: nothing is compiled)."""
+    config = trained["trainer"].config.copy_and_resolve_references()
+    config.mesh = dict(data=1, fsdp=2, tensor=2)
+    trainer = trainer_lib.create(config, trained["kwargs"], sharding.make_mesh(config.mesh, jax.devices()[:4]))
+    net, base = trainer.state_shardings["params"]["controlnets"][0], trainer.state_shardings["frozen"]["base"]
+    P = jax.sharding.PartitionSpec
+    assert net["blocks"][0]["mlp"]["fc1"]["kernel"].get_value().spec == P("fsdp", "tensor")
+    assert net["zero_linears"][0]["kernel"].get_value().spec == P("tensor", "fsdp")
+    assert base["blocks"][1]["attn"]["qkv"]["kernel"].get_value().spec == P("fsdp", "tensor")
+    mu = trainer.state_shardings["opt_state"][1][0].mu["controlnets"][0]["blocks"][0]["mlp"]["fc1"]["kernel"]
+    assert mu.get_value().spec == P("fsdp", "tensor")
