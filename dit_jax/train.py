@@ -163,10 +163,8 @@ def train(config, workdir, data_dir):
         write_run_info(workdir, config)
 
     writer = MetricWriter(workdir, config.log, config.to_dict(), active=is_main)
-    samples = SampleGrid(config, manifest, trainer, model_kwargs, workdir) if config.sample.every else None
-    if trainer.controlnet is not None and samples:  # sampling with a control: not built yet
-        print("A ControlNet run: no sample grids during training.", flush=True)
-        samples = None
+    grids = config.sample.every and trainer.controlnet is None  # sampling with a control: not built yet
+    samples = SampleGrid(config, manifest, trainer, model_kwargs, workdir) if grids else None
     stop = StopSignal(start)
     step_fn = None
     flops_per_image = train_flops_per_image(model_kwargs)
