@@ -212,3 +212,19 @@ def test_controlnet_state_follows_the_sharding_rules(trained):
     assert base["blocks"][1]["attn"]["qkv"]["kernel"].get_value().spec == P("fsdp", "tensor")
     mu = trainer.state_shardings["opt_state"][1][0].mu["controlnets"][0]["blocks"][0]["mlp"]["fc1"]["kernel"]
     assert mu.get_value().spec == P("fsdp", "tensor")
+
+
+def test_train_cli_checks_the_base_before_any_data_or_model(monkeypatch, tmp_path):
+    from dit_jax import train as train_cli
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("data was prepared or a model built before the ControlNet config was checked")
+    monkeypatch.setattr(train_cli.pipeline, "ensure_prepared", loaded)
+    monkeypatch.setattr(train_cli.trainer_lib, "create", loaded)
+    config = get_config("runlocal")
+    config.controlnet.update(base=str(tmp_path / "no_run"), control_type="canny")
+    with pytest.raises(FileNotFoundError, match="no_run.*holds no config.json"):
+        train_cli.train(config, str(tmp_path / "run"), str(tmp_path / "data"))
+    config.controlnet.update(base=str(tmp_path), num_blocks=0)
+    with pytest.raises(ValueError, match="controlnet.num_blocks must be a positive integer"):
+        train_cli.train(config, str(tmp_path / "run"), str(tmp_path / "data"))
