@@ -24,6 +24,7 @@ from ml_collections import config_flags
 
 from dit_jax import sampling
 from dit_jax.data import pipeline
+from dit_jax.models.controlnet import save_controlnet
 from dit_jax.models.pretrained import save_pretrained
 from dit_jax.training import sharding, trainer as trainer_lib
 from dit_jax.training.checks import validate
@@ -162,7 +163,8 @@ def train(config, workdir, data_dir):
         write_run_info(workdir, config)
 
     writer = MetricWriter(workdir, config.log, config.to_dict(), active=is_main)
-    samples = SampleGrid(config, manifest, trainer, model_kwargs, workdir) if config.sample.every else None
+    grids = config.sample.every and trainer.controlnet is None  # sampling with a control: not built yet
+    samples = SampleGrid(config, manifest, trainer, model_kwargs, workdir) if grids else None
     stop = StopSignal(start)
     step_fn = None
     flops_per_image = train_flops_per_image(model_kwargs)
@@ -224,7 +226,13 @@ def train(config, workdir, data_dir):
     progress.close()
     checkpoints.close()
     if int(state["step"]) == config.steps:
-        export_ema(trainer, state, model_kwargs, workdir)
+        if trainer.controlnet is not None:  # the ControlNet alone; its config.json names the base
+            ema = multihost_utils.process_allgather(state["ema"], tiled=True)
+            if is_main:
+                model = trainer.model(jax.tree.map(jnp.asarray, ema), state["frozen"])
+                save_controlnet(model.controlnets[0], trainer.controlnet, os.path.join(workdir, "controlnet_export"))
+        else:
+            export_ema(trainer, state, model_kwargs, workdir)
         if samples and config.steps % config.sample.every:
             samples(config.steps, state["ema"], writer)
     writer.close()

@@ -9,7 +9,7 @@ from dit_jax.diffusion.flow import FLOW_SAMPLERS, TIME_SAMPLINGS, check_path
 from dit_jax.diffusion.generate import DDIM_SAMPLERS, OBJECTIVES, check_objective, check_sampler, check_spacing
 from dit_jax.diffusion.prediction import check_prediction
 from dit_jax.diffusion.schedules import beta_schedule
-from dit_jax.models import attention
+from dit_jax.models import attention, controlnet
 from dit_jax.models.dit import DIT_BLOCK, REMAT_POLICIES, check_block
 from dit_jax.text.encoders import DEFAULT_IDS as ENCODERS
 from dit_jax.training import optim, sharding
@@ -136,6 +136,8 @@ def validate(config):
     # The optimizer and schedule names, and the restart period and mult, as the trainer will read them.
     named("optim", optim.make_optimizer, config.optim, config.steps)
 
+    if config.get("controlnet") and config.controlnet.get("base"):
+        controlnet.check_config(config.controlnet)  # a missing base run fails here
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(config.batch_size, mesh, config.optim.accumulate)
     return mesh

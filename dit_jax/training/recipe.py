@@ -109,6 +109,9 @@ def base_config():
                     guidance_channels=0,  # 0: guide every channel
                     prompts=["red apple", "cat face", "smiling face with sunglasses", "rocket",
                              "green heart", "pizza", "snowman", "thumbs up"])
+    # A ControlNet on a frozen base (models/controlnet.py): trained when `base` names a finished run or export.
+    c.controlnet = dict(base="", num_blocks=1, control_type="", control_channels=0, control_size=0,
+                        conditioning_dropout_prob=0.0)  # 0: the data's channels / resolution
     return c
 
 

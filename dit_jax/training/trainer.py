@@ -6,14 +6,17 @@ exactly what an uninterrupted one would.
 """
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from safetensors.numpy import load_file
 
 from dit_jax.diffusion import Schedule, beta_schedule, diffusion_loss, flow, q_sample
-from dit_jax.models.pretrained import build_model
+from dit_jax.models import controlnet as controlnet_lib
+from dit_jax.models.pretrained import WEIGHTS_FILE, build_model, load_flat_weights
 from dit_jax.training import optim, sharding
 
 
@@ -29,9 +32,11 @@ class Trainer:
     state_shardings: dict
     abstract_state: dict       # ShapeDtypeStructs with shardings: the restore target
     init: callable             # () -> the initial state, each array born on its devices
+    controlnet: object = None  # the `controlnet` config block when training a ControlNet on a frozen base
 
-    def model(self, params):
-        return nnx.merge(self.graphdef, params)
+    def model(self, params, frozen=None):
+        """The model from its trainable parameters (and a ControlNet's frozen base, state["frozen"])."""
+        return nnx.merge(self.graphdef, params) if frozen is None else nnx.merge(self.graphdef, params, frozen)
 
 
 def diffusion_schedule(cfg):
@@ -40,6 +45,8 @@ def diffusion_schedule(cfg):
 
 def create(config, model_kwargs, mesh):
     """A Trainer for this config and mesh; nothing is allocated until `trainer.init()`."""
+    if config.get("controlnet") and config.controlnet.get("base"):
+        return create_controlnet(config, model_kwargs, mesh)
     sharding.check_batch(config.batch_size, mesh, config.optim.get("accumulate", 1))
     abstract = nnx.eval_shape(lambda: build_model(model_kwargs, seed=config.seed))
     graphdef, abstract_params = nnx.split(abstract, nnx.Param)
@@ -60,7 +67,42 @@ def create(config, model_kwargs, mesh):
                    state_shardings, abstract, jax.jit(init, out_shardings=state_shardings))
 
 
-def infer_state_shardings(abstract_state, param_shardings, mesh):
+def create_controlnet(config, model_kwargs, mesh):
+    """A Trainer for a ControlNet on a frozen base. Only the ControlNet's parameters are `params` (so only
+    they get gradients, optimizer state and an EMA); the base's, loaded from controlnet.base, ride along
+    untouched as state["frozen"]. A missing base or one whose model config differs fails here, before compiling."""
+    cn = config.controlnet
+    controlnet_lib.check_config(cn)
+    sharding.check_batch(config.batch_size, mesh, config.optim.get("accumulate", 1))
+    model_kwargs = controlnet_lib.base_model_kwargs(cn.base, model_kwargs)
+    weights = load_file(os.path.join(controlnet_lib.base_directory(cn.base), WEIGHTS_FILE))  # host arrays
+    build = lambda: controlnet_lib.build_controlled(model_kwargs, cn, seed=config.seed)
+    graphdef, abstract_params, abstract_frozen = nnx.split(nnx.eval_shape(build), controlnet_lib.TRAINABLE,
+                                                          nnx.Param)
+    controlnet_lib.check_base_weights(model_kwargs, weights)
+    rules = [tuple(rule) for rule in config.get("sharding_rules", sharding.DEFAULT_RULES)]
+    param_shardings = sharding.param_shardings(abstract_params, mesh, rules)
+    optimizer, lr_schedule = optim.make_optimizer(config.optim, config.steps)
+
+    def init(weights):
+        model = build()
+        load_flat_weights(model.base, weights)
+        controlnet_lib.copy_base_blocks(model)  # the copies start as the trained base blocks
+        _, params, frozen = nnx.split(model, controlnet_lib.TRAINABLE, nnx.Param)
+        return dict(params=params, opt_state=optimizer.init(params), ema=params, frozen=frozen,
+                    step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(config.seed))
+
+    shapes = jax.eval_shape(init, weights)
+    state_shardings = infer_state_shardings(shapes, param_shardings, mesh,
+                                            sharding.param_shardings(abstract_frozen, mesh, rules))
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            shapes, state_shardings)
+    jitted_init = jax.jit(init, out_shardings=state_shardings)
+    return Trainer(graphdef, optimizer, lr_schedule, diffusion_schedule(config.diffusion), config, mesh,
+                   state_shardings, abstract, lambda: jitted_init(weights), controlnet=cn)
+
+
+def infer_state_shardings(abstract_state, param_shardings, mesh, frozen_shardings=None):
     """Parameters and EMA by their rules; optimizer moments like the parameter of the same shape path."""
     replicated = sharding.replicated(mesh)
     params_flat = {path: s for path, s in jax.tree_util.tree_flatten_with_path(
@@ -73,21 +115,29 @@ def infer_state_shardings(abstract_state, param_shardings, mesh):
                 return params_flat[path[n:]]
         return replicated
 
-    return dict(params=param_shardings,
-                opt_state=jax.tree_util.tree_map_with_path(opt_sharding, abstract_state["opt_state"]),
-                ema=param_shardings, step=replicated, rng=replicated)
+    out = dict(params=param_shardings,
+               opt_state=jax.tree_util.tree_map_with_path(opt_sharding, abstract_state["opt_state"]),
+               ema=param_shardings, step=replicated, rng=replicated)
+    if frozen_shardings is not None:
+        out["frozen"] = frozen_shardings
+    return out
 
 
-def loss_fn(trainer, params, batch, key):
-    """Mean diffusion (or, with diffusion.objective=flow, flow-matching) loss of a batch at random times and noise."""
+def loss_fn(trainer, params, batch, key, frozen=None):
+    """Mean diffusion (or, with diffusion.objective=flow, flow-matching) loss of a batch at random times and noise;
+    `frozen` holds a ControlNet's base weights."""
     cfg = trainer.config
     x0 = batch["image"]
     k_t, k_noise, k_model = jax.random.split(key, 3)
     noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
 
+    controls = {} if trainer.controlnet is None else dict(
+        controls=controlnet_lib.batch_controls(trainer.controlnet, batch))
+
     def model(x_t, t):
-        return trainer.model(params)(x_t, t, y=batch.get("label"), text=batch.get("text"),
-                                     text_mask=batch.get("text_mask"), pooled=batch.get("pooled"), rng=k_model)
+        return trainer.model(params, frozen)(x_t, t, y=batch.get("label"), text=batch.get("text"),
+                                             text_mask=batch.get("text_mask"), pooled=batch.get("pooled"),
+                                             **controls, rng=k_model)
 
     d = cfg.diffusion
     if d.get("objective", "ddpm") == "flow":
@@ -105,7 +155,9 @@ def loss_fn(trainer, params, batch, key):
 def train_step(trainer, state, batch):
     """One optimizer update from the global batch, split into `accumulate` micro-batches."""
     key = jax.random.fold_in(state["rng"], state["step"])
-    grad_fn = jax.value_and_grad(lambda p, b, k: loss_fn(trainer, p, b, k))
+    frozen = state.get("frozen")  # a ControlNet's base: an input, never differentiated or updated
+    grad_fn = jax.value_and_grad(
+        lambda p, b, k: loss_fn(trainer, p, b, k) if frozen is None else loss_fn(trainer, p, b, k, frozen))
     accumulate = trainer.config.optim.get("accumulate", 1)
     if accumulate == 1:
         loss, grads = grad_fn(state["params"], batch, key)
@@ -127,6 +179,8 @@ def train_step(trainer, state, batch):
     ema = optim.ema_update(state["ema"], params, optim.ema_decay(state["step"], ema_cfg.decay, ema_cfg.warmup))
     metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), lr=trainer.lr_schedule(state["step"]))
     new_state = dict(params=params, opt_state=opt_state, ema=ema, step=state["step"] + 1, rng=state["rng"])
+    if frozen is not None:
+        new_state["frozen"] = frozen
     return new_state, metrics
 
 
