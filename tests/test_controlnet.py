@@ -88,7 +88,7 @@ def test_two_controlnets_add_scaled_residuals(bases):
 
     @nnx.jit
     def expected(base, net1, net2, args):
-        def residuals(tokens, c, context, mask):
+        def residuals(tokens, c, context, mask, rope):
             r1, r2 = net1(tokens, c, context, mask, c1), net2(tokens, c, context, mask, c2)
             return [0.5 * r1[0] + 2.0 * r2[0], 0.5 * r1[1]]
         return base(**args, residuals=residuals)
@@ -233,3 +233,20 @@ def test_train_cli_checks_the_base_before_any_data_or_model(monkeypatch, tmp_pat
     config.controlnet.update(base=str(tmp_path), num_blocks=0)
     with pytest.raises(ValueError, match="controlnet.num_blocks must be a positive integer"):
         train_cli.train(config, str(tmp_path / "run"), str(tmp_path / "data"))
+
+
+def test_copies_of_a_rope_base_rotate_like_the_base():
+    """The copies get the base's rotary tables: the controlled output is the base plus the copies' residuals
+    computed with RoPE, and differs from what copies without it would add."""
+    base = toy_base(pos_embed="rope")
+    net = randomize(ControlNet(base, 2, 3, rngs=nnx.Rngs(1)), seed=3, scale=0.05)
+    c1 = control()
+    out = run(ControlledDiT(base, [net]), inputs(), [c1], [1.0])
+
+    @nnx.jit(static_argnums=3)
+    def expected(base, net, args, rotate):
+        return base(**args, residuals=lambda tokens, c, context, mask, rope: net(
+            tokens, c, context, mask, c1, None, rope if rotate else None))
+
+    np.testing.assert_allclose(out, expected(base, net, inputs(), True), atol=1e-6)
+    assert np.abs(out - expected(base, net, inputs(), False)).max() > 1e-4

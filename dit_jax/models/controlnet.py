@@ -57,8 +57,9 @@ class ControlNet(nnx.Module):
         # The control embedding and the zero layers start at zero: PatchEmbed and linear create their
         # parameters as zeros (embeddings.py) and, unlike the DiT's, nothing re-initialises them.
 
-    def __call__(self, tokens, c, context, context_mask, control, rng=None):
-        """The base's embedded tokens (N, T, D) and conditions, control (N, Hc, Wc, Cc) -> num_blocks (N, T, D)."""
+    def __call__(self, tokens, c, context, context_mask, control, rng=None, rope=None):
+        """The base's embedded tokens (N, T, D), conditions and rotary tables (None unless the base uses RoPE),
+        control (N, Hc, Wc, Cc) -> num_blocks (N, T, D)."""
         h = self.control_embedder(control.astype(tokens.dtype))  # (N, T', D)
         if h.shape[1] != tokens.shape[1]:
             raise ValueError(f"A control of {control.shape[1]}x{control.shape[2]} makes {h.shape[1]} patches of "
@@ -67,10 +68,10 @@ class ControlNet(nnx.Module):
         keys = list(jax.random.split(rng, self.num_blocks)) if rng is not None else [None] * self.num_blocks
         policy = REMAT_POLICIES[self.remat]
         if self.scan_blocks:
-            return list(self.scan(h, c, context, context_mask, keys, policy))
+            return list(self.scan(h, c, context, context_mask, keys, policy, rope))
 
         def run(block, zero, h, key):
-            h = block(h, c, context, context_mask, key)
+            h = block(h, c, context, context_mask, key, rope)
             return h, zero(h).astype(tokens.dtype)
 
         if policy is not None:
@@ -81,14 +82,14 @@ class ControlNet(nnx.Module):
             out.append(residual)
         return out
 
-    def scan(self, h, c, context, context_mask, keys, policy):
+    def scan(self, h, c, context, context_mask, keys, policy, rope=None):
         """The copies as one lax.scan, as DiT.scan runs the base: stacked residuals (num_blocks, N, T, D)."""
         block_def, zero_def = nnx.graphdef(self.blocks[0]), nnx.graphdef(self.zero_linears[0])
         stack = lambda modules: jax.tree.map(lambda *w: jnp.stack(w), *[nnx.state(m) for m in modules])
 
         def body(h, per_block):
             block_w, zero_w, key = per_block
-            h = nnx.merge(block_def, block_w)(h, c, context, context_mask, key)
+            h = nnx.merge(block_def, block_w)(h, c, context, context_mask, key, rope)
             return h, nnx.merge(zero_def, zero_w)(h).astype(h.dtype)
 
         if policy is not None:
@@ -131,13 +132,13 @@ class ControlledDiT(nnx.Module):
                                                                                                       None], 0, c)
                             for c, k in zip(controls, net_rngs[len(self.controlnets):])]
 
-        def residuals(tokens, c, context, context_mask):
+        def residuals(tokens, c, context, context_mask, rope):
             total = [None] * len(self.base.blocks)
             for j, (net, control, scale) in enumerate(zip(self.controlnets, controls, scales)):
                 key = net_rngs[j] if net_rngs is not None else None
                 scale = jnp.asarray(scale, jnp.float32)
                 scale = scale[:, None, None] if scale.ndim == 1 else scale
-                for i, r in enumerate(net(tokens, c, context, context_mask, control, key)):
+                for i, r in enumerate(net(tokens, c, context, context_mask, control, key, rope)):
                     r = (scale * r).astype(tokens.dtype)
                     total[i] = r if total[i] is None else total[i] + r
             return total

@@ -435,7 +435,7 @@ class DiT(nnx.Module):
         text: (N, L, text_dim) per-token embeddings with text_mask (N, L);
         pooled: (N, text_dim); drop: (N,) bool, replace every condition by its
         null value (guidance); residuals: optional per-block additions (ControlNet), a list
-        with None for blocks left alone, or a callable (tokens, c, context, context_mask) -> that list,
+        with None for blocks left alone, or a callable (tokens, c, context, context_mask, rope) -> that list,
         called on the embedded tokens and conditions (models/controlnet.py).
         rng: a key turns on training-time label/caption dropout and dropout.
         Returns (N, H, W, C_out) in float32: the noise (and variance values) prediction.
@@ -478,7 +478,7 @@ class DiT(nnx.Module):
             return block(tokens, c, context, context_mask, key, rope)
 
         if callable(residuals):
-            residuals = residuals(tokens, c, context, context_mask)
+            residuals = residuals(tokens, c, context, context_mask, rope)
         policy = REMAT_POLICIES[self.remat]  # the blocks: (N, T, D) -> (N, T, D)
         if self.scan_blocks:
             tokens = self.scan(tokens, c, context, context_mask, keys and keys[2:], residuals, policy, rope)
