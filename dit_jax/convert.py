@@ -17,7 +17,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from dit_jax.models import convert
+from dit_jax.models import classifier, convert
 from dit_jax.models.pretrained import (
     abstract_model,
     flat_weights,
@@ -75,6 +75,7 @@ def export_dit(src, out):
     import torch
 
     model, config = load_pretrained(src)
+    classifier.refuse(config, "convert --from=dit_jax")  # DiT's format has no classifier
     state_dict = convert.to_dit(flat_weights(model), config)
     torch.save({k: torch.tensor(np.array(v)) for k, v in state_dict.items()}, out + ".tmp")
     os.replace(out + ".tmp", out)
