@@ -13,7 +13,7 @@ import optax
 import pytest
 from flax import nnx
 
-from dit_jax import sample as sample_cli, train as train_cli
+from dit_jax import convert as convert_cli, evaluate as evaluate_cli, sample as sample_cli, train as train_cli
 from dit_jax.data import fashion_mnist
 from dit_jax.diffusion import Schedule, beta_schedule
 from dit_jax.models.classifier import Classifier, check_data, load_classifier
@@ -208,6 +208,10 @@ def test_tiny_run_logs_calibration_resumes_and_exports_a_loadable_classifier(tmp
 
     with pytest.raises(ValueError, match="is a noise-aware classifier .* sample cannot use it"):
         sample_cli.run(sample_cli.Options(workdir=workdir, data_dir=data_dir, classes=["0"]))
+    with pytest.raises(ValueError, match="is a noise-aware classifier .* evaluate cannot use it"):
+        evaluate_cli.evaluate(workdir, data_dir)
+    with pytest.raises(ValueError, match="is a noise-aware classifier .* convert --from=dit_jax cannot use it"):
+        convert_cli.export_dit(os.path.join(workdir, "export"), str(tmp_path / "model.pt"))
 
 
 def test_loading_a_diffusion_model_as_a_classifier_fails_in_one_line(tmp_path):
