@@ -36,7 +36,8 @@ def batch_stats(logits, labels, t, timesteps, buckets=BUCKETS, bins=BINS):
 
 
 def metrics(stats, timesteps):
-    """accuracy, accuracy per t bucket (NaN for a bucket the batch did not draw), ece and nll from the sums."""
+    """accuracy, accuracy per t bucket (NaN for a bucket the batch did not draw: train leaves it out of the log),
+    ece and nll from the sums."""
     total = stats["bin_count"].sum()
     out = dict(accuracy=stats["bin_correct"].sum() / total,
                ece=jnp.abs(stats["bin_correct"] - stats["bin_confidence"]).sum() / total,
