@@ -17,7 +17,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from dit_jax.models import convert
+from dit_jax.models import classifier, convert
 from dit_jax.models.pretrained import (
     abstract_model,
     flat_weights,
@@ -72,9 +72,9 @@ def convert_to_dir(source, src, out, numerics="source", num_heads=None):
 
 def export_dit(src, out):
     """Writes a dit_jax model as a DiT state dict (plain tensors, loadable with weights_only=True)."""
-    import torch
-
     model, config = load_pretrained(src)
+    classifier.refuse(config, "convert --from=dit_jax")  # DiT's format has no classifier
+    import torch
     state_dict = convert.to_dit(flat_weights(model), config)
     torch.save({k: torch.tensor(np.array(v)) for k, v in state_dict.items()}, out + ".tmp")
     os.replace(out + ".tmp", out)

@@ -41,6 +41,7 @@ from dit_jax import sampling
 from dit_jax.data import pipeline, prepare
 from dit_jax.diffusion import SPACINGS
 from dit_jax.diffusion.generate import DDIM_SAMPLERS, SAMPLER, STEPS, check_sampler
+from dit_jax.models import classifier
 from dit_jax.utils import distributed
 from dit_jax.utils.visualization import captioned_grid, line_plot, sampler_comparison
 
@@ -144,6 +145,8 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=((SAMPLER, STEPS),),
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found: --workdir must be a training run that has exported weights.")
     config, manifest = run_manifest(workdir, data_dir)
+    with open(os.path.join(workdir, "export", "config.json")) as f:
+        classifier.refuse(json.load(f), "evaluate")
     metrics = list(metrics) if metrics else default_metrics(manifest, clip_model)
     check_metrics(metrics, manifest, clip_model)
     if reuse_samples and jax.process_count() > 1:

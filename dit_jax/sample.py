@@ -35,6 +35,7 @@ from dit_jax import sampling
 from dit_jax.diffusion import BETA_SCHEDULES, PREDICTIONS, SPACINGS
 from dit_jax.diffusion.flow import FLOW_SAMPLERS
 from dit_jax.diffusion.generate import CFG_SCALE, SAMPLER, SAMPLERS, STEPS
+from dit_jax.models import classifier
 from dit_jax.utils import distributed
 from dit_jax.utils.visualization import captioned_grid, trajectory_strip
 
@@ -137,9 +138,12 @@ def check_options(o):
 
 
 def read_setup(o):
-    return sampling.read_setup(o.workdir, o.checkpoint, o.data_dir, text_encoder=o.text_encoder,
-                               text_path=o.text_path, text_layer=o.text_layer, vae=o.vae, vae_scale=o.vae_scale,
-                               schedule=o.schedule, timesteps=o.timesteps, prediction=o.prediction)
+    """The model's Setup; a classifier run (task=classifier) is refused in one line."""
+    setup = sampling.read_setup(o.workdir, o.checkpoint, o.data_dir, text_encoder=o.text_encoder,
+                                text_path=o.text_path, text_layer=o.text_layer, vae=o.vae, vae_scale=o.vae_scale,
+                                schedule=o.schedule, timesteps=o.timesteps, prediction=o.prediction)
+    classifier.refuse(setup.model_config, "sample")
+    return setup
 
 
 def run(o):

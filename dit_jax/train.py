@@ -1,6 +1,11 @@
 """Trains a DiT: the same command on one CPU, a GPU, a GPU cluster or every host of a TPU pod.
 
   python -m dit_jax.train --config=configs/tiny.py --workdir=/tmp/tiny [--config.steps=1000 ...]
+  python -m dit_jax.train --config=configs/classifier_fashion.py --workdir=/tmp/cls   # task=classifier
+
+With `task=classifier` the same loop trains a noise-aware classifier for
+classifier guidance (dit_jax/models/classifier.py) and logs its accuracy by
+timestep bucket and its calibration error.
 
 Prepares the dataset on first use, resumes from the latest complete
 checkpoint in the workdir, saves on SIGTERM/SIGINT, and leaves TensorBoard
@@ -24,6 +29,7 @@ from ml_collections import config_flags
 
 from dit_jax import sampling
 from dit_jax.data import pipeline
+from dit_jax.models import classifier
 from dit_jax.models.controlnet import save_controlnet
 from dit_jax.models.pretrained import save_pretrained
 from dit_jax.training import sharding, trainer as trainer_lib
@@ -127,15 +133,18 @@ class StopSignal:
         return self.requested if not self.shared else "Pre-emption notice (SIGTERM to a process)"
 
 
-def export_ema(trainer, state, model_kwargs, workdir):
+def export_ema(trainer, state, model_kwargs, workdir, classifier_metadata=None):
     """EMA weights as safetensors + config.json in workdir/export, for sampling and sharing, and sampling.json:
-    the run's diffusion and sampling defaults, so `sample --checkpoint` samples it as `--workdir` does."""
+    the run's diffusion and sampling defaults, so `sample --checkpoint` samples it as `--workdir` does. A
+    classifier's export also holds classifier.json, what `load_classifier` returns beside the model."""
     ema = multihost_utils.process_allgather(state["ema"], tiled=True)
     if jax.process_index() == 0:
         model = trainer.model(jax.tree.map(jnp.asarray, ema))
         config = {k: (str(jnp.dtype(v)) if k.endswith("dtype") else v) for k, v in model_kwargs.items()}
         save_pretrained(model, config, os.path.join(workdir, "export"))
         sampling.write_sampling_record(os.path.join(workdir, "export"), sampling.run_record(trainer.config))
+        if classifier_metadata is not None:
+            classifier.write_metadata(os.path.join(workdir, "export"), classifier_metadata)
 
 
 def train(config, workdir, data_dir):
@@ -146,8 +155,15 @@ def train(config, workdir, data_dir):
     os.makedirs(workdir, exist_ok=True)
 
     manifest = pipeline.ensure_prepared(config, data_dir)
+    is_classifier = config.get("task", "diffusion") == "classifier"
+    if is_classifier:
+        classifier.check_data(manifest)
     pipeline.check_compatible(manifest, config)
     model_kwargs = {**config.model.to_dict(), **pipeline.model_kwargs(manifest, config)}
+    classifier_meta = None
+    if is_classifier:
+        model_kwargs = classifier.classifier_kwargs(model_kwargs)
+        classifier_meta = classifier.run_metadata(config, manifest, model_kwargs)
     trainer = trainer_lib.create(config, model_kwargs, mesh)
     loader = pipeline.make_loader(config, manifest, global_batch_size=config.batch_size, seed=config.seed,
                                   sharding=sharding.batch_sharding(mesh))
@@ -167,7 +183,8 @@ def train(config, workdir, data_dir):
     samples = SampleGrid(config, manifest, trainer, model_kwargs, workdir) if grids else None
     stop = StopSignal(start)
     step_fn = None
-    flops_per_image = train_flops_per_image(model_kwargs)
+    flops_per_image = (3 * 2 * classifier.forward_macs(**model_kwargs) if is_classifier
+                       else train_flops_per_image(model_kwargs))
     peak = device_peak_flops()
     progress = Progress(start, config.steps, active=is_main)
     window_start, window_steps = time.time(), 0
@@ -183,6 +200,8 @@ def train(config, workdir, data_dir):
             logging_step = step % config.log.every == 0 or step == config.steps
             if step == start + 1 or logging_step:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                # A classifier's t bucket that this batch did not draw has no accuracy (NaN): left out.
+                values = {k: v for k, v in values.items() if not k.startswith("accuracy_t") or np.isfinite(v)}
                 loss = values["loss"]
                 if not np.isfinite(loss):
                     raise FloatingPointError(f"Loss is {loss} at step {step}")
@@ -232,7 +251,7 @@ def train(config, workdir, data_dir):
                 model = trainer.model(jax.tree.map(jnp.asarray, ema), state["frozen"])
                 save_controlnet(model.controlnets[0], trainer.controlnet, os.path.join(workdir, "controlnet_export"))
         else:
-            export_ema(trainer, state, model_kwargs, workdir)
+            export_ema(trainer, state, model_kwargs, workdir, classifier_meta)
         if samples and config.steps % config.sample.every:
             samples(config.steps, state["ema"], writer)
     writer.close()

@@ -6,6 +6,7 @@ import os
 import jax
 import pytest
 
+from dit_jax.data import pipeline
 from dit_jax.models.pretrained import abstract_model, count_parameters
 from dit_jax.models.variants import VARIANTS
 from dit_jax.training import sharding
@@ -14,7 +15,7 @@ from dit_jax.training.optim import learning_rate
 from dit_jax.training.recipe import parse_arg
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-RECIPES = ["tiny", "fashion_tiny", "small", "base", "large", "xl"]
+RECIPES = ["tiny", "fashion_tiny", "fashion_uncond", "classifier_fashion", "small", "base", "large", "xl"]
 DIT_T4 = dict(hidden_size=128, depth=4, num_heads=4, patch_size=4)
 
 # recipe: (model size, data name, resolution, latents?, encoder, schedule, restart period, steps)
@@ -22,6 +23,9 @@ EXPECTED = {
     # 10 epochs of 3,778 emoji in batches of 32; of Fashion-MNIST's 60,000 images in batches of 64.
     "tiny": (DIT_T4, "emoji", 32, False, "minilm", "cosine_restarts", 1181, 2000),
     "fashion_tiny": (DIT_T4, "fashion_mnist", 32, False, "minilm", "cosine_restarts", 9375, 3000),
+    "fashion_uncond": (DIT_T4, "fashion_mnist", 32, False, "minilm", "cosine_restarts", 9375, 3000),
+    # DiT-T/4 at half depth, warm-up then cosine over its 2,000 steps.
+    "classifier_fashion": (dict(DIT_T4, depth=2), "fashion_mnist", 32, False, "minilm", "warmup_cosine", 0, 2000),
     # 10 epochs of 3,778 emoji in batches of 256 = 148 steps; 1000 warm-up steps, then 8 doubling periods.
     "small": (VARIANTS["DiT-S/4"], "emoji", 64, False, "minilm", "cosine_restarts", 148, 1000 + 148 * 255),
     # 10 epochs of COCO's 82,783 training images in batches of 256 = 3,234 steps; warm-up, then 7 periods.
@@ -123,3 +127,14 @@ def test_validation_reads_attention_specs():
     config.model.attention = "splash:window=64"
     with pytest.raises(ValueError, match="use local=W and/or strided=S"):
         validate(config)
+
+
+@pytest.mark.parametrize("arg", [None, "runlocal"])
+def test_fashion_uncond_reads_neither_text_nor_labels(arg):
+    """fashion_tiny's data (the same prepared folder) feeding a DiT with no condition at all."""
+    c, tiny = load("fashion_uncond", arg), load("fashion_tiny", arg)
+    assert (c.data.to_dict(), c.text.to_dict()) == (tiny.data.to_dict(), tiny.text.to_dict())
+    manifest = dict(image_shape=[32, 32, 1], text=dict(dim=384, max_length=c.text.max_length), num_classes=10)
+    kwargs = pipeline.model_kwargs(manifest, c)
+    assert kwargs["text_dim"] == 0 and "num_classes" not in kwargs and c.model.num_classes == 0
+    assert c.sample.cfg_scale == 1.0

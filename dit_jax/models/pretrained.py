@@ -19,11 +19,15 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 def build_model(config, seed=0, **overrides):
-    """A DiT from its kwargs (plain JSON values; dtype names such as "bfloat16" allowed)."""
+    """A DiT from its kwargs (plain JSON values; dtype names such as "bfloat16" allowed), or the noise-aware
+    classifier when they say `"model": "classifier"` (models/classifier.py)."""
     kw = {**config, **overrides}
     for key in ("dtype", "param_dtype"):
         if isinstance(kw.get(key), str):
             kw[key] = jnp.dtype(kw[key])
+    if kw.pop("model", "dit") == "classifier":
+        from dit_jax.models.classifier import Classifier  # pylint: disable=import-outside-toplevel
+        return Classifier(**kw, rngs=nnx.Rngs(seed))
     return DiT(**kw, rngs=nnx.Rngs(seed))
 
 

@@ -14,6 +14,8 @@ from dit_jax.models.dit import DIT_BLOCK, REMAT_POLICIES, check_block
 from dit_jax.text.encoders import DEFAULT_IDS as ENCODERS
 from dit_jax.training import optim, sharding
 
+TASKS = ("diffusion", "classifier")
+
 # key, test, what it must be. Each test sees the key's value; NaN fails every one.
 BOUNDS = (
     ("steps", lambda v: v >= 1, "at least 1"),
@@ -47,6 +49,7 @@ BOUNDS = (
     ("optim.accumulate", lambda v: v >= 1, "at least 1"),
     ("optim.warmup_steps", lambda v: v >= 0, "0 (none) or more"),
     ("optim.min_lr", lambda v: v >= 0, "0 or more"),
+    ("optim.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("ema.decay", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("checkpoint.every", lambda v: v >= 0, "0 (only at the end) or more"),
     ("checkpoint.keep", lambda v: v >= 1, "at least 1"),
@@ -72,6 +75,25 @@ def named(key, check, *args):
         return check(*args)
     except ValueError as e:
         raise ValueError(f"{key}: {e}") from None
+
+
+def check_task(config):
+    """`task`: "diffusion" (the DiT) or "classifier" (a noise-aware classifier for classifier guidance)."""
+    task = config.get("task", "diffusion")
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; choose one of {TASKS}: set --config.task.")
+    if task == "diffusion" and config.optim.label_smoothing:
+        raise ValueError("optim.label_smoothing is the classifier's: a diffusion run has no labels to smooth; "
+                         "set --config.optim.label_smoothing=0 or --config.task=classifier.")
+    if task == "classifier":
+        if not config.model.num_classes:
+            raise ValueError("task=classifier needs classes: set --config.model.num_classes=-1 (from the data) "
+                             "or to their number.")
+        if config.model.num_classes == 1:
+            raise ValueError("task=classifier needs at least 2 classes: set --config.model.num_classes=-1 (from "
+                             "the data) or to their number.")
+        if config.sample.every:
+            raise ValueError("A classifier run draws no sample grids: set --config.sample.every=0.")
 
 
 def validate(config):
@@ -138,6 +160,9 @@ def validate(config):
 
     if config.get("controlnet") and config.controlnet.get("base"):
         controlnet.check_config(config.controlnet)  # a missing base run fails here
+
+    check_task(config)
+
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(config.batch_size, mesh, config.optim.accumulate)
     return mesh

@@ -55,6 +55,7 @@ def variant(name):
 def base_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.task = "diffusion"         # or "classifier": a noise-aware classifier for guidance (configs/classifier_fashion.py)
     c.data = dict(
         name="emoji",            # emoji | fashion_mnist | image_folder | circles | tfds:<name>
         resolution=32,
@@ -96,7 +97,8 @@ def base_config():
     c.batch_size = 256
     c.steps = 400_000
     c.optim = dict(name="adamw", lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0, accumulate=1,
-                   schedule="constant", warmup_steps=1000, restart_period=0, restart_mult=1, min_lr=0.0)
+                   schedule="constant", warmup_steps=1000, restart_period=0, restart_mult=1, min_lr=0.0,
+                   label_smoothing=0.0)  # task=classifier only: optax.smooth_labels of the one-hot targets
     c.ema = dict(decay=0.9999, warmup=True)
     c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1)
     # Logical parameter axis -> mesh axis (None: replicated); batches split over data x fsdp.

@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 from dit_jax.diffusion import Schedule, beta_schedule, diffusion_loss, flow, q_sample
 from dit_jax.models import controlnet as controlnet_lib
 from dit_jax.models.pretrained import WEIGHTS_FILE, build_model, load_flat_weights
-from dit_jax.training import optim, sharding
+from dit_jax.training import calibration, optim, sharding
 
 
 @dataclasses.dataclass
@@ -152,32 +152,59 @@ def loss_fn(trainer, params, batch, key, frozen=None):
     return loss.mean()
 
 
+def classifier_loss_fn(trainer, params, batch, key):
+    """task=classifier: mean cross-entropy of a noise-aware classifier on x_t at uniform timesteps, against
+    the labels smoothed by optim.label_smoothing; and the batch's calibration sums (training/calibration.py)."""
+    x0, labels = batch["image"], batch["label"]
+    k_t, k_noise, k_model = jax.random.split(key, 3)
+    t = jax.random.randint(k_t, (x0.shape[0],), 0, len(trainer.schedule))
+    x_t = q_sample(x0, t, jax.random.normal(k_noise, x0.shape, x0.dtype), trainer.schedule)
+    logits = trainer.model(params)(x_t, t, rng=k_model)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                  trainer.config.optim.get("label_smoothing", 0.0))
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    return loss, calibration.batch_stats(logits, labels, t, len(trainer.schedule))
+
+
+def objective(trainer, frozen=None):
+    """(params, batch, key) -> (loss, sums to log) for the config's task; `frozen`: a ControlNet's base."""
+    if trainer.config.get("task", "diffusion") == "classifier":
+        return lambda p, b, k: classifier_loss_fn(trainer, p, b, k)
+    if frozen is None:
+        return lambda p, b, k: (loss_fn(trainer, p, b, k), {})
+    return lambda p, b, k: (loss_fn(trainer, p, b, k, frozen), {})
+
+
 def train_step(trainer, state, batch):
     """One optimizer update from the global batch, split into `accumulate` micro-batches."""
     key = jax.random.fold_in(state["rng"], state["step"])
     frozen = state.get("frozen")  # a ControlNet's base: an input, never differentiated or updated
-    grad_fn = jax.value_and_grad(
-        lambda p, b, k: loss_fn(trainer, p, b, k) if frozen is None else loss_fn(trainer, p, b, k, frozen))
+    grad_fn = jax.value_and_grad(objective(trainer, frozen), has_aux=True)
     accumulate = trainer.config.optim.get("accumulate", 1)
     if accumulate == 1:
-        loss, grads = grad_fn(state["params"], batch, key)
+        (loss, stats), grads = grad_fn(state["params"], batch, key)
     else:
         # Rows i, i + A, i + 2A... form micro-batch i, so each keeps the batch's sharding.
         micro = jax.tree.map(lambda x: jnp.moveaxis(x.reshape(-1, accumulate, *x.shape[1:]), 1, 0), batch)
 
         def add(carry, inputs):
             mb, i = inputs
-            loss, grads = grad_fn(state["params"], mb, jax.random.fold_in(key, i))
-            return jax.tree.map(jnp.add, carry, (loss, grads)), None
+            out = grad_fn(state["params"], mb, jax.random.fold_in(key, i))
+            return jax.tree.map(jnp.add, carry, out), None
 
-        zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state["params"]))
-        (loss, grads), _ = jax.lax.scan(add, zeros, (micro, jnp.arange(accumulate)))
-        loss, grads = jax.tree.map(lambda x: x / accumulate, (loss, grads))
+        first = jax.tree.map(lambda x: x[0], micro)
+        no_stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                jax.eval_shape(objective(trainer), state["params"], first, key)[1])
+        zeros = ((jnp.zeros(()), no_stats), jax.tree.map(jnp.zeros_like, state["params"]))
+        ((loss, stats), grads), _ = jax.lax.scan(add, zeros, (micro, jnp.arange(accumulate)))
+        loss, grads = jax.tree.map(lambda x: x / accumulate, (loss, grads))  # the sums in stats stay sums
     updates, opt_state = trainer.optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     ema_cfg = trainer.config.ema
     ema = optim.ema_update(state["ema"], params, optim.ema_decay(state["step"], ema_cfg.decay, ema_cfg.warmup))
     metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), lr=trainer.lr_schedule(state["step"]))
+    if stats:
+        metrics.update(calibration.metrics(stats, len(trainer.schedule)))
     new_state = dict(params=params, opt_state=opt_state, ema=ema, step=state["step"] + 1, rng=state["rng"])
     if frozen is not None:
         new_state["frozen"] = frozen
