@@ -147,7 +147,7 @@ def test_the_trainer_selects_the_flow_loss():
     d = dict(objective="flow", flow_path="linear", time_sampling="logit_normal", logit_mean=0.5, logit_std=0.7,
              shift=2.0)
     fake = types.SimpleNamespace(config=ConfigDict(dict(diffusion=d, model=dict(learn_sigma=False))),
-                                 model=lambda params: model, schedule=None)
+                                 model=lambda params, frozen=None: model, schedule=None, controlnet=None)
     x0 = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (4, 4, 4, 3)), jnp.float32)
     key = jax.random.PRNGKey(3)
     loss = trainer_lib.loss_fn(fake, None, {"image": x0}, key)

@@ -47,7 +47,7 @@ def run(config, steps=3):
 
 def test_loss_is_the_same_on_every_mesh():
     reference, _, _ = run(toy_config())
-    for shape in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]:
+    for shape in [(8, 1, 1), (2, 2, 2)]:  # all data, then every axis at once
         losses, state, _ = run(toy_config(*shape))
         np.testing.assert_allclose(losses, reference, atol=1e-5, err_msg=str(shape))
     kernel = state["params"]["blocks"][0]["mlp"]["fc1"]["kernel"].get_value()
