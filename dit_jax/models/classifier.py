@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dit_jax.models import variants
-from dit_jax.models.dit import REMAT_POLICIES, Attention, DiT, DiTBlock, layer_norm, materialize_grad, modulate
+from dit_jax.models.dit import (REMAT_POLICIES, Attention, DiT, DiTBlock, layer_norm, materialize_grad, modulate,
+                                weight_initializer)
 from dit_jax.models.embeddings import PatchEmbed, TimestepEmbedder, linear, param, sincos_2d
 
 KIND = "classifier"            # the `model` entry of its config.json: build_model builds a Classifier from it
@@ -99,8 +100,7 @@ class Classifier(nnx.Module):
     def initialize_weights(self, rngs):
         """As DiT.initialize_weights for the shared parts (so every block starts as the identity); the pool's
         query like the timestep MLP (normal, std 0.02); the head at zero, so training starts from uniform odds."""
-        def init(param_, initializer):
-            param_[...] = initializer(rngs.params(), param_.shape, param_.dtype)
+        init = weight_initializer(rngs)
 
         for _, module in nnx.iter_modules(self):
             if isinstance(module, nnx.Linear):

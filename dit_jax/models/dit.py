@@ -19,6 +19,8 @@ mlp="swiglu" (a SwiGLU MLP of about the same parameters) and pos_embed="rope"
 sin-cos table).
 """
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -62,6 +64,17 @@ def check_block(hidden_size, num_heads, **options):
         raise ValueError(f"model.pos_embed='rope' needs a head dimension divisible by 4 (two axes of rotated "
                          f"pairs), got hidden_size {hidden_size} / num_heads {num_heads} = {head_dim}: change "
                          "model.hidden_size or model.num_heads, or use model.pos_embed='sincos'.")
+
+
+def weight_initializer(rngs):
+    """`init(param, initializer)`: sets param to a fresh draw. One key is drawn and folded with a counter:
+    under `nnx.eval_shape` or `jax.jit` every draw from `rngs` updates its traced counter at a cost that grows
+    with the traced program (8 s for DiT-XL/2's abstract model, against 2 s this way)."""
+    key, count = rngs.params(), itertools.count()
+
+    def init(param, initializer):
+        param.set_value(initializer(jax.random.fold_in(key, next(count)), param.shape, param.dtype))
+    return init
 
 
 def layer_norm(x, eps):
@@ -345,15 +358,8 @@ class DiT(nnx.Module):
         self.initialize_weights(rngs)
 
     def initialize_weights(self, rngs):
-        """Every parameter's initial value, as DiT's initialize_weights sets them (text parts as PixArt-alpha's).
-
-        One key is drawn and folded with a counter: under `nnx.eval_shape` or `jax.jit` every draw from `rngs`
-        updates its traced counter at a cost that grows with the traced program (8 s for DiT-XL/2's abstract
-        model, against 2 s this way)."""
-        key, count = rngs.params(), iter(range(1 << 30))
-
-        def init(param, initializer):
-            param.set_value(initializer(jax.random.fold_in(key, next(count)), param.shape, param.dtype))
+        """Every parameter's initial value, as DiT's initialize_weights sets them (text parts as PixArt-alpha's)."""
+        init = weight_initializer(rngs)
 
         # Every Linear: xavier-uniform weight, zero bias.
         for _, module in nnx.iter_modules(self):
