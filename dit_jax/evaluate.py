@@ -14,6 +14,10 @@ Metrics, by what the data allows:
              overall and per class prompt.
   retrieval  other text datasets in pixel space (emoji): top-1 / top-5 retrieval of the prompted training image
              among all training images, in Inception feature space.
+  layout     fashion_scenes: each requested box cropped and judged by the Fashion-MNIST classifier (accuracy
+             against the box's phrase), and the share of the ink inside the boxes (evaluation/layout.py).
+  style      fashion_scenes: accuracy of a style classifier trained on real scenes and cached
+             (evaluation/style.py) against each example's style.
   clip       CLIP score, when --clip_model is given.
 --spacing applies to every sampler and --eta to the ddim ones; the spacing
 defaults to the run's config.sample.spacing, else each sampler's own
@@ -45,7 +49,7 @@ from dit_jax.models import classifier
 from dit_jax.utils import distributed
 from dit_jax.utils.visualization import captioned_grid, line_plot, sampler_comparison
 
-METRICS = ("fid", "adherence", "retrieval", "clip")
+METRICS = ("fid", "adherence", "retrieval", "clip", "layout", "style")
 
 
 def define_flags():
@@ -107,6 +111,8 @@ def default_metrics(manifest, clip_model):
     metrics = ["fid"] if manifest["space"] == "pixel" else []
     if manifest["dataset"] == "fashion_mnist":
         metrics.append("adherence")
+    elif manifest["dataset"] == "fashion_scenes":
+        metrics += ["layout", "style"]
     elif manifest["text"] and manifest["space"] == "pixel":
         metrics.append("retrieval")
     if clip_model:
@@ -125,6 +131,10 @@ def check_metrics(metrics, manifest, clip_model):
         raise ValueError("--metrics=adherence has a classifier for fashion_mnist only; use retrieval or clip.")
     if "clip" in metrics and not clip_model:
         raise ValueError("--metrics=clip needs --clip_model (a local directory or hub id).")
+    for name in ("layout", "style"):
+        if name in metrics and manifest["dataset"] != "fashion_scenes":
+            raise ValueError(f"--metrics={name} has judges for fashion_scenes only (this run's data is "
+                             f"{manifest['dataset']}).")
 
 
 def run_manifest(workdir, data_dir):
@@ -246,11 +256,20 @@ class Judge:
             self.features = inception.load_fid_inception()
         if "fid" in metrics:
             self.reference = inception.statistics(reference_features(manifest, indices, self.features))
-        if "adherence" in metrics:
+        if {"adherence", "layout"} & set(metrics):
             from dit_jax.evaluation import classifier  # pylint: disable=import-outside-toplevel
             self.classifier_lib = classifier
             self.classifier, self.classifier_accuracy = classifier.load_or_train(data_dir, manifest["source_dir"])
             self.class_names = manifest["class_names"]
+        if {"layout", "style"} & set(metrics):  # what each example asked for
+            targets = pipeline.read_prepared(manifest, indices)
+            self.layouts = [np.stack([t[k] for t in targets]) for k in ("layout_boxes", "layout_mask", "layout_labels")]
+            self.styles = np.asarray([t["style"] for t in targets])
+        if "style" in metrics:
+            from dit_jax.evaluation import style  # pylint: disable=import-outside-toplevel
+            self.style_lib = style
+            self.style_judge, self.style_accuracy = style.load_or_train(data_dir, manifest["resolution"],
+                                                                        manifest["source_dir"])
         if "retrieval" in metrics:
             by_caption, n = {}, manifest["examples"]
             for start in range(0, n, 1000):  # in chunks: decoded records hold their text embeddings
@@ -279,6 +298,13 @@ class Judge:
             from dit_jax.evaluation import retrieval  # pylint: disable=import-outside-toplevel
             hits = retrieval.top_k_hits(sample_features, self.gallery, self.targets, ks=(1, 5))
             result.update(retrieval_top1=hits[1], retrieval_top5=hits[5])
+        if "layout" in self.metrics:
+            from dit_jax.evaluation import layout  # pylint: disable=import-outside-toplevel
+            result.update(layout.scores(images, *self.layouts, self.classifier, self.class_names))
+            result["classifier_test_accuracy"] = self.classifier_accuracy
+        if "style" in self.metrics:
+            result["style_accuracy"] = float(np.mean(self.style_lib.predict(self.style_judge, images) == self.styles))
+            result["style_classifier_test_accuracy"] = self.style_accuracy
         if "clip" in self.metrics:
             from dit_jax.evaluation import clip_score  # pylint: disable=import-outside-toplevel
             result["clip_score"] = clip_score.clip_score(images, captions, self.clip_model)[0]
@@ -295,7 +321,7 @@ def write_results(out, results, step):
         r = results[-1]
         for key, value in r.items():
             if isinstance(value, float) and key not in ("cfg_scale", "eta", "classifier_test_accuracy",
-                                                        "classifier_scale"):
+                                                        "classifier_scale", "style_classifier_test_accuracy"):
                 writer.add_scalar(f"eval/{run_name(r)}/{key}", value, step)
     fids, by_scale = {r["sampler"]: {} for r in results}, {}
     for r in results:

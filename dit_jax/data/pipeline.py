@@ -7,7 +7,8 @@ What the training loop calls:
   model = DiT(**config.model, **model_kwargs(manifest, config), rngs=...)
   loader = make_loader(config, manifest, global_batch_size=B, seed=s, sharding=NamedSharding(mesh, P("data")))
   batch = next(loader)          # {"image", "text", "text_mask", "pooled", "label"}: global jax.Arrays
-                                # (and "control_<type>" for each of data.controls)
+                                # (and "control_<type>" for each of data.controls; "style" and
+                                # "layout_boxes", "layout_mask", "layout_embeddings" where the data has them)
   state = loader.get_state()    # small JSON dict, saved with checkpoints; loader.set_state(state) resumes
 
 The stream of examples is the prepared set shuffled with the seed and repeated
@@ -20,6 +21,12 @@ resumed run sees exactly the batches an uninterrupted one would.
 
 A control image (data.controls) is flipped and rotated with its image (not
 colour-jittered), and in latent space is the VAE's mean of it, times the scale.
+
+A layout's boxes are mirrored with a flipped image ((x0, x1) -> (1 - x1,
+1 - x0)); captions that say "left" or "right" are never flipped, and
+configs/fashion_scenes.py leaves data.flip off. Rotation and colour jitter
+are refused for data with layouts or styles: they would move objects out of
+their boxes and change what the style labels describe.
 
 Captions are not dropped here: the model drops them to its learned null text
 (model.caption_dropout_prob), and labels likewise, for classifier-free guidance.
@@ -53,14 +60,32 @@ def model_kwargs(manifest, config):
                   text_len=manifest["text"]["max_length"])
     if config.model.get("num_classes", 0):
         kwargs["num_classes"] = manifest["num_classes"]
+    if config.model.get("num_styles", 0):
+        kwargs["num_styles"] = len(manifest.get("styles") or [])
+    if config.model.get("layout_max_boxes", 0):
+        kwargs["layout_max_boxes"] = manifest.get("layout_max_boxes", 0)
     return kwargs
+
+
+CONDITIONS = {"num_styles": "styles", "layout_max_boxes": "layouts"}  # model keys the data must match (-1: its own)
 
 
 def check_compatible(manifest, config):
     """Raises a one-line ValueError when the prepared data cannot feed the model `config` describes."""
     expected = model_kwargs(manifest, config)
     problems = [f"model.{k}={config.model[k]} but the data gives {v}" for k, v in expected.items()
-                if config.model.get(k, 0) > 0 and config.model[k] != v]
+                if k not in CONDITIONS and config.model.get(k, 0) > 0 and config.model[k] != v]
+    for key, what in CONDITIONS.items():
+        wanted = config.model.get(key, 0)
+        if wanted and not expected[key]:
+            problems.append(f"model.{key}={wanted} but the data has no {what}")
+        elif wanted > 0 and wanted != expected[key]:
+            detail = f" ({', '.join(manifest['styles'])})" if key == "num_styles" else " boxes"
+            problems.append(f"model.{key}={wanted} but the data has {expected[key]}{detail}")
+    if (manifest.get("styles") or manifest.get("layout_max_boxes")) and (
+            config.data.get("rotation") or config.data.get("color_jitter")):
+        problems.append("data.rotation and data.color_jitter are off for data with layouts or styles (they move "
+                        "objects out of their boxes and change what the styles describe)")
     if config.model.get("num_classes", 0) and not manifest["num_classes"]:
         problems.append(f"model.num_classes={config.model.num_classes} but the data has no labels")
     if manifest["resolution"] != config.data.resolution:
@@ -86,6 +111,7 @@ class Example:
     def __init__(self, config, manifest, seed):
         self.seed, self.data = seed, config.data
         self.controls = manifest.get("controls") or []
+        self.styles, self.layout = bool(manifest.get("styles")), bool(manifest.get("layout_max_boxes"))
         self.latent = manifest["space"] == "latent"
         self.scale = manifest["vae"]["scale"] if self.latent else 1.0
         if self.latent and (self.data.color_jitter or self.data.rotation):
@@ -105,6 +131,7 @@ class Example:
                         * self.scale for name in self.controls}
         else:
             state = rng.bit_generator.state  # each control replays the image's flip and rotation draws
+            flipped = flip and _replay(rng, state).random() < 0.5  # augment's first draw
             image = augment.augment(r["image"], rng, flip=flip, color_jitter=self.data.color_jitter,
                                     rotation=self.data.rotation)
             controls = {name: augment.augment(r[f"control_{name}"], _replay(rng, state), flip=flip,
@@ -112,7 +139,20 @@ class Example:
         out = {"image": image, "text": r["text"][k].astype(np.float32), "text_mask": r["mask"][k].astype(bool),
                "pooled": r["pooled"][k].astype(np.float32), "label": np.int32(r["label"])}
         out.update({f"control_{name}": c for name, c in controls.items()})
+        if self.styles:
+            out["style"] = np.int32(r["style"])
+        if self.layout:
+            out.update(layout(r, flipped))
         return out
+
+
+def layout(r, flipped):
+    """A record's layout as the model reads it; a flipped image's boxes mirrored (masked boxes stay zeros)."""
+    boxes, mask = r["layout_boxes"].astype(np.float32), r["layout_mask"].astype(bool)
+    if flipped:
+        boxes = np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], -1) * mask[:, None]
+    return {"layout_boxes": boxes, "layout_mask": mask,
+            "layout_embeddings": r["layout_embeddings"].astype(np.float32)}
 
 
 def _replay(rng, state):

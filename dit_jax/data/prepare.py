@@ -12,6 +12,12 @@ image, under `control_<type>`: uint8 pixels, or in latent space the VAE
 posterior's mean of the control (and of its mirror image). A dataset's own
 control image (image_folder's `conditioning_image` column, "user"; circles'
 outline, "outline") is read instead of computed.
+
+A dataset with styles and layouts (fashion_scenes) also stores `style` and,
+padded to the manifest's `layout_max_boxes` (K) boxes, `layout_boxes` (K, 4)
+(x0, y0, x1, y1 in [0, 1]), `layout_mask` (K,), `layout_embeddings` (K, D):
+each box's phrase encoded as the captions are (their pooled embedding), and
+for evaluation `layout_labels` (K,; -1 where masked) and `layout_phrases`.
 """
 
 import hashlib
@@ -82,6 +88,9 @@ def prepared_dir(config, data_dir):
     extra = {}
     if c.data.name == "circles":
         extra["circles"] = sources.circles_options(c.data)
+    if c.data.name == "fashion_scenes":
+        extra["fashion_scenes"] = {k: v for k, v in sources.fashion_scenes_options(c.data).items()
+                                   if k != "source_dir"}  # the source_dir is in `paths` already
     if settings:
         extra["controls"] = settings
     if extra:  # only then, so the folders of data prepared before these settings existed keep their names
@@ -198,6 +207,19 @@ class Preparer:
             self.caption_cache.update(zip(new, zip(*self.encoder.encode(new))))
         return [np.stack(a) for a in zip(*(self.caption_cache[c] for c in captions))]
 
+    def encode_layout(self, layout):
+        """The layout keys of one record, padded to the dataset's K boxes; each phrase's embedding is the pooled
+        embedding of the text encoder, as a caption's (zeros where masked)."""
+        k, n = self.source.layout_max_boxes, len(layout["phrases"])
+        boxes, mask = np.zeros((k, 4), np.float32), np.arange(k) < n
+        embeddings = np.zeros((k, self.encoder.dim), np.float16)
+        labels = np.full(k, -1, np.int32)
+        if n:
+            boxes[:n], labels[:n] = layout["boxes"], layout["labels"]
+            embeddings[:n] = self.encode_captions(layout["phrases"])[2]
+        return {"layout_boxes": boxes, "layout_mask": mask, "layout_embeddings": embeddings,
+                "layout_labels": labels, "layout_phrases": list(layout["phrases"])}
+
     def encode(self, batch):
         if not batch:
             return []
@@ -218,6 +240,10 @@ class Preparer:
             row = {"index": index, "key": example["key"], "label": example["label"], "captions": example["captions"],
                    "text": tokens[offset:offset + n], "mask": mask[offset:offset + n], "pooled": pooled[offset:offset + n]}
             row.update({f"label_{k}": v for k, v in example.get("labels", {}).items()})
+            if "style" in example:
+                row["style"] = example["style"]
+            if "layout" in example:
+                row.update(self.encode_layout(example["layout"]))
             offset += n
             if self.vae is None:
                 row["image"] = pixels[j]
@@ -269,6 +295,7 @@ class Preparer:
             "extra_labels": self.source.extra_labels,
             "controls": list(self.control_settings), "control_options": self.control_settings,
             "control_shapes": control_shapes,
+            "styles": self.source.styles, "layout_max_boxes": self.source.layout_max_boxes,
             "shards": [{k: s[k] for k in ("file", "count", "sha256")} for s in shards],
         }
 

@@ -1,6 +1,6 @@
 """The raw dataset a config names, as a tfds ArrayRecord data source read without TensorFlow.
 
-`data.name` is `emoji`, `fashion_mnist`, `image_folder`, `circles` (our
+`data.name` is `emoji`, `fashion_mnist`, `image_folder`, `circles`, `fashion_scenes` (our
 builders, built on first use under DATA_DIR/tfds) or `tfds:<name>` for any registered tfds
 dataset with an image and captions or a label (imagenet2012, coco_captions)
 that is already prepared in `data.source_dir` (a tfds data_dir), or whose
@@ -15,12 +15,14 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from dit_jax.data import circles, emoji, fashion_mnist, image_folder
+from dit_jax.data import circles, emoji, fashion_mnist, fashion_scenes, image_folder
 
 BUILDERS = {"emoji": emoji.Emoji, "fashion_mnist": fashion_mnist.FashionMnist,
-            "image_folder": image_folder.ImageFolder, "circles": circles.Circles}
+            "image_folder": image_folder.ImageFolder, "circles": circles.Circles,
+            "fashion_scenes": fashion_scenes.FashionScenes}
 CAPTION_FEATURES = ("captions", "caption", "text")
 CONTROL_FEATURE = "conditioning_image"  # a control image that comes with the data (diffusers' name for it)
+LAYOUT_FEATURE = "objects"  # a sequence of {box: (x0, y0, x1, y1) in [0, 1], label, phrase}
 # The name a dataset's own control image goes by (controls.user_name renames it) and its channels.
 GIVEN_CONTROLS = {"image_folder": ("user", 3), "circles": ("outline", 1)}
 
@@ -39,6 +41,8 @@ class Source:
     channels: int  # of the stored images: 1 (grayscale) or 3
     extra_labels: dict = dataclasses.field(default_factory=dict)  # other ClassLabel features: {name: names}
     has_control: bool = False  # examples carry their own control image (CONTROL_FEATURE)
+    styles: list = dataclasses.field(default_factory=list)  # names of the `style` feature's values, if any
+    layout_max_boxes: int = 0  # examples carry a layout (LAYOUT_FEATURE) of at most this many boxes
 
     def __len__(self):
         return len(self.records)
@@ -57,6 +61,13 @@ class Source:
             control = row[CONTROL_FEATURE]
             control = control.item() if isinstance(control, np.ndarray) else control
             example["control"] = bytes(control) or None  # encoded bytes; None where an example has none
+        if self.styles:
+            example["style"] = int(row["style"])
+        if self.layout_max_boxes:
+            objects = row[LAYOUT_FEATURE]
+            example["layout"] = {"boxes": np.asarray(objects["box"], np.float32).reshape(-1, 4),
+                                 "labels": [int(k) for k in objects["label"]],
+                                 "phrases": [_text(p) for p in objects["phrase"]]}
         return example
 
 
@@ -83,8 +94,8 @@ def load(data, data_dir):
         if not builder.is_prepared():
             builder.download_and_prepare(file_format="array_record", download_config=tfds.download.DownloadConfig(
                 manual_dir=data.source_dir or None))
-    elif name == "circles":
-        kwargs = circles_options(data)
+    elif name in ("circles", "fashion_scenes"):
+        kwargs = circles_options(data) if name == "circles" else fashion_scenes_options(data)
         tfds_dir = os.path.join(data_dir, "tfds", short_hash(json.dumps(kwargs, sort_keys=True)))
         builder = BUILDERS[name](data_dir=tfds_dir, file_format="array_record", **kwargs)
         if not builder.is_prepared():
@@ -110,8 +121,11 @@ def load(data, data_dir):
     channels = features["image"].shape[-1] or 3
     extra_labels = {k: list(f.names) for k, f in features.items()
                     if k != "label" and isinstance(f, tfds.features.ClassLabel)}
+    styles = list(features["style"].names) if "style" in features else []
+    layout_max_boxes = getattr(builder, "MAX_OBJECTS", 0) if LAYOUT_FEATURE in features else 0
     return Source(name, records, class_names, has_labels=len(class_names) > 1, channels=channels,
-                  extra_labels=extra_labels, has_control=has_control)
+                  extra_labels=extra_labels, has_control=has_control, styles=styles,
+                  layout_max_boxes=layout_max_boxes)
 
 
 def circles_options(data):
@@ -119,4 +133,13 @@ def circles_options(data):
     data.resolution, so the circles are drawn at the size trained on)."""
     options = data.get("circles") or {}
     return {"num_examples": int(options.get("examples", 50_000)), "seed": int(options.get("seed", 0)),
+            "size": int(data.resolution)}
+
+
+def fashion_scenes_options(data):
+    """The fashion_scenes builder's arguments from the data config (data.fashion_scenes.train_examples,
+    .test_examples and .seed; the idx files from data.source_dir; the canvas is data.resolution)."""
+    options = data.get("fashion_scenes") or {}
+    return {"source_dir": data.source_dir, "train_examples": int(options.get("train_examples", 60_000)),
+            "test_examples": int(options.get("test_examples", 10_000)), "seed": int(options.get("seed", 0)),
             "size": int(data.resolution)}

@@ -22,7 +22,7 @@ CPU_VARIANTS = {
 
 # Training examples of the datasets the recipes name, for schedules set in epochs (coco_captions: tfds's
 # "train" split, Karpathy's 2014 train images).
-EXAMPLES = {"emoji": 3778, "fashion_mnist": 60_000, "tfds:coco_captions": 82_783}
+EXAMPLES = {"emoji": 3778, "fashion_mnist": 60_000, "fashion_scenes": 60_000, "tfds:coco_captions": 82_783}
 
 
 def parse_arg(arg, **defaults):
@@ -57,7 +57,7 @@ def base_config():
     c.seed = 0
     c.task = "diffusion"         # or "classifier": a noise-aware classifier for guidance (configs/classifier_fashion.py)
     c.data = dict(
-        name="emoji",            # emoji | fashion_mnist | image_folder | circles | tfds:<name>
+        name="emoji",            # emoji | fashion_mnist | image_folder | circles | fashion_scenes | tfds:<name>
         resolution=32,
         source_dir="",           # image_folder: the directory; fashion_mnist: the idx files; tfds: manual_dir
         max_examples=0,          # 0: all

@@ -1,0 +1,95 @@
+"""The style judge for fashion_scenes samples: a small CNN trained once on real scenes, then cached.
+
+Trained on scenes of the fashion_scenes training split and checked on scenes
+of its test split, at the resolution a run samples, so each evaluation at
+that resolution uses the same judge. The styles differ in colour and in
+edges (inverted, red, blue outline), which three strided convolutions and a
+global average see at once: it reaches about 100% on real test scenes.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from dit_jax.data import fashion_scenes
+from dit_jax.models.pretrained import flat_weights, load_flat_weights
+
+CACHE = "classifiers/fashion_scenes_style"
+
+
+class StyleClassifier(nnx.Module):
+    """Three stride-2 conv-relu layers, global average and max pooling, then logits: any image size."""
+
+    def __init__(self, rngs, channels=(16, 32, 32), num_styles=len(fashion_scenes.STYLES)):
+        widths = (3,) + tuple(channels)
+        self.convs = nnx.List([nnx.Conv(a, b, (3, 3), strides=2, rngs=rngs) for a, b in zip(widths, widths[1:])])
+        self.logits = nnx.Linear(2 * channels[-1], num_styles, rngs=rngs)
+
+    def __call__(self, images):
+        """images: uint8 or [0, 255] floats, (N, H, W, 3)."""
+        x = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+        for conv in self.convs:
+            x = jax.nn.relu(conv(x))
+        return self.logits(jnp.concatenate([x.mean((1, 2)), x.max((1, 2))], -1))
+
+
+def predict(model, images, batch_size=500):
+    """Style indices for uint8 (N, H, W, 3) images, in batches."""
+    logits = nnx.jit(lambda m, x: m(x))
+    return np.concatenate([np.asarray(jnp.argmax(logits(model, images[i:i + batch_size]), -1))
+                           for i in range(0, len(images), batch_size)])
+
+
+def real_scenes(split, count, size, source_dir=""):
+    """(images uint8 (count, size, size, 3), styles) of the first `count` scenes of a split (seed 0)."""
+    scenes = fashion_scenes.scenes(split, range(count), source_dir, size=size)
+    return np.stack([s["image"] for s in scenes]), np.asarray([s["style"] for s in scenes], np.int32)
+
+
+def train(size, source_dir="", train_examples=2000, test_examples=500, steps=300, batch_size=64, lr=3e-3, seed=0):
+    """Trains on real training scenes of `size` px; returns (model, accuracy on real test scenes)."""
+    images, styles = real_scenes("train", train_examples, size, source_dir)
+    test_images, test_styles = real_scenes("test", test_examples, size, source_dir)
+    model = StyleClassifier(nnx.Rngs(seed))
+    optimizer = nnx.Optimizer(model, optax.adam(optax.cosine_decay_schedule(lr, steps)), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+        loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    rng = np.random.default_rng(seed)
+    batch_size = min(batch_size, len(images))
+    for _ in range(steps):
+        idx = rng.choice(len(images), batch_size, replace=False)
+        step(model, optimizer, images[idx], styles[idx])
+    return model, float(np.mean(predict(model, test_images) == test_styles))
+
+
+def load_or_train(data_dir, size, source_dir=""):
+    """The cached style judge for `size` px samples (trained and cached on first use) and its test accuracy."""
+    path = os.path.join(os.path.expanduser(data_dir), f"{CACHE}_{size}px")
+    if source_dir:
+        from dit_jax.data.sources import short_hash  # pylint: disable=import-outside-toplevel
+        path += "_" + short_hash(source_dir)
+    if not os.path.exists(path + ".json"):
+        print(f"Training the fashion_scenes style judge at {size}px (cached in {path}).", flush=True)
+        model, accuracy = train(size, source_dir)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save_file(flat_weights(model), path + ".safetensors.tmp")
+        os.replace(path + ".safetensors.tmp", path + ".safetensors")
+        with open(path + ".json.tmp", "w") as f:
+            json.dump({"test_accuracy": accuracy, "styles": fashion_scenes.STYLES}, f)
+        os.replace(path + ".json.tmp", path + ".json")  # written last: its presence means the weights are complete
+    with open(path + ".json") as f:
+        accuracy = json.load(f)["test_accuracy"]
+    model = load_flat_weights(nnx.eval_shape(lambda: StyleClassifier(nnx.Rngs(0))), load_file(path + ".safetensors"))
+    return model, accuracy

@@ -1,0 +1,243 @@
+"""fashion_scenes (issue 12): the scenes, their prepared layouts, the loader, and the layout and style judges."""
+
+import importlib.util
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from dit_jax.data import fashion_mnist, fashion_scenes, pipeline, prepare
+from dit_jax.evaluate import Judge, check_metrics, default_metrics
+from dit_jax.evaluation import classifier, layout, style
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.skipif(not os.path.isdir(fashion_mnist.DEFAULT_DIR),
+                                reason="apt-get install dataset-fashion-mnist")
+K = fashion_scenes.MAX_OBJECTS
+
+
+def recipe(arg=None):
+    spec = importlib.util.spec_from_file_location("fashion_scenes_recipe", os.path.join(ROOT, "configs",
+                                                                                        "fashion_scenes.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def as_arrays(scenes):
+    """Scenes -> images (N, H, W, 3), boxes (N, K, 4), mask (N, K), labels (N, K; -1 masked), styles (N,)."""
+    n = len(scenes)
+    boxes, mask, labels = np.zeros((n, K, 4), np.float32), np.zeros((n, K), bool), np.full((n, K), -1)
+    for i, s in enumerate(scenes):
+        m = len(s["labels"])
+        boxes[i, :m], mask[i, :m], labels[i, :m] = s["boxes"], True, s["labels"]
+    return np.stack([s["image"] for s in scenes]), boxes, mask, labels, np.asarray([s["style"] for s in scenes])
+
+
+@pytest.fixture(scope="module")
+def real():
+    return fashion_scenes.scenes("test", range(96))
+
+
+@pytest.fixture(scope="module")
+def judge():
+    """The project's Fashion-MNIST judge, trained briefly (30 steps): about 70% on the real test items."""
+    return classifier.train(epochs=1, limit=3840)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """The recipe's data, 24 training scenes, prepared with MiniLM."""
+    data_dir = str(tmp_path_factory.mktemp("scenes"))
+    config = recipe()
+    config.data.fashion_scenes.update(train_examples=24, test_examples=4)
+    return config, prepare.prepare(config, data_dir), data_dir
+
+
+def test_scenes_are_deterministic_and_hold_what_their_layout_says(real):
+    again = fashion_scenes.scenes("test", range(8))
+    other_seed = fashion_scenes.scenes("test", range(8), seed=1)
+    assert all((a["image"] == b["image"]).all() and a["caption"] == b["caption"] for a, b in zip(real, again))
+    assert sum((a["image"] != b["image"]).any() for a, b in zip(real, other_seed)) == 8
+    assert (real[0]["image"] != fashion_scenes.scenes("train", [0])[0]["image"]).any()
+    counts, styles = {len(s["labels"]) for s in real}, {s["style"] for s in real}
+    assert counts == {1, 2, 3} and styles == set(range(len(fashion_scenes.STYLES)))
+    for s in real:
+        image, boxes, name = s["image"].astype(int), s["boxes"], fashion_scenes.STYLES[s["style"]]
+        pixels = np.round(boxes * 64).astype(int)
+        inside = np.zeros((64, 64), bool)
+        for a, (x0, y0, x1, y1) in enumerate(pixels):
+            assert 1 <= x0 < x1 <= 63 and 1 <= y0 < y1 <= 63
+            for x0b, y0b, x1b, y1b in pixels[a + 1:]:  # a pixel apart
+                assert x0 > x1b or x0b > x1 or y0 > y1b or y0b > y1
+            inside[y0:y1, x0:x1] = True
+        background = 255 if name == "inverted" else 0
+        assert (image[~inside] == background).all()  # everything drawn lies in a box
+        if name == "red tint":
+            assert (image[..., 1:] <= image[..., :1] * 0.25 + 1).all() and image[..., 0].max() > 100
+        if name == "blue outline":
+            assert (image == fashion_scenes.BLUE).all(-1).any()
+        # what is where: objects left to right, each phrase with its box's place on a 3x3 grid
+        centres = (boxes[:, 0] + boxes[:, 2]) / 2
+        assert (np.diff(centres) >= 0).all()
+        parts = [f"{fashion_scenes.phrase(k)} {fashion_scenes.where(b)}" for k, b in zip(s["labels"], boxes)]
+        assert s["caption"].replace(" and ", ", ").split(", ") == parts
+        for part, (cx, cy) in zip(parts, zip(centres, (boxes[:, 1] + boxes[:, 3]) / 2)):
+            assert ("left" in part) == (cx < 1 / 3) and ("right" in part) == (cx > 2 / 3)
+            assert ("top" in part) == (cy < 1 / 3) and ("bottom" in part) == (cy > 2 / 3)
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        assert s["label"] == s["labels"][int(np.argmax(areas))]
+    assert fashion_scenes.phrase(9) == "an ankle boot" and fashion_scenes.phrase(7) == "a sneaker"
+
+
+def test_prepared_records_hold_the_layout_per_the_interface(prepared):
+    from dit_jax.text import encoders  # pylint: disable=import-outside-toplevel
+    config, manifest, _ = prepared
+    assert manifest["styles"] == fashion_scenes.STYLES and manifest["layout_max_boxes"] == K == 3
+    assert manifest["image_shape"] == [64, 64, 3] and manifest["examples"] == 24
+    records = pipeline.read_prepared(manifest, range(24))
+    phrases = [fashion_scenes.phrase(k) for k in range(10)]
+    embedding = dict(zip(phrases, encoders.text_conditions(manifest["text"], phrases)["pooled"]))
+    for r in records:
+        split, index = r["key"].split("_")
+        s = fashion_scenes.scenes(split, [int(index)])[0]  # the builder's scene, drawn again
+        n = len(s["labels"])
+        np.testing.assert_array_equal(r["image"], s["image"])
+        assert [str(c) for c in r["captions"]] == [s["caption"]] and r["style"] == s["style"]
+        assert r["label"] == s["label"]
+        assert r["layout_boxes"].shape == (K, 4) and r["layout_mask"].dtype == bool
+        np.testing.assert_array_equal(r["layout_boxes"][:n], s["boxes"])
+        assert r["layout_mask"].tolist() == [True] * n + [False] * (K - n)
+        assert r["layout_labels"].tolist() == s["labels"] + [-1] * (K - n)
+        assert not r["layout_boxes"][n:].any() and not r["layout_embeddings"][n:].any()
+        for phrase, e in zip(s["phrases"], r["layout_embeddings"]):  # the run's encoder, pooled as captions are
+            np.testing.assert_allclose(e.astype(np.float32), embedding[phrase], atol=2e-3)
+    pipeline.check_compatible(manifest, config)
+    assert pipeline.model_kwargs(manifest, config)["num_styles"] == 4
+    assert pipeline.model_kwargs(manifest, config)["layout_max_boxes"] == 3
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("model.layout_max_boxes", 4, "model.layout_max_boxes=4 but the data has 3 boxes"),
+    ("model.num_styles", 3, "model.num_styles=3 but the data has 4 (plain, inverted, red tint, blue outline)"),
+    ("data.rotation", 5.0, "data.rotation and data.color_jitter are off"),
+    ("data.color_jitter", 0.1, "data.rotation and data.color_jitter are off"),
+])
+def test_a_config_that_does_not_fit_the_data_fails_in_one_line(prepared, key, value, message):
+    config, manifest, _ = prepared
+    config = config.copy_and_resolve_references()
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError) as error:
+        pipeline.check_compatible(manifest, config)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    plain = dict(manifest, styles=[], layout_max_boxes=0)  # e.g. fashion_mnist's data
+    with pytest.raises(ValueError, match="model.num_styles=4 but the data has no styles; "
+                                         "model.layout_max_boxes=3 but the data has no layouts"):
+        pipeline.check_compatible(plain, recipe())
+
+
+def test_loader_yields_the_layout_and_mirrors_boxes_with_flipped_images(prepared):
+    config, manifest, _ = prepared
+    config = config.copy_and_resolve_references()
+    config.data.flip = True  # captions without left or right are flipped at random
+    loader = pipeline.make_loader(config, manifest, global_batch_size=24, seed=0,
+                                  sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    batch = {k: np.asarray(v) for k, v in next(loader).items()}
+    shapes = {k: (v.shape, v.dtype) for k, v in batch.items() if k.startswith(("layout", "style"))}
+    assert shapes == {"style": ((24,), np.int32), "layout_boxes": ((24, K, 4), np.float32),
+                      "layout_mask": ((24, K), bool), "layout_embeddings": ((24, K, 384), np.float32)}
+    images = np.round((batch["image"] + 1) * 127.5).astype(np.uint8)
+    stored = [r["image"] for r in pipeline.read_prepared(manifest, range(24))]
+    flipped = [i for i, image in enumerate(images)
+               if not any((image == s).all() for s in stored) and any((image == s[:, ::-1]).all() for s in stored)]
+    assert flipped and len(flipped) < 24
+    # Every garment lies in its box, flipped or not; the mirrored boxes of a flipped image would not fit unflipped.
+    np.testing.assert_allclose(layout.ink_inside(images, batch["layout_boxes"], batch["layout_mask"]), 1.0, rtol=1e-6)
+    unflipped = images[flipped][:, :, ::-1]
+    assert layout.ink_inside(unflipped, batch["layout_boxes"][flipped], batch["layout_mask"][flipped]).min() < 0.99
+
+
+def test_real_scenes_score_high_and_wrong_layouts_low(real, judge):
+    model, judge_accuracy = judge
+    images, boxes, mask, labels, _ = as_arrays(real)
+    right = layout.scores(images, boxes, mask, labels, model, fashion_scenes.CLASSES)
+    assert right["layout_box_accuracy"] >= judge_accuracy - 0.1 and judge_accuracy > 0.6
+    assert right["layout_ink_inside"] > 0.999
+    assert set(right["layout_box_accuracy_per_class"]) <= set(fashion_scenes.CLASSES)
+    shifted = boxes.copy()
+    shifted[..., [0, 2]] = np.clip(shifted[..., [0, 2]] + np.where(shifted[..., :1] < 0.4, 0.45, -0.45), 0, 1)
+    wrong = layout.scores(images, shifted * mask[..., None], mask, labels, model)
+    assert wrong["layout_ink_inside"] < 0.5 and wrong["layout_box_accuracy"] < 0.35
+    # Swapped: several garments of different classes, each box given another's place.
+    several = np.array([len(set(s["labels"])) == len(s["labels"]) > 1 for s in real])
+    swapped = boxes[several].copy()
+    for b, m in zip(swapped, mask[several]):
+        b[:m.sum()] = np.roll(b[:m.sum()], 1, axis=0)
+    swap = layout.scores(images[several], swapped, mask[several], labels[several], model)
+    assert swap["layout_box_accuracy"] < 0.35
+    blank = layout.scores(np.zeros_like(images[:4]), boxes[:4], mask[:4], labels[:4], model)
+    assert blank["layout_ink_inside"] == 0.0
+
+
+def test_ink_reads_every_style_as_the_plain_garment():
+    """The judge sees the same garments whatever their style (blue outlines read as full ink)."""
+    plain = layout.ink(np.stack([s["image"] for s in fashion_scenes.scenes("test", range(6), style=0)]))
+    for k in range(1, len(fashion_scenes.STYLES)):
+        styled = np.stack([s["image"] for s in fashion_scenes.scenes("test", range(6), style=k)])
+        ink = layout.ink(styled)
+        if fashion_scenes.STYLES[k] == "blue outline":
+            outline = (styled == fashion_scenes.BLUE).all(-1)
+            assert outline.any() and (ink[outline] == 1.0).all()
+            ink, plain_k = ink[~outline], plain[~outline]
+        else:
+            plain_k = plain
+        np.testing.assert_allclose(ink, plain_k, atol=1.01 / 255)
+
+
+def test_style_judge_scores_real_scenes_high_and_other_styles_low(real, tmp_path, monkeypatch):
+    images, *_, styles = as_arrays(real)
+    model, accuracy = style.train(64, train_examples=256, test_examples=64, steps=60)
+    assert accuracy >= 0.95
+    predicted = style.predict(model, images)
+    assert np.mean(predicted == styles) >= 0.95
+    assert np.mean(predicted == (styles + 1) % 4) <= 0.05  # asked for another style
+    calls = []
+    monkeypatch.setattr(style, "train", lambda size, source_dir: calls.append(size) or (model, accuracy))
+    first = style.load_or_train(str(tmp_path), 64)
+    again, again_accuracy = style.load_or_train(str(tmp_path), 64)
+    assert calls == [64] and first[1] == again_accuracy == accuracy
+    np.testing.assert_array_equal(style.predict(again, images), predicted)
+
+
+def test_evaluate_judges_layout_and_style_against_each_examples_request(prepared, judge, monkeypatch):
+    config, manifest, data_dir = prepared
+    assert default_metrics(manifest, None) == ["fid", "layout", "style"]
+    with pytest.raises(ValueError, match="--metrics=layout has judges for fashion_scenes only"):
+        check_metrics(["layout"], dict(manifest, dataset="fashion_mnist"), None)
+    monkeypatch.setattr(classifier, "load_or_train", lambda data_dir, source_dir="": judge)
+    never_wrong = lambda m, images: np.asarray(judged_styles)  # a style judge with known answers
+    monkeypatch.setattr(style, "load_or_train", lambda data_dir, size, source_dir="": (None, 0.99))
+    monkeypatch.setattr(style, "predict", never_wrong)
+    records = pipeline.read_prepared(manifest, range(24))
+    images = np.stack([r["image"] for r in records])
+    judged_styles = [r["style"] for r in records]
+    judged_styles[:6] = [(s + 1) % 4 for s in judged_styles[:6]]
+    scorer = Judge(["layout", "style"], manifest, data_dir, np.arange(24), [], None)
+    result = scorer(images, [], [])
+    boxes, mask, labels = (np.stack([r[k] for r in records]) for k in ("layout_boxes", "layout_mask", "layout_labels"))
+    expected = layout.scores(images, boxes, mask, labels, judge[0], manifest["class_names"])
+    assert {k: result[k] for k in expected} == expected and result["layout_ink_inside"] > 0.999
+    assert result["style_accuracy"] == 18 / 24 and result["style_classifier_test_accuracy"] == 0.99
+    reversed_images = scorer(images[::-1].copy(), [], [])  # each sample against another example's layout
+    assert reversed_images["layout_box_accuracy"] < result["layout_box_accuracy"] - 0.2
+
+
+def test_recipe_loads_and_names_the_conditions():
+    c = recipe()
+    assert (c.data.name, c.data.resolution, c.data.flip, c.model.patch_size) == ("fashion_scenes", 64, False, 8)
+    assert (c.model.num_styles, c.model.layout_max_boxes, c.model.num_classes) == (4, 3, -1)
+    assert c.model.style_dropout_prob == c.model.layout_dropout_prob == 0.1
+    toy = recipe("runlocal")
+    assert (toy.data.resolution, toy.data.max_examples, toy.optim.restart_period) == (32, 512, 160)
