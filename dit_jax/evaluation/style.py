@@ -39,11 +39,20 @@ class StyleClassifier(nnx.Module):
         return self.logits(jnp.concatenate([x.mean((1, 2)), x.max((1, 2))], -1))
 
 
-def predict(model, images, batch_size=500):
-    """Style indices for uint8 (N, H, W, 3) images, in batches."""
-    logits = nnx.jit(lambda m, x: m(x))
-    return np.concatenate([np.asarray(jnp.argmax(logits(model, images[i:i + batch_size]), -1))
-                           for i in range(0, len(images), batch_size)])
+@nnx.jit
+def _styles(model, images):
+    return jnp.argmax(model(images), -1)
+
+
+def predict(model, images, batch_size=256):
+    """Style indices for uint8 (N, H, W, 3) images, in batches of one shape (the last one padded): one compile."""
+    images = np.asarray(images)
+    out = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i:i + batch_size]
+        padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        out.append(np.asarray(_styles(model, padded))[:len(chunk)])
+    return np.concatenate(out)
 
 
 def real_scenes(split, count, size, source_dir=""):
