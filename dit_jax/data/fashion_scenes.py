@@ -37,7 +37,7 @@ SPLITS = {"train": 0, "test": 1}
 INK = 10  # a pixel above this (of 255) is ink when trimming a garment
 BLUE = (40, 90, 255)
 # The longer side of each box as a share of the canvas, by the number of garments in the scene.
-SIDES = {1: (0.4, 0.8), 2: (0.3, 0.55), 3: (0.25, 0.45)}
+SIDES = {1: (0.45, 0.85), 2: (0.35, 0.6), 3: (0.3, 0.5)}
 
 
 def phrase(label):
@@ -94,7 +94,7 @@ def render(items, boxes, style, size):
     gray = np.zeros((size, size), np.uint8)
     outline = np.zeros((size, size), bool)
     for item, (x0, y0, x1, y1) in zip(items, boxes):
-        resized = np.asarray(Image.fromarray(item).resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR))
+        resized = np.asarray(Image.fromarray(item).resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS))
         gray[y0:y1, x0:x1] = resized
         mask = resized > INK
         outline[y0:y1, x0:x1] |= mask & ~ndimage.binary_erosion(mask, border_value=0)

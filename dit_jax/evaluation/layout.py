@@ -47,7 +47,7 @@ def judge_input(ink_map, box):
     side = max(h, w)
     square = np.zeros((side, side), np.uint8)
     square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = crop
-    resized = np.asarray(Image.fromarray(square).resize((28, 28), Image.Resampling.BILINEAR))
+    resized = np.asarray(Image.fromarray(square).resize((28, 28), Image.Resampling.BICUBIC))
     return np.pad(resized, 2)[..., None]
 
 
