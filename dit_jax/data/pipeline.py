@@ -53,35 +53,42 @@ def ensure_prepared(config, data_dir):
 
 def model_kwargs(manifest, config):
     """The DiT arguments the data decides: input size and channels, text width and length (0 when the
-    model reads no text), and the number of classes when model.num_classes is not 0 (-1: from the data)."""
+    model reads no text), and the number of classes when model.num_classes is not 0 (-1: from the data); so too
+    the number of styles and boxes (model.num_styles, model.layout_max_boxes) where the data names them."""
     h, _, c = manifest["image_shape"]
     uses_text = config.model.get("text_cross_attention", True) or config.model.get("text_pooled", False)
     kwargs = dict(input_size=h, in_channels=c, text_dim=manifest["text"]["dim"] if uses_text else 0,
                   text_len=manifest["text"]["max_length"])
     if config.model.get("num_classes", 0):
         kwargs["num_classes"] = manifest["num_classes"]
-    if config.model.get("num_styles", 0):
-        kwargs["num_styles"] = len(manifest.get("styles") or [])
-    if config.model.get("layout_max_boxes", 0):
-        kwargs["layout_max_boxes"] = manifest.get("layout_max_boxes", 0)
+    kwargs.update({k: v for k, v in conditions(manifest).items() if config.model.get(k, 0)})
     return kwargs
 
 
-CONDITIONS = {"num_styles": "styles", "layout_max_boxes": "layouts"}  # model keys the data must match (-1: its own)
+def conditions(manifest):
+    """{model key: size} of the styles and layout boxes the manifest names (0: none; data prepared before them,
+    and bench's synthetic manifest, name neither)."""
+    out = {}
+    if "styles" in manifest:
+        out["num_styles"] = len(manifest["styles"])
+    if "layout_max_boxes" in manifest:
+        out["layout_max_boxes"] = manifest["layout_max_boxes"]
+    return out
 
 
 def check_compatible(manifest, config):
     """Raises a one-line ValueError when the prepared data cannot feed the model `config` describes."""
     expected = model_kwargs(manifest, config)
+    given, named = conditions(manifest), {"num_styles": "styles", "layout_max_boxes": "layouts"}
     problems = [f"model.{k}={config.model[k]} but the data gives {v}" for k, v in expected.items()
-                if k not in CONDITIONS and config.model.get(k, 0) > 0 and config.model[k] != v]
-    for key, what in CONDITIONS.items():
+                if k not in named and config.model.get(k, 0) > 0 and config.model[k] != v]
+    for key, what in named.items():
         wanted = config.model.get(key, 0)
-        if wanted and not expected[key]:
+        if wanted and not given.get(key):
             problems.append(f"model.{key}={wanted} but the data has no {what}")
-        elif wanted > 0 and wanted != expected[key]:
+        elif wanted > 0 and wanted != given[key]:
             detail = f" ({', '.join(manifest['styles'])})" if key == "num_styles" else " boxes"
-            problems.append(f"model.{key}={wanted} but the data has {expected[key]}{detail}")
+            problems.append(f"model.{key}={wanted} but the data has {given[key]}{detail}")
     if (manifest.get("styles") or manifest.get("layout_max_boxes")) and (
             config.data.get("rotation") or config.data.get("color_jitter")):
         problems.append("data.rotation and data.color_jitter are off for data with layouts or styles (they move "
