@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dit_jax.data import fashion_mnist, fashion_scenes, pipeline, prepare
+from dit_jax.data import fashion_mnist, fashion_scenes, pipeline, prepare, sources
 from dit_jax.evaluate import Judge, check_metrics, default_metrics
 from dit_jax.evaluation import classifier, layout, style
 
@@ -113,6 +113,16 @@ def test_scenes_are_deterministic_and_hold_what_their_layout_says(real):
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         assert s["label"] == s["labels"][int(np.argmax(areas))]
     assert fashion_scenes.phrase(9) == "an ankle boot" and fashion_scenes.phrase(7) == "a sneaker"
+
+
+def test_missing_files_and_bad_sizes_fail_in_one_line(tmp_path):
+    config = recipe()
+    config.data.source_dir = str(tmp_path)
+    with pytest.raises(ValueError, match="idx files missing in .*apt-get install dataset-fashion-mnist"):
+        sources.load(config.data, str(tmp_path))
+    config.data.update(source_dir="", resolution=8)
+    with pytest.raises(ValueError, match="data.resolution >= 16; got 60000, 10000 and 8"):
+        sources.load(config.data, str(tmp_path))
 
 
 def test_prepared_records_hold_the_layout_per_the_interface(prepared):
@@ -240,9 +250,9 @@ def test_evaluate_judges_layout_and_style_against_each_examples_request(prepared
     with pytest.raises(ValueError, match="--metrics=layout has judges for fashion_scenes only"):
         check_metrics(["layout"], dict(manifest, dataset="fashion_mnist"), None)
     monkeypatch.setattr(classifier, "load_or_train", lambda data_dir, source_dir="": judge)
-    never_wrong = lambda m, images: np.asarray(judged_styles)  # a style judge with known answers
+    known_answers = lambda m, images: np.asarray(judged_styles)  # a style judge whose answers the test sets
     monkeypatch.setattr(style, "load_or_train", lambda data_dir, size, source_dir="": (None, 0.99))
-    monkeypatch.setattr(style, "predict", never_wrong)
+    monkeypatch.setattr(style, "predict", known_answers)
     records = pipeline.read_prepared(manifest, range(24))
     images = np.stack([r["image"] for r in records])
     judged_styles = [r["style"] for r in records]

@@ -142,7 +142,8 @@ def fashion_split(source_dir, split):
 
 
 def check_source(source_dir):
-    missing = [f for pair in fashion_mnist.FILES.values() for f in pair if not os.path.exists(os.path.join(source_dir, f))]
+    missing = [f for pair in fashion_mnist.FILES.values() for f in pair
+               if not os.path.exists(os.path.join(source_dir, f))]
     if missing:
         raise ValueError(f"Fashion-MNIST idx files missing in {source_dir} ({missing[0]}); "
                          "apt-get install dataset-fashion-mnist, or set --config.data.source_dir=DIR.")
