@@ -8,9 +8,10 @@ Data: `fashion_scenes` (dit_jax/data/fashion_scenes.py), 60,000 64x64 RGB
 scenes of 1-3 Fashion-MNIST training garments in boxes, one of four styles
 each, captioned with what is where ("a sneaker on the left and a bag at the
 top right"), with MiniLM embeddings of the captions and of each box's phrase.
-64 px rather than 32 so that a garment's box (19 to 50 px on its longer
+64 px rather than 32 so that a garment's box (19 to 53 px on its longer
 side) still holds enough pixels for the Fashion-MNIST judge that scores
-layouts; patch 8 keeps DiT-T's 64 tokens, so a step costs about what
+layouts (real test scenes: 88.5% of boxes judged right at 64 px, 77.3% at
+32; BENCHMARKS.md, issue 12); patch 8 keeps DiT-T's 64 tokens, so a step costs about what
 configs/fashion_tiny.py's does. No flips (most captions say left or right).
 The model reads the style label (model.num_styles, from the data's four) and
 the layout's boxes and phrases (model.layout_max_boxes = the data's K = 3),
