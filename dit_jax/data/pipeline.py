@@ -21,6 +21,11 @@ resumed run sees exactly the batches an uninterrupted one would.
 A control image (data.controls) is flipped and rotated with its image (not
 colour-jittered), and in latent space is the VAE's mean of it, times the scale.
 
+Clips (data.name moving_fashion or moving_emoji) come as "image" (B, T, H, W, C),
+with every frame of a clip augmented alike (augment.augment_clip): data.flip mirrors
+whole clips and never those whose caption says left or right, so a caption and its
+`label_motion` stay true.
+
 Captions are not dropped here: the model drops them to its learned null text
 (model.caption_dropout_prob), and labels likewise, for classifier-free guidance.
 """
@@ -53,6 +58,8 @@ def model_kwargs(manifest, config):
                   text_len=manifest["text"]["max_length"])
     if config.model.get("num_classes", 0):
         kwargs["num_classes"] = manifest["num_classes"]
+    if manifest.get("frames"):  # clips: the video model's frame count
+        kwargs["frames"] = manifest["frames"]
     return kwargs
 
 
@@ -74,6 +81,13 @@ def check_compatible(manifest, config):
     wanted, stored = set(prepare.control_names(config)), set(manifest.get("controls") or [])
     if wanted != stored:
         problems.append(f"data.controls={tuple(sorted(wanted))} but the data has controls {tuple(sorted(stored))}")
+    frames = manifest.get("frames", 0)
+    if frames and not config.model.get("frames", 0):
+        problems.append(f"the data is clips of {frames} frames but model.frames is unset (an image model)")
+    if not frames and config.model.get("frames", 0):
+        problems.append(f"model.frames={config.model.frames} but the data is images, not clips")
+    if (config.data.get("frames", 0) or frames) != frames:
+        problems.append(f"data.frames={config.data.frames} but the data has {frames or 'no'} frames")
     if expected["input_size"] % config.model.patch_size:
         problems.append(f"input size {expected['input_size']} is not divisible by patch_size {config.model.patch_size}")
     if problems:
@@ -87,6 +101,7 @@ class Example:
         self.seed, self.data = seed, config.data
         self.controls = manifest.get("controls") or []
         self.latent = manifest["space"] == "latent"
+        self.clips = bool(manifest.get("frames"))
         self.scale = manifest["vae"]["scale"] if self.latent else 1.0
         if self.latent and (self.data.color_jitter or self.data.rotation):
             raise ValueError("data.color_jitter and data.rotation need pixel data; latent data supports data.flip only.")
@@ -103,6 +118,10 @@ class Example:
             image = (mean.astype(np.float32) + std.astype(np.float32) * noise) * self.scale
             controls = {name: r[f"control_{name}_flip" if flipped else f"control_{name}"].astype(np.float32)
                         * self.scale for name in self.controls}
+        elif self.clips:
+            image = augment.augment_clip(r["image"], rng, flip=flip, color_jitter=self.data.color_jitter,
+                                         rotation=self.data.rotation)
+            controls = {}
         else:
             state = rng.bit_generator.state  # each control replays the image's flip and rotation draws
             image = augment.augment(r["image"], rng, flip=flip, color_jitter=self.data.color_jitter,
