@@ -3,7 +3,7 @@
 Each clip is `frames` frames of `size` pixels: a Fashion-MNIST item (on black)
 or a Twemoji glyph (on white), drawn at half the frame's side, that moves to
 the right, left, up or down, bounces (falls to a floor and rises again),
-spins (in place, either way) or zooms in (grows from half to 1.2-1.5 times its
+spins (in place, either way; never an object that looks the same turned, such as a disc) or zooms in (grows from half to 1.2-1.5 times its
 size). Captions say so: "a sneaker moving to the right", "a cat face spinning".
 Clip i takes its motion from i's place in the cycle over the configured
 motions (so every motion is equally common) and everything else from
@@ -166,11 +166,21 @@ class EmojiObjects:
         return np.concatenate([rgba[..., :3] * alpha, alpha], -1), label, noun
 
 
+def turns_visibly(obj, background, degrees=30.0, least=0.05):
+    """Whether the object looks different turned by `degrees` about its box's centre: the squared change of
+    its difference from the background, relative to that difference's energy, is at least `least`."""
+    d = obj[..., :-1] - np.asarray(background, np.float32) * obj[..., -1:]
+    turned = ndimage.rotate(d, degrees, axes=(0, 1), reshape=False, order=1)
+    return float(((turned - d) ** 2).sum()) >= least * float((d ** 2).sum())
+
+
 def clip(objects, seed, index, size=32, frames=8, motions=MOTIONS):
     """Clip `index`: (uint8 (frames, size, size, C), caption, label, motion index in MOTIONS, track)."""
     rng = np.random.default_rng([seed, index])
     motion = motions[index % len(motions)]
     obj, label, noun = objects[int(rng.integers(len(objects)))]
+    while motion == "spin" and not turns_visibly(obj, objects.background):  # a spinning disc would look still
+        obj, label, noun = objects[int(rng.integers(len(objects)))]
     path = track(motion, rng, frames, size)
     return render(obj, objects.background, path, size), caption(noun, motion), label, MOTIONS.index(motion), path
 
