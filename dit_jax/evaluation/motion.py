@@ -37,18 +37,18 @@ TURN_STEP = 4.0        # degrees a step must turn to count as turning
 ANGLES = np.arange(-60.0, 61.0, 3.0)
 
 
-def as_floats(clips):
+def as_floats(clips, min_frames=3):
     """uint8 -> [-1, 1] float32; floats as given. Checks the shape (N, T, H, W, C)."""
     clips = np.asarray(clips)
-    if clips.ndim != 5 or clips.shape[1] < 3:
-        raise ValueError(f"expected clips (N, T, H, W, C) with T >= 3, got shape {clips.shape}")
+    if clips.ndim != 5 or clips.shape[1] < min_frames:
+        raise ValueError(f"expected clips (N, T, H, W, C) with T >= {min_frames}, got shape {clips.shape}")
     return clips.astype(np.float32) / 127.5 - 1 if clips.dtype == np.uint8 else clips.astype(np.float32)
 
 
 def foreground(clips):
     """(object, mask): each pixel's difference from the clip's background (N, T, H, W, C), the background being
     the per-channel median of all frames' border pixels, and where it exceeds MASK_THRESHOLD (N, T, H, W)."""
-    x = as_floats(clips)
+    x = as_floats(clips, min_frames=1)
     n, _, _, _, c = x.shape
     border = np.concatenate([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], axis=2)
     background = np.median(border.reshape(n, -1, c), axis=1)
@@ -88,7 +88,7 @@ def _turn(a, b, ca, cb):
 def tracks(clips):
     """{"centroid": (N, T, 2) x, y in pixels (NaN for an empty frame), "area": (N, T) mask pixels,
     "turn": (N, T-1) degrees from each frame to the next}."""
-    objects, mask = foreground(clips)
+    objects, mask = foreground(as_floats(clips))
     n, t, h, w, _ = objects.shape
     weight = np.abs(objects).max(-1)
     total = weight.sum((2, 3))
@@ -155,7 +155,7 @@ def motion_adherence(clips, motions):
 
 def frame_consistency(clips, features):
     """Mean cosine similarity of adjacent frames' features. features: (M, H, W, C) [-1, 1] floats -> (M, D)."""
-    x = as_floats(clips)
+    x = as_floats(clips, min_frames=2)
     n, t = x.shape[:2]
     f = np.asarray(features(x.reshape(n * t, *x.shape[2:])), np.float64).reshape(n, t, -1)
     f /= np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
@@ -191,7 +191,7 @@ def class_adherence(clips, labels, predict):
     """Share of frames judged as their clip's class. clips: grey objects on black (moving_fashion);
     predict: uint8 (M, 32, 32, 1) -> (M,) classes, e.g. the Fashion judge's
     `lambda x: classifier.predict(model, x)`."""
-    x = as_floats(clips)
+    x = as_floats(clips, min_frames=1)
     if x.shape[-1] != 1:
         raise ValueError(f"The Fashion judge reads grey frames; these clips have {x.shape[-1]} channels.")
     _, mask = foreground(x)
