@@ -10,10 +10,12 @@ background (moving_fashion, moving_emoji, and samples of models trained on them)
   second-moment orientation would be blind to round objects (faces, a bag
   seen square) and is only known modulo 180 degrees, so the turn is found by
   search: each frame's object, rotated about its centroid by each of -60..60
-  degrees, against the next one. The score is the share of clips whose
-  motion read this way is the prompted one.
+  degrees, against the next one. The first that fits of zoom, spin,
+  bounce, then the direction of travel is the clip's motion ("none" if
+  none does); the score is the share of clips read as prompted.
 - `frame_consistency`: mean cosine similarity of adjacent frames' features
-  (VBench's subject consistency, with our FID Inception by default).
+  (VBench's subject consistency; `inception_features()` gives the FID
+  Inception's, tests pass cheaper ones).
 - `class_adherence`: the share of frames the Fashion judge
   (evaluation/classifier.py) gives the prompted class, each frame's object
   first cropped and centred at Fashion-MNIST's scale (the judge was trained
@@ -199,3 +201,33 @@ def class_adherence(clips, labels, predict):
     frames = np.stack([centre_object(x[i, j], mask[i, j]) for i in range(n) for j in range(t)])
     judged = np.asarray(predict(frames)).reshape(n, t)
     return float(np.mean(judged == np.asarray(labels).reshape(n, 1)))
+
+
+def real_clip_figures(name="moving_fashion", clips=70, frames=8, seed=0, data_dir="~/.cache/dit_jax", features=None):
+    """The figures a model's samples are held against, on `clips` real clips of a builder (seed's first ones):
+    motion adherence, frame consistency (of the clips, and of the same clips with their frames shuffled), and
+    for moving_fashion the Fashion judge's per-frame class adherence (the judge trained and cached on first use)."""
+    from dit_jax.data import moving  # pylint: disable=import-outside-toplevel,redefined-outer-name
+    objects = {"moving_fashion": moving.FashionObjects, "moving_emoji": moving.EmojiObjects}[name]()
+    made = [moving.clip(objects, seed, i, 32, frames) for i in range(clips)]
+    x, motions, labels = np.stack([m[0] for m in made]), [m[3] for m in made], np.array([m[2] for m in made])
+    out = motion_adherence(x, motions)
+    features = features or inception_features()
+    rng = np.random.default_rng(seed)
+    out["frame_consistency"] = frame_consistency(x, features)
+    out["frame_consistency/shuffled"] = frame_consistency(np.stack([c[rng.permutation(frames)] for c in x]), features)
+    if name == "moving_fashion":
+        from dit_jax.evaluation import classifier  # pylint: disable=import-outside-toplevel
+        judge, _ = classifier.load_or_train(data_dir)
+        predict = lambda images: classifier.predict(judge, images)
+        out["class_adherence"] = class_adherence(x, labels, predict)
+        for word in MOTIONS:
+            chosen = [i for i, m in enumerate(motions) if MOTIONS[m] == word]
+            out[f"class_adherence/{word}"] = class_adherence(x[chosen], labels[chosen], predict)
+    return out
+
+
+if __name__ == "__main__":  # python -m dit_jax.evaluation.motion [moving_fashion|moving_emoji] [clips] [frames]
+    import json
+    import sys
+    print(json.dumps(real_clip_figures(*sys.argv[1:2], *[int(a) for a in sys.argv[2:4]]), indent=1))
