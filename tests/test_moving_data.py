@@ -64,6 +64,21 @@ def test_builder_records_are_the_generated_clips(prepared):
     assert not np.array_equal(again, moving.clip(objects, 1, 13, 32, T)[0])
 
 
+def test_moving_emoji_builder(tmp_path):
+    builder = moving.MovingEmoji(data_dir=str(tmp_path), file_format="array_record", num_examples=3, size=16,
+                                 frames=4, motions=("zoom", "spin"))
+    builder.download_and_prepare()
+    features, objects = builder.info.features, moving.EmojiObjects()
+    assert features["image"].shape == (16, 64, 3) and features["label"].names == objects.class_names
+    rows = builder.as_data_source("train")
+    assert len(rows) == 3
+    for row in rows:
+        i = int(row["key"].decode().rsplit("_", 1)[1])
+        frames, text, label, motion, _ = moving.clip(objects, 0, i, 16, 4, ("zoom", "spin"))
+        np.testing.assert_array_equal(moving.strip_frames(row["image"], 4), frames)
+        assert [c.decode() for c in row["captions"]] == [text] and row["label"] == label and row["motion"] == motion
+
+
 def test_clips_move_as_the_track_says():
     """Each motion's track, checked by its own rule, and each motion equally common."""
     rng = np.random.default_rng(0)
