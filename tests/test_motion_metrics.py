@@ -115,6 +115,23 @@ def test_class_adherence_of_real_clips(fashion):
         item[2:30, 2:30].any(axis=1).sum() in (27, 28, 29)  # its longer side fills the 28 px
 
 
+@needs_fashion
+def test_turn_back_matches_the_renderer_and_helps_the_judge(fashion):
+    objects, (frames, motions, labels, _) = fashion
+    obj = objects[7][0]
+    still = np.array([[12.0, 17.0, 1.0, 0.0]], np.float32)
+    upright = moving.render(obj, objects.background, still, 32)[0, :, :, 0].astype(np.float32) / 255
+    for degrees in (-40.0, 25.0):
+        turned = moving.render(obj, objects.background, still + [0, 0, 0, degrees], 32)[0, :, :, 0] / 255
+        assert np.abs(motion.turn(upright, (12.0, 17.0), degrees) - turned).mean() < 0.1 * np.abs(turned).mean()
+    spins = motions == moving.MOTIONS.index("spin")
+    judge = nearest_class_mean(objects)
+    as_stood = motion.class_adherence(frames[spins], labels[spins], judge)
+    assert as_stood > motion.class_adherence(frames[spins], labels[spins], judge, turn_back=False) + 0.2
+    assert motion.class_adherence(frames[~spins], labels[~spins], judge) == \
+        motion.class_adherence(frames[~spins], labels[~spins], judge, turn_back=False)  # only spins are turned
+
+
 def test_bad_input_is_one_line_error(emoji):
     frames, motions, _, _ = emoji
     with pytest.raises(ValueError, match="Unknown motion 'sideways'"):

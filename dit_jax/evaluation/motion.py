@@ -189,15 +189,39 @@ def centre_object(frame, mask, size=32, side=28):
     return out[..., None]
 
 
-def class_adherence(clips, labels, predict):
+def turn(image, centre, degrees):
+    """image (H, W) turned by `degrees` about centre (x, y), as moving.render turns objects (zeros outside)."""
+    h, w = image.shape
+    rows, cols = np.mgrid[:h, :w] + 0.5
+    a = np.deg2rad(degrees)
+    dr, dc = rows - centre[1], cols - centre[0]
+    coords = np.stack([np.cos(a) * dr + np.sin(a) * dc + centre[1] - 0.5,
+                       -np.sin(a) * dr + np.cos(a) * dc + centre[0] - 0.5])
+    return ndimage.map_coordinates(image, coords.reshape(2, -1), order=1, cval=0.0).reshape(h, w)
+
+
+def class_adherence(clips, labels, predict, turn_back=True):
     """Share of frames judged as their clip's class. clips: grey objects on black (moving_fashion);
     predict: uint8 (M, 32, 32, 1) -> (M,) classes, e.g. the Fashion judge's
-    `lambda x: classifier.predict(model, x)`."""
+    `lambda x: classifier.predict(model, x)`. With turn_back, in a clip read as spinning each frame's object
+    is first turned back by the rotation `tracks` measured since the first frame, so the item is judged as it
+    stood (the judge knows upright items only)."""
     x = as_floats(clips, min_frames=1)
     if x.shape[-1] != 1:
         raise ValueError(f"The Fashion judge reads grey frames; these clips have {x.shape[-1]} channels.")
-    _, mask = foreground(x)
+    objects, mask = foreground(x)
     n, t = x.shape[:2]
+    if turn_back and t >= 3:
+        tr = tracks(x)
+        angles = np.concatenate([np.zeros((n, 1)), np.cumsum(tr["turn"], axis=1)], axis=1)
+        background = x[..., 0] - objects[..., 0]
+        spinning = [i for i in range(n) if read_motion(tr["centroid"][i], tr["area"][i], tr["turn"][i],
+                                                       x.shape[2]) == "spin"]
+        for i in spinning:
+            for j in range(1, t):
+                    upright = turn(objects[i, j, :, :, 0], tr["centroid"][i, j], -angles[i, j])
+                    x[i, j, :, :, 0] = background[i, j] + upright
+                    mask[i, j] = np.abs(upright) > MASK_THRESHOLD
     frames = np.stack([centre_object(x[i, j], mask[i, j]) for i in range(n) for j in range(t)])
     judged = np.asarray(predict(frames)).reshape(n, t)
     return float(np.mean(judged == np.asarray(labels).reshape(n, 1)))
