@@ -25,8 +25,13 @@ def define_flags():
 
 def main(argv):
     del argv
-    manifest = prepare.prepare(flags.FLAGS.config, flags.FLAGS.data_dir)
+    try:
+        manifest = prepare.prepare(flags.FLAGS.config, flags.FLAGS.data_dir)
+    except ValueError as e:  # bad settings (an unknown motion word, a control the data cannot have): one line
+        raise SystemExit(f"prepare: {e}") from None
     summary = {k: manifest[k] for k in ("dir", "dataset", "space", "image_shape", "examples", "skipped")}
+    if manifest.get("frames"):
+        summary["frames"] = manifest["frames"]
     summary["text"] = manifest["text"]
     if manifest.get("controls"):
         summary["controls"] = manifest["control_shapes"]

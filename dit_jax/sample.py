@@ -36,7 +36,7 @@ from dit_jax.diffusion import BETA_SCHEDULES, PREDICTIONS, SPACINGS
 from dit_jax.diffusion.flow import FLOW_SAMPLERS
 from dit_jax.diffusion.generate import CFG_SCALE, SAMPLER, SAMPLERS, STEPS
 from dit_jax.models import classifier
-from dit_jax.utils import distributed
+from dit_jax.utils import distributed, video
 from dit_jax.utils.visualization import captioned_grid, trajectory_strip
 
 MODES = ("sample", "inpaint", "img2img")
@@ -132,6 +132,8 @@ def check_options(o):
         raise ValueError("--resample and --num_images must be at least 1.")
     if not 0 <= o.strength <= 1:
         raise ValueError(f"--strength must be in [0, 1], got {o.strength}.")
+    if o.out:  # images or clips: the model is not read yet
+        video.check_out(o.out)
     if o.batch_size % jax.device_count():
         raise ValueError(f"--batch_size {o.batch_size} does not divide over {jax.device_count()} devices: "
                          f"use a multiple of {jax.device_count()}.")

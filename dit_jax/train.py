@@ -39,7 +39,8 @@ from dit_jax.training.writers import MetricWriter, Progress
 from dit_jax.utils import distributed
 from dit_jax.models.variants import train_flops_per_image
 from dit_jax.utils.flops import device_peak_flops
-from dit_jax.utils.visualization import captioned_grid, to_uint8
+from dit_jax.utils.video import sample_grid
+from dit_jax.utils.visualization import to_uint8
 
 
 def define_flags():
@@ -90,7 +91,7 @@ class SampleGrid:
 
     def __call__(self, step, ema, writer):
         samples = np.asarray(multihost_utils.process_allgather(self.sample(ema), tiled=True))
-        grid = captioned_grid(to_uint8(self.codec.decode(samples)), self.captions)
+        grid = sample_grid(to_uint8(self.codec.decode(samples)), self.captions)  # frame strips for clips
         if jax.process_index() == 0:
             path = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")
             os.makedirs(os.path.dirname(path), exist_ok=True)

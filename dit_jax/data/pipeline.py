@@ -27,6 +27,10 @@ A layout's boxes are mirrored with a flipped image ((x0, x1) -> (1 - x1,
 configs/fashion_scenes.py leaves data.flip off. Rotation and colour jitter
 are refused for data with layouts or styles: they would move objects out of
 their boxes and change what the style labels describe.
+Clips (data.name moving_fashion or moving_emoji) come as "image" (B, T, H, W, C),
+with every frame of a clip augmented alike (augment.augment_clip): data.flip mirrors
+whole clips and never those whose caption says left or right, so a caption and its
+`label_motion` stay true.
 
 Captions are not dropped here: the model drops them to its learned null text
 (model.caption_dropout_prob), and labels likewise, for classifier-free guidance.
@@ -62,6 +66,8 @@ def model_kwargs(manifest, config):
     if config.model.get("num_classes", 0):
         kwargs["num_classes"] = manifest["num_classes"]
     kwargs.update({k: v for k, v in conditions(manifest).items() if config.model.get(k, 0)})
+    if manifest.get("frames"):  # clips: the video model's frame count
+        kwargs["frames"] = manifest["frames"]
     return kwargs
 
 
@@ -106,6 +112,13 @@ def check_compatible(manifest, config):
     wanted, stored = set(prepare.control_names(config)), set(manifest.get("controls") or [])
     if wanted != stored:
         problems.append(f"data.controls={tuple(sorted(wanted))} but the data has controls {tuple(sorted(stored))}")
+    frames = manifest.get("frames", 0)
+    if frames and not config.model.get("frames", 0):
+        problems.append(f"the data is clips of {frames} frames but model.frames is unset (an image model)")
+    if not frames and config.model.get("frames", 0):
+        problems.append(f"model.frames={config.model.frames} but the data is images, not clips")
+    if (config.data.get("frames", 0) or frames) != frames:
+        problems.append(f"data.frames={config.data.frames} but the data has {frames or 'no'} frames")
     if expected["input_size"] % config.model.patch_size:
         problems.append(f"input size {expected['input_size']} is not divisible by patch_size {config.model.patch_size}")
     if problems:
@@ -120,6 +133,7 @@ class Example:
         self.controls = manifest.get("controls") or []
         self.styles, self.layout = bool(manifest.get("styles")), bool(manifest.get("layout_max_boxes"))
         self.latent = manifest["space"] == "latent"
+        self.clips = bool(manifest.get("frames"))
         self.scale = manifest["vae"]["scale"] if self.latent else 1.0
         if self.latent and (self.data.color_jitter or self.data.rotation):
             raise ValueError("data.color_jitter and data.rotation need pixel data; latent data supports data.flip only.")
@@ -136,6 +150,10 @@ class Example:
             image = (mean.astype(np.float32) + std.astype(np.float32) * noise) * self.scale
             controls = {name: r[f"control_{name}_flip" if flipped else f"control_{name}"].astype(np.float32)
                         * self.scale for name in self.controls}
+        elif self.clips:
+            image = augment.augment_clip(r["image"], rng, flip=flip, color_jitter=self.data.color_jitter,
+                                         rotation=self.data.rotation)
+            controls = {}
         else:
             state = rng.bit_generator.state  # each control replays the image's flip and rotation draws
             flipped = flip and _replay(rng, state).random() < 0.5  # augment's first draw

@@ -18,6 +18,10 @@ padded to the manifest's `layout_max_boxes` (K) boxes, `layout_boxes` (K, 4)
 (x0, y0, x1, y1 in [0, 1]), `layout_mask` (K,), `layout_embeddings` (K, D):
 each box's phrase encoded as the captions are (their pooled embedding), and
 for evaluation `layout_labels` (K,; -1 where masked) and `layout_phrases`.
+A clip dataset (moving_fashion, moving_emoji: sources.CLIP_DATASETS) stores
+each clip as uint8 (T, H, W, C) under `image`, and its motion as `label_motion`;
+the manifest's `frames` is T (0 for images). Clips are pixel data without
+controls.
 """
 
 import hashlib
@@ -31,7 +35,7 @@ from absl import logging
 from array_record.python import array_record_module
 from PIL import Image
 
-from dit_jax.data import controls, images, records, sources
+from dit_jax.data import controls, images, moving, records, sources
 
 SHARD_SIZE = 1024
 BATCH = 64
@@ -81,6 +85,8 @@ def prepared_dir(config, data_dir):
         parts.append("vae")
     if c.data.max_examples:
         parts.append(f"n{c.data.max_examples}")
+    if c.data.name in sources.CLIP_DATASETS:
+        parts.append(f"f{sources.moving_options(c.data)['frames']}")
     settings = control_settings(c)
     if settings:
         parts.append("ctl-" + "-".join(sorted(settings)))
@@ -91,6 +97,8 @@ def prepared_dir(config, data_dir):
     if c.data.name == "fashion_scenes":
         extra["fashion_scenes"] = {k: v for k, v in sources.fashion_scenes_options(c.data).items()
                                    if k != "source_dir"}  # the source_dir is in `paths` already
+    if c.data.name in sources.CLIP_DATASETS:
+        extra["moving"] = sources.moving_options(c.data)
     if settings:
         extra["controls"] = settings
     if extra:  # only then, so the folders of data prepared before these settings existed keep their names
@@ -122,6 +130,7 @@ class Preparer:
         from dit_jax.text import encoders  # pylint: disable=import-outside-toplevel
         self.config, self.out = config, prepared_dir(config, data_dir)
         self.control_settings = control_settings(config)
+        check_clips(config)
         # Models first: a missing control model, encoder or VAE fails before any data work.
         self.control_fns = {name: None if options.get("given") else controls.control_fn(name, **options)
                             for name, options in self.control_settings.items()}
@@ -130,6 +139,7 @@ class Preparer:
         self.vae = latents.Vae(config.vae.path) if config.vae.path else None
         self.source = sources.load(config.data, os.path.expanduser(data_dir))
         self.channels = 3 if self.vae is not None else self.source.channels
+        self.frames = self.source.frames
         self.given_channels = given_control(config)[1]
         self.resized_logged = False
         n = len(self.source)
@@ -151,7 +161,7 @@ class Preparer:
                 example = self.source[index]
                 try:
                     image = images.decode(example["image"], self.channels)
-                    pixels = images.fit(image, self.config.data.resolution)
+                    pixels = self.fit(image)
                     extras = self.control_inputs(example, image.size)
                 except Exception as e:  # pylint: disable=broad-except  # PIL raises many kinds for bad files
                     skipped.append({"key": example["key"], "error": f"{type(e).__name__}: {e}"})
@@ -165,6 +175,15 @@ class Preparer:
                    "sha256": _sha256(path)}
         _write_json(path + ".json", summary)
         return summary
+
+    def fit(self, image):
+        """The decoded image resized to data.resolution: uint8 (H, W, C), or (T, H, W, C) for a clip's strip."""
+        res = self.config.data.resolution
+        if not self.frames:
+            return images.fit(image, res)
+        strip = np.asarray(image)
+        frames = moving.strip_frames(strip[..., None] if strip.ndim == 2 else strip, self.frames)
+        return np.stack([images.fit(Image.fromarray(f.squeeze(-1) if f.shape[-1] == 1 else f), res) for f in frames])
 
     def control_inputs(self, example, size):
         """What the controls need beyond the resized image: the alpha channel (silhouette) and the dataset's
@@ -284,7 +303,7 @@ class Preparer:
                           for name, options in self.control_settings.items()}
         return {
             "dataset": c.data.name, "source_dir": c.data.source_dir, "resolution": res,
-            "space": space, "image_shape": shape, "pixel_channels": self.channels,
+            "space": space, "image_shape": shape, "pixel_channels": self.channels, "frames": self.frames,
             "examples": sum(s["count"] for s in shards), "source_examples": len(self.source),
             "skipped": len(skipped), "skipped_items": skipped[:100],
             "text": {"encoder": self.encoder.kind, "source": self.encoder.source, "dim": self.encoder.dim,
@@ -298,6 +317,16 @@ class Preparer:
             "styles": self.source.styles, "layout_max_boxes": self.source.layout_max_boxes,
             "shards": [{k: s[k] for k in ("file", "count", "sha256")} for s in shards],
         }
+
+
+def check_clips(config):
+    """Clip datasets are prepared in pixels without controls: a one-line error otherwise."""
+    if config.data.name not in sources.CLIP_DATASETS:
+        return
+    sources.moving_options(config.data)  # an unknown motion word fails here, before any work
+    if config.vae.path or control_names(config):
+        raise ValueError(f"data.name={config.data.name} is a clip dataset, prepared in pixel space without "
+                         "controls: set vae.path='' and data.controls=().")
 
 
 def read_manifest(folder):

@@ -1,7 +1,8 @@
 """The raw dataset a config names, as a tfds ArrayRecord data source read without TensorFlow.
 
-`data.name` is `emoji`, `fashion_mnist`, `image_folder`, `circles`, `fashion_scenes` (our
-builders, built on first use under DATA_DIR/tfds) or `tfds:<name>` for any registered tfds
+`data.name` is `emoji`, `fashion_mnist`, `image_folder`, `circles`, `fashion_scenes`, or the clip sets
+`moving_fashion` and `moving_emoji` (our builders, built on first use under DATA_DIR/tfds) or `tfds:<name>`
+for any registered tfds
 dataset with an image and captions or a label (imagenet2012, coco_captions)
 that is already prepared in `data.source_dir` (a tfds data_dir), or whose
 manual files are there. Nothing is downloaded when offline.
@@ -15,11 +16,13 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from dit_jax.data import circles, emoji, fashion_mnist, fashion_scenes, image_folder
+from dit_jax.data import circles, emoji, fashion_mnist, fashion_scenes, image_folder, moving
 
 BUILDERS = {"emoji": emoji.Emoji, "fashion_mnist": fashion_mnist.FashionMnist,
             "image_folder": image_folder.ImageFolder, "circles": circles.Circles,
-            "fashion_scenes": fashion_scenes.FashionScenes}
+            "fashion_scenes": fashion_scenes.FashionScenes,
+            "moving_fashion": moving.MovingFashion, "moving_emoji": moving.MovingEmoji}
+CLIP_DATASETS = ("moving_fashion", "moving_emoji")  # their `image` is a frame strip of data.frames frames
 CAPTION_FEATURES = ("captions", "caption", "text")
 CONTROL_FEATURE = "conditioning_image"  # a control image that comes with the data (diffusers' name for it)
 LAYOUT_FEATURE = "objects"  # a sequence of {box: (x0, y0, x1, y1) in [0, 1], label, phrase}
@@ -43,6 +46,7 @@ class Source:
     has_control: bool = False  # examples carry their own control image (CONTROL_FEATURE)
     styles: list = dataclasses.field(default_factory=list)  # names of the `style` feature's values, if any
     layout_max_boxes: int = 0  # examples carry a layout (LAYOUT_FEATURE) of at most this many boxes
+    frames: int = 0  # > 0: each image is a clip stored as a strip of this many frames, left to right
 
     def __len__(self):
         return len(self.records)
@@ -100,6 +104,12 @@ def load(data, data_dir):
         builder = BUILDERS[name](data_dir=tfds_dir, file_format="array_record", **kwargs)
         if not builder.is_prepared():
             builder.download_and_prepare()
+    elif name in CLIP_DATASETS:
+        kwargs = moving_options(data)
+        tfds_dir = os.path.join(data_dir, "tfds", short_hash(json.dumps(kwargs, sort_keys=True)))
+        builder = BUILDERS[name](data_dir=tfds_dir, file_format="array_record", **kwargs)
+        if not builder.is_prepared():
+            builder.download_and_prepare()
     elif name in BUILDERS:
         tfds_dir = os.path.join(data_dir, "tfds", short_hash(data.source_dir) if data.source_dir else "")
         kwargs = {"source_dir": data.source_dir} if name != "emoji" else {}
@@ -123,9 +133,10 @@ def load(data, data_dir):
                     if k != "label" and isinstance(f, tfds.features.ClassLabel)}
     styles = list(features["style"].names) if "style" in features else []
     layout_max_boxes = getattr(builder, "MAX_OBJECTS", 0) if LAYOUT_FEATURE in features else 0
+    frames = builder.frames if name in CLIP_DATASETS else 0
     return Source(name, records, class_names, has_labels=len(class_names) > 1, channels=channels,
                   extra_labels=extra_labels, has_control=has_control, styles=styles,
-                  layout_max_boxes=layout_max_boxes)
+                  layout_max_boxes=layout_max_boxes, frames=frames)
 
 
 def circles_options(data):
@@ -143,3 +154,13 @@ def fashion_scenes_options(data):
     return {"source_dir": data.source_dir, "train_examples": int(options.get("train_examples", 60_000)),
             "test_examples": int(options.get("test_examples", 10_000)), "seed": int(options.get("seed", 0)),
             "size": int(data.resolution)}
+def moving_options(data):
+    """The moving_* builders' arguments from the data config: data.frames, data.resolution, and
+    data.moving.examples, .seed and .motions (a tuple or a comma-separated string of MOTIONS words)."""
+    options = data.get("moving") or {}
+    kwargs = {"num_examples": int(options.get("examples", 20_000)), "seed": int(options.get("seed", 0)),
+              "size": int(data.resolution), "frames": int(data.get("frames", 0) or 8),
+              "motions": list(moving.check_motions(options.get("motions", moving.MOTIONS)))}
+    if data.name == "moving_fashion" and data.source_dir:
+        kwargs["source_dir"] = data.source_dir
+    return kwargs
