@@ -352,3 +352,37 @@ def test_sample_conditions_read_and_encode(monkeypatch):
     assert cond["layout_embeddings"][0, :, 0].tolist() == [9, 5, 0]  # "a sneaker", "a bag", none
     plain = sampling.encode_conditions(setup, ["a hat"], None)  # no --style or --box: the nulls
     assert plain["style"].tolist() == [S] and not plain["layout_mask"].any() and plain["text"].shape == (1, 5, TEXT_DIM)
+
+
+def test_init_from_a_text_run_then_a_step_reads_style_and_layout(tmp_path):
+    """config.init_from a text model's export into a style + layout model: its weights carried, the new ones at
+    their init; the train loss reads the batch's style and layout keys: its gradient reaches the gates and
+    the style table."""
+    from configs.tiny import get_config
+    from dit_jax.training import trainer as trainer_lib
+    config = get_config("runlocal")
+    config.batch_size, config.mesh = 8, dict(data=1, fsdp=1, tensor=1)
+    config.model.update(hidden_size=32, depth=1, patch_size=4, num_heads=2, scan_blocks=False)
+    data_kwargs = dict(input_size=8, in_channels=3, text_dim=TEXT_DIM, text_len=5)
+    text_kwargs = {**config.model.to_dict(), **data_kwargs}
+    save_pretrained(open_gates(build_model(text_kwargs)), text_kwargs, str(tmp_path / "export"))
+    config.init_from = str(tmp_path)
+    config.model.update(num_styles=S, layout_max_boxes=K)
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+    trainer = trainer_lib.create(config, {**config.model.to_dict(), **data_kwargs}, mesh)
+    state = trainer.init()
+    params = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(state["params"])}
+    saved = flat_weights(open_gates(build_model(text_kwargs)))
+    for name, value in saved.items():
+        np.testing.assert_array_equal(params[name], value, err_msg=name)
+    assert params["blocks.0.fuser.alpha"] == 0 and "style_embedder.embedding_table" in params
+    rng = np.random.RandomState(0)
+    kw = inputs(2)
+    batch = dict(image=rng.uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32),
+                 **{k: np.concatenate([np.asarray(v)] * 4) for k, v in kw.items() if k != "y"})
+    loss, grads = jax.value_and_grad(lambda p: trainer_lib.loss_fn(trainer, p, batch, jax.random.PRNGKey(0)))(
+        state["params"])
+    assert np.isfinite(loss)
+    grads = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(grads)}
+    for name in ("blocks.0.fuser.alpha", "style_embedder.embedding_table"):
+        assert np.abs(grads[name]).max() > 0, name
