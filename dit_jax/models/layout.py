@@ -57,11 +57,11 @@ def check_layout(boxes, mask, max_boxes):
         raise ValueError(f"{len(boxes)} boxes but the model reads at most {max_boxes} "
                          "(model.layout_max_boxes): give fewer --box.")
     for box in boxes[np.asarray(mask, bool).reshape(-1)] if mask is not None else boxes:
-        x0, y0, x1, y1 = box
+        x0, y0, x1, y1 = shown = tuple(float(v) for v in box)
         if not np.all(np.isfinite(box)) or min(box) < 0 or max(box) > 1:
-            raise ValueError(f"Box {tuple(box)} is outside the image: give x0,y0,x1,y1 in [0, 1].")
+            raise ValueError(f"Box {shown} is outside the image: give x0,y0,x1,y1 in [0, 1].")
         if not (x1 > x0 and y1 > y0):
-            raise ValueError(f"Box {tuple(box)} has no area: give x0 < x1 and y0 < y1.")
+            raise ValueError(f"Box {shown} has no area: give x0 < x1 and y0 < y1.")
 
 
 def parse_box(spec):
