@@ -6,6 +6,8 @@
   python -m dit_jax.sample --workdir=RUN --prompt=snowman --mode=img2img --image=in.png --strength=0.6
   python -m dit_jax.sample --checkpoint=weights/xl2 --vae=stabilityai/sd-vae-ft-ema --class=207 --guidance_channels=3
   python -m dit_jax.sample --workdir=RUN --classifier=CLS --classifier_scale=4 --class=3 --cfg_scale=1
+  python -m dit_jax.sample --workdir=RUN --prompt="a sneaker AND a bag" --style=inverted \
+      --box="0.05,0.3,0.45,0.7:a sneaker" --box="0.55,0.3,0.95,0.7:a bag" --guidance=text=4,style=3,layout=2
 
 --workdir reads the run's EMA export and run.json, and encodes prompts with
 the encoder its data was prepared with (the manifest under --data_dir).
@@ -20,6 +22,12 @@ weights, the recipe's `sample.spacing` for a run, else each sampler's own.
 --classifier (a noise-aware classifier's workdir) adds classifier guidance
 toward --class to any model, unconditional and text ones included, on top
 of classifier-free guidance (--cfg_scale=1 for none).
+--style (a name from the data or an index) and --box (repeatable) set a
+style and a layout for models with those paths (model.num_styles,
+model.layout_max_boxes). --guidance replaces --cfg_scale by composable
+guidance, eps(null) + sum_i w_i (eps(c_i) - eps(null)) with c_i the null
+conditions but condition i (text, style, layout, class), all terms in one
+batched call; each " AND " part of a prompt is a text term of its own.
 The work is in dit_jax/sampling.py; this module holds the flags and outputs.
 """
 
@@ -36,6 +44,7 @@ from dit_jax.diffusion import BETA_SCHEDULES, PREDICTIONS, SPACINGS
 from dit_jax.diffusion.flow import FLOW_SAMPLERS
 from dit_jax.diffusion.generate import CFG_SCALE, SAMPLER, SAMPLERS, STEPS
 from dit_jax.models import classifier
+from dit_jax.models.layout import parse_box
 from dit_jax.utils import distributed, video
 from dit_jax.utils.visualization import captioned_grid, trajectory_strip
 
@@ -75,6 +84,10 @@ class Options:
     guidance_channels: int = option(None, "Guide only the first k channels (DiT: 3); default: the model's, else all.")
     classifier: str = option(None, "A noise-aware classifier's workdir: guide each image toward its --class.")
     classifier_scale: float = option(1.0, "Classifier guidance scale: 1 exact Bayes, more sharper, 0 none.")
+    guidance: str = option(None, "Composable guidance weights, e.g. text=4,style=3,layout=2,class=2 (negative "
+                           "ones push away); replaces --cfg_scale. Prompts may join text terms with ' AND '.")
+    style: str = option(None, "A style name (from the data) or index, for models with a style path.")
+    boxes: list = option([], "A layout box x0,y0,x1,y1:phrase in [0, 1] of the image (repeatable).", flag="box")
     seed: int = option(0, "Random seed.")
     num_images: int = option(4, "Images per prompt or class.")
     batch_size: int = option(32, "Images per sampling call over all devices (a multiple of the device count).")
@@ -97,7 +110,8 @@ class Options:
     def settings(self):
         return sampling.Settings(sampler=self.sampler, steps=self.steps, spacing=self.spacing, eta=self.eta,
                                  cfg_scale=self.cfg_scale, guidance_channels=self.guidance_channels, seed=self.seed,
-                                 classifier=self.classifier, classifier_scale=self.classifier_scale)
+                                 classifier=self.classifier, classifier_scale=self.classifier_scale,
+                                 guidance=self.guidance)
 
 
 DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
@@ -134,6 +148,8 @@ def check_options(o):
         raise ValueError(f"--strength must be in [0, 1], got {o.strength}.")
     if o.out:  # images or clips: the model is not read yet
         video.check_out(o.out)
+    for box in o.boxes:
+        parse_box(box)
     if o.batch_size % jax.device_count():
         raise ValueError(f"--batch_size {o.batch_size} does not divide over {jax.device_count()} devices: "
                          f"use a multiple of {jax.device_count()}.")
@@ -158,6 +174,8 @@ def run(o):
             prompts += [line.strip() for line in f if line.strip()]
     guide = sampling.read_classifier(o.classifier, setup) if o.classifier else None
     captions, labels = sampling.read_conditions(setup, prompts, o.classes, guide and guide[1])
+    composition = sampling.read_composition(setup, captions if prompts else [], o.style,
+                                            [parse_box(b) for b in o.boxes], o.guidance)
     codec = sampling.Codec(setup)
     image = mask = None
     if o.mode != "sample":
@@ -166,7 +184,8 @@ def run(o):
         mask = codec.mask(sampling.read_image(o.mask, codec.resolution, 1)[..., 0] > 127)
     out = sampling.sample_images(setup, o.settings, captions, labels, o.num_images, o.batch_size, codec=codec,
                                  image=image, mask=mask, strength=o.strength if o.mode == "img2img" else 1.0,
-                                 resample=o.resample, trajectory=bool(o.trajectory), classifier=guide)
+                                 resample=o.resample, trajectory=bool(o.trajectory), classifier=guide,
+                                 composition=composition)
     if jax.process_index():
         return None, out.captions
     write_outputs(o, out, setup.resolve(o.settings))

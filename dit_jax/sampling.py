@@ -27,10 +27,12 @@ from jax.experimental import multihost_utils
 
 from dit_jax.data.latents import VAE_SCALE
 from dit_jax.diffusion import PREDICTIONS, Schedule, beta_schedule, classifier_gradient
+from dit_jax.diffusion.composition import AND, check_guidance, parse_guidance, split_prompt
 from dit_jax.diffusion.flow import FLOW_SAMPLERS, T_SCALE, check_path, flow_sigmas
 from dit_jax.diffusion.generate import (CFG_SCALE, DDIM_SAMPLERS, DEFAULT_SPACING, OBJECTIVES, SAMPLER, STEPS,
                                         check_objective, check_sampler, check_spacing, generate, generate_flow,
                                         sampler_grid)
+from dit_jax.models.layout import check_layout
 from dit_jax.models.pretrained import load_pretrained
 from dit_jax.training import sharding
 from dit_jax.utils.visualization import to_uint8, trajectory_frames
@@ -52,6 +54,7 @@ class Settings:
     seed: int = 0
     classifier: str = None         # a noise-aware classifier (dit_jax/models/classifier.py) guiding toward the class
     classifier_scale: float = 1.0  # the weight of its gradient (1: exact Bayes, more: sharper)
+    guidance: str = None           # composable guidance "text=4,style=3,layout=2,class=2" instead of cfg_scale
 
 
 def check_settings(settings, inpaint=False, objective=None):
@@ -74,6 +77,8 @@ def check_settings(settings, inpaint=False, objective=None):
         raise ValueError(f"classifier_scale must be >= 0 (0: no guidance), got {settings.classifier_scale}.")
     if settings.classifier_scale != 1 and not settings.classifier:
         raise ValueError("classifier_scale was given without a classifier: pass --classifier (its directory).")
+    if settings.guidance:
+        parse_guidance(settings.guidance)
     if settings.classifier and not os.path.exists(settings.classifier):
         raise FileNotFoundError(f"Classifier {settings.classifier} not found: pass the workdir of one trained by "
                                 "`python -m dit_jax.train` with a classifier config (configs/classifier_*.py).")
@@ -107,6 +112,7 @@ class Setup:
     objective: str = "ddpm"  # ddpm, or flow: a flow-matching model (diffusion/flow.py), sampled by the flow samplers
     flow_path: str = "linear"  # flow: its interpolant, linear | gvp
     shift: float = 1.0       # flow: SD3's shift of the sigma grid
+    style_names: list = dataclasses.field(default_factory=list)  # the data's names of the style labels, if any
 
     @property
     def clip_x0(self):
@@ -126,16 +132,17 @@ def run_setup(config, manifest, model_config, export=None):
     """The Setup of a training run from its config and its data's manifest (None: the config's own words)."""
     if manifest is not None:
         text, vae, class_names = manifest["text"], manifest["vae"], manifest.get("class_names") or []
+        style_names = manifest.get("style_names") or []
     else:
         t = config.text
         text = dict(encoder=t.encoder, source=t.path, max_length=t.max_length, layer=t.layer)
         vae = dict(source=config.vae.path, scale=config.vae.scale) if config.vae.path else None
-        class_names = []
+        class_names = style_names = []
     d, defaults = config.diffusion, recipe_defaults(config.sample)
     check_spacing(defaults["spacing"])
     return Setup(export, dict(model_config), text if model_config.get("text_dim") else None, vae,
                  Schedule(beta_schedule(d.schedule, d.timesteps)), d.prediction, class_names, **defaults,
-                 **flow_settings(d))
+                 **flow_settings(d), style_names=list(style_names))
 
 
 def flow_settings(d):
@@ -323,14 +330,76 @@ def _class_index(value, num_classes, names, whose="this model"):
     return int(value)
 
 
-def encode_conditions(setup, captions, labels):
-    """Per-condition model inputs (numpy, leading axis = condition): text embeddings and/or labels `y`."""
-    cond = {}
+class Composition(NamedTuple):
+    """Conditions beyond prompts and classes: a style label, boxes with phrases, composable guidance weights."""
+    style: int = None      # None: the null style
+    boxes: tuple = ()      # ((x0, y0, x1, y1), phrase) each
+    guidance: dict = None  # {condition: weight}; None: classifier-free guidance at cfg_scale
+
+
+def read_composition(setup, prompts, style=None, boxes=(), guidance=None):
+    """The style, boxes and guidance weights checked against the model (its config.json and the data's style
+    names) before anything loads: one-line errors for a style or box it cannot read or a weight it has no
+    path for. `boxes` as models/layout.parse_box returns them; `guidance` a spec "text=4,style=3"."""
+    c = setup.model_config
+    num_styles, max_boxes = c.get("num_styles", 0), c.get("layout_max_boxes", 0)
+    index = None
+    if style is not None and str(style) != "":
+        if not num_styles:
+            raise ValueError("--style was given but this model has no style path (model.num_styles=0): drop it.")
+        by_name = {n.lower(): i for i, n in enumerate(setup.style_names)}
+        if str(style).lower() in by_name:
+            index = by_name[str(style).lower()]
+        elif str(style).isdigit() and int(style) < num_styles:
+            index = int(style)
+        else:
+            known = f"; names: {', '.join(setup.style_names)}" if setup.style_names else ""
+            raise ValueError(f"Unknown style {style!r}: this model has styles 0..{num_styles - 1}{known}.")
+    check_layout([box for box, _ in boxes], None, max_boxes)
+    weights = parse_guidance(guidance) if guidance else None
+    if weights is not None:
+        check_guidance(weights, c)
+    if any(AND in p for p in prompts):
+        if weights is None or "text" not in weights:
+            raise ValueError(f"{AND.strip()!r} in a prompt makes one text term a part: pass --guidance with a text "
+                             "weight, e.g. --guidance=text=4.")
+        for p in prompts:
+            split_prompt(p)
+    return Composition(index, tuple(boxes), weights)
+
+
+def encode_conditions(setup, captions, labels, composition=None):
+    """Per-condition model inputs (numpy, leading axis = condition): text embeddings and/or labels `y`, and for
+    a model with style or layout paths its `style` and layout_* inputs (the nulls unless `composition` sets
+    them). With composable guidance each caption's " AND " parts are encoded on axis 1 with `text_parts`."""
+    cond, c = {}, setup.model_config
+    composition = composition or Composition()
     if setup.text:
         from dit_jax.text import encoders  # pylint: disable=import-outside-toplevel
-        cond.update(encoders.text_conditions(setup.text, captions))
-    if labels is not None and setup.model_config.get("num_classes"):
+        if composition.guidance and "text" in composition.guidance:
+            parts = [split_prompt(caption) for caption in captions]
+            width = max(map(len, parts))
+            padded = [p + [p[-1]] * (width - len(p)) for p in parts]  # padding parts get weight 0
+            flat = encoders.text_conditions(setup.text, [q for p in padded for q in p])
+            cond.update({k: v.reshape(len(captions), width, *v.shape[1:]) for k, v in flat.items()})
+            cond["text_parts"] = np.arange(width)[None] < np.array([len(p) for p in parts])[:, None]
+        else:
+            cond.update(encoders.text_conditions(setup.text, captions))
+    if labels is not None and c.get("num_classes"):
         cond["y"] = np.asarray(labels, np.int32)
+    n = len(captions)
+    if c.get("num_styles"):
+        cond["style"] = np.full((n,), c["num_styles"] if composition.style is None else composition.style, np.int32)
+    if c.get("layout_max_boxes"):
+        k, boxes = c["layout_max_boxes"], composition.boxes
+        layout_boxes, mask = np.zeros((n, k, 4), np.float32), np.zeros((n, k), bool)
+        embeddings = np.zeros((n, k, c["text_dim"]), np.float32)
+        if boxes:
+            from dit_jax.text import encoders  # pylint: disable=import-outside-toplevel
+            layout_boxes[:, :len(boxes)] = [box for box, _ in boxes]
+            mask[:, :len(boxes)] = True
+            embeddings[:, :len(boxes)] = encoders.text_conditions(setup.text, [p for _, p in boxes])["pooled"]
+        cond.update(layout_boxes=layout_boxes, layout_mask=mask, layout_embeddings=embeddings)
     return cond
 
 
@@ -390,19 +459,20 @@ def generate_batch(model, setup, settings, cond, ids, *, return_trajectory=False
     """
     s = setup.resolve(settings)
     c = setup.model_config
+    guidance = parse_guidance(s.guidance) if s.guidance else None
     x_T = initial_noise(s.seed, ids, (c["input_size"], c["input_size"], c["in_channels"]))
     key = jax.random.fold_in(jax.random.split(jax.random.PRNGKey(s.seed))[1], ids[0])
     if setup.objective == "flow":
         return generate_flow(model, cond, x_T.shape, key, sampler=s.sampler, steps=s.steps, shift=setup.shift,
                              path=setup.flow_path, cfg_scale=s.cfg_scale, guidance_channels=s.guidance_channels,
                              return_trajectory=return_trajectory, image=image, mask=mask, strength=strength,
-                             resample=resample, x_T=x_T)
+                             resample=resample, x_T=x_T, guidance=guidance)
     cond_fn = None if classifier is None else classifier_gradient(classifier, targets, s.classifier_scale)
     return generate(model, cond, x_T.shape, key, setup.schedule, sampler=s.sampler, steps=s.steps,
                     spacing=s.spacing, eta=s.eta, cfg_scale=s.cfg_scale, guidance_channels=s.guidance_channels,
                     prediction=setup.prediction, learn_sigma=c.get("learn_sigma", True), clip_x0=setup.clip_x0,
                     return_trajectory=return_trajectory, image=image, mask=mask, strength=strength,
-                    resample=resample, x_T=x_T, cond_fn=cond_fn)
+                    resample=resample, x_T=x_T, cond_fn=cond_fn, guidance=guidance)
 
 
 def sampled_timesteps(setup, settings):
@@ -429,13 +499,15 @@ def to_global(x, target):
 
 
 def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32, *, codec=None, image=None,
-                  mask=None, strength=1.0, resample=1, trajectory=False, verbose=True, classifier=None):
+                  mask=None, strength=1.0, resample=1, trajectory=False, verbose=True, classifier=None,
+                  composition=None):
     """Each condition `num_images` times, in batches split over every device of every process.
 
     `image` and `mask` are in the model's space (`codec.encode`, `codec.mask`):
     with a mask, inpaint; with an image alone, img2img from `strength`.
     With settings.classifier each image is guided toward its label by that
     classifier (`classifier`: what `read_classifier` returned, else read here).
+    `composition` (read_composition) adds a style, boxes and composable guidance weights.
     Images come back on process 0 only; each one's starting noise depends on
     the seed and its index, so ddim and dpmpp samples do not change with the
     batch size or the device count.
@@ -449,7 +521,7 @@ def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32
         if max(labels) >= meta["num_classes"]:
             raise ValueError(f"Class {max(labels)} is outside the classifier's classes 0..{meta['num_classes'] - 1}.")
     codec = codec or Codec(setup)
-    cond = encode_conditions(setup, captions, labels)
+    cond = encode_conditions(setup, captions, labels, composition)
     model, _ = load_pretrained(setup.export)
     graphdef, state = nnx.split(model)
     mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
@@ -481,7 +553,8 @@ def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32
         shown = " ".join(map(str, t)) if len(t) <= 30 else f"{' '.join(map(str, t[:3]))} ... {t[-1]}"
         guided = f", classifier scale {s.classifier_scale}" if s.classifier else ""
         print(f"Sampling {total} images ({len(captions)} conditions x {num_images}) in {num_batches} batches of "
-              f"{batch} on {devices} devices: {s.sampler}, {s.steps} steps, cfg {s.cfg_scale}{guided}, spacing "
+              f"{batch} on {devices} devices: {s.sampler}, {s.steps} steps, "
+              f"{f'guidance {s.guidance}' if s.guidance else f'cfg {s.cfg_scale}'}{guided}, spacing "
               f"{s.spacing} (t = {shown}).", flush=True)
     outputs, frames = [], None
     for b in tqdm.trange(num_batches, desc="sample", unit="batch", disable=not (verbose and is_main)):

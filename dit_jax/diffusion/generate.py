@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from dit_jax.diffusion import editing, flow
+from dit_jax.diffusion.composition import composed_model
 from dit_jax.diffusion.flow import FLOW_SAMPLERS
 from dit_jax.diffusion.guidance import classifier_free_guidance
 from dit_jax.diffusion.samplers import Trajectory, ddim_sample, ddpm_sample, dpm_solver_pp_sample
@@ -74,9 +75,17 @@ def guided_model(model, cond, batch, cfg_scale, guidance_channels=None):
     return classifier_free_guidance(model_fn, cond, null, cfg_scale, guidance_channels)
 
 
+def guided(model, cond, batch, cfg_scale, guidance_channels=None, guidance=None):
+    """Classifier-free guidance, or with `guidance` {condition: weight} composable guidance."""
+    if guidance:
+        return composed_model(model, cond, guidance, guidance_channels)
+    return guided_model(model, cond, batch, cfg_scale, guidance_channels)
+
+
 def generate(model, cond, shape, key, schedule, *, sampler=SAMPLER, steps=STEPS, spacing=None, eta=0.0,
              cfg_scale=CFG_SCALE, guidance_channels=None, prediction="eps", learn_sigma=True, clip_x0=None,
-             return_trajectory=False, image=None, mask=None, strength=1.0, resample=1, x_T=None, cond_fn=None):
+             return_trajectory=False, image=None, mask=None, strength=1.0, resample=1, x_T=None, cond_fn=None,
+             guidance=None):
     """Samples `shape` = (B, H, W, C) from the model under `cond` (dict of y / text / text_mask / pooled).
 
     `spacing` (leading | trailing | linspace | dit) picks the timesteps, None each sampler's diffusers
@@ -90,10 +99,12 @@ def generate(model, cond, shape, key, schedule, *, sampler=SAMPLER, steps=STEPS,
     `x_T` replaces the starting noise drawn from the key (e.g. noise drawn per image).
     `cond_fn(x, t)` (classifier_guidance.classifier_gradient) adds classifier guidance to every step, editing
     included, on top of the classifier-free guided output.
+    `guidance` {condition: weight} replaces classifier-free guidance by composable guidance, one term a
+    condition (composition.composed_model; cfg_scale is then unused).
     """
     check_sampler(sampler, inpaint=mask is not None, classifier=cond_fn is not None)
     check_objective("ddpm", sampler)
-    fn = guided_model(model, cond, shape[0], cfg_scale, guidance_channels)
+    fn = guided(model, cond, shape[0], cfg_scale, guidance_channels, guidance)
     k_init, k_steps = jax.random.split(key)
     x_T = jax.random.normal(k_init, shape, jnp.float32) if x_T is None else x_T
     check_spacing(spacing)
@@ -121,10 +132,10 @@ def generate(model, cond, shape, key, schedule, *, sampler=SAMPLER, steps=STEPS,
 
 def generate_flow(model, cond, shape, key, *, sampler=FLOW_SAMPLER, steps=STEPS, shift=1.0, path="linear",
                   cfg_scale=CFG_SCALE, guidance_channels=None, return_trajectory=False, image=None, mask=None,
-                  strength=1.0, resample=1, x_T=None):
+                  strength=1.0, resample=1, x_T=None, guidance=None):
     """`generate` for a flow-matching model: euler | heun | euler_maruyama over `flow.flow_sigmas(steps, shift)`.
 
-    Guidance mixes the velocities. Editing: with `mask` (1 = regenerate) the
+    Guidance (classifier-free, or composable with `guidance`) mixes the velocities. Editing: with `mask` (1 = regenerate) the
     kept region follows `image` along the path with the starting noise (no
     RePaint resampling); without, img2img from t = strength. Predicted images
     are not clipped (SiT and SD3 do not).
@@ -133,7 +144,7 @@ def generate_flow(model, cond, shape, key, *, sampler=FLOW_SAMPLER, steps=STEPS,
     check_objective("flow", sampler)
     if resample != 1:
         raise ValueError(f"resample is RePaint's (ddpm/ddim inpainting); flow inpainting takes 1, not {resample}.")
-    fn = guided_model(model, cond, shape[0], cfg_scale, guidance_channels)
+    fn = guided(model, cond, shape[0], cfg_scale, guidance_channels, guidance)
     k_init, k_steps = jax.random.split(key)
     x_T = jax.random.normal(k_init, shape, jnp.float32) if x_T is None else x_T
     sigmas, known = flow.flow_sigmas(steps, shift), None

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dit_jax.models.attention import get_attention
+from dit_jax.models.layout import GroundingTokens
 from dit_jax.models.embeddings import (
     LabelEmbedder,
     PatchEmbed,
@@ -64,6 +65,20 @@ def check_block(hidden_size, num_heads, **options):
         raise ValueError(f"model.pos_embed='rope' needs a head dimension divisible by 4 (two axes of rotated "
                          f"pairs), got hidden_size {hidden_size} / num_heads {num_heads} = {head_dim}: change "
                          "model.hidden_size or model.num_heads, or use model.pos_embed='sincos'.")
+
+
+# The conditions a DiT can read, each with its own null value: the names of `drops` and of guidance terms.
+CONDITIONS = ("text", "style", "layout", "class")
+
+
+def check_conditions(num_styles, layout_max_boxes, text_dim):
+    """One-line errors for the style and layout options, naming the config key."""
+    for key, value in (("num_styles", num_styles), ("layout_max_boxes", layout_max_boxes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"model.{key}={value!r} must be 0 (off) or a count: set --config.model.{key}.")
+    if layout_max_boxes and not text_dim:
+        raise ValueError("model.layout_max_boxes > 0 reads each box's phrase as a pooled text embedding, but this "
+                         "model reads no text (text_dim=0): enable model.text_pooled or text_cross_attention.")
 
 
 def weight_initializer(rngs):
@@ -149,11 +164,14 @@ class Attention(nnx.Module):
     """Multi-head attention: self-attention with a fused qkv, or cross-attention to a context.
 
     qk_norm: RMSNorm on each head's queries and keys. Rotary positions (self-attention only) turn the queries
-    and keys before the backend sees them, so every backend takes them.
+    and keys before the backend sees them, so every backend takes them. sparse=False drops the backend's
+    sparse pattern (the gated self-attention's tokens are not one image grid).
     """
 
-    def __init__(self, hidden_size, num_heads, *, cross, backend, qk_norm=False, dtype, param_dtype, rngs):
-        self.num_heads, self.cross, self.attend = num_heads, cross, get_attention(backend, cross=cross)
+    def __init__(self, hidden_size, num_heads, *, cross, backend, qk_norm=False, sparse=True, dtype, param_dtype,
+                 rngs):
+        self.num_heads, self.cross = num_heads, cross
+        self.attend = get_attention(backend, cross=cross or not sparse)
         head_dim = hidden_size // num_heads
         self.q_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
@@ -197,8 +215,28 @@ class Mlp(nnx.Module):
         return self.fc2(h)  # (N, T, D)
 
 
+class GatedSelfAttention(nnx.Module):
+    """GLIGEN's gated self-attention: the image tokens attend over themselves and the grounding tokens; the image
+    tokens' outputs enter the residual times tanh(alpha), alpha a learned scalar starting at 0 (no change)."""
+
+    def __init__(self, hidden_size, num_heads, *, norm, backend, qk_norm, dtype, param_dtype, rngs):
+        self.norm = PRE_NORMS[norm]
+        self.attn = Attention(hidden_size, num_heads, cross=False, backend=backend, qk_norm=qk_norm, sparse=False,
+                              dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.alpha = param((), (), param_dtype)
+
+    def __call__(self, x, grounding, grounding_mask):
+        """x (N, T, D), grounding tokens (N, K, D) with their key mask (N, K) -> the residual update (N, T, D)."""
+        t = x.shape[1]
+        h = self.norm(jnp.concatenate([x, grounding.astype(x.dtype)], axis=1), 1e-6)  # (N, T + K, D)
+        mask = jnp.concatenate([jnp.ones(x.shape[:2], bool), grounding_mask.astype(bool)], axis=1)
+        out = self.attn(h, mask=mask)[:, :t]  # the image tokens' outputs
+        return jnp.tanh(self.alpha[...]).astype(x.dtype) * out
+
+
 class DiTBlock(nnx.Module):
-    """adaLN-Zero block: self-attention, optional text cross-attention, MLP."""
+    """adaLN-Zero block: self-attention, optional gated self-attention over grounding tokens (layout), optional
+    text cross-attention, MLP."""
 
     def __init__(
         self,
@@ -213,6 +251,7 @@ class DiTBlock(nnx.Module):
         norm="layernorm",
         qk_norm=False,
         mlp="gelu",
+        layout=False,
         dtype,
         param_dtype,
         rngs,
@@ -220,6 +259,8 @@ class DiTBlock(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.mlp_norm_eps, self.norm = mlp_norm_eps, PRE_NORMS[norm]
         self.attn = Attention(hidden_size, num_heads, cross=False, backend=attention, qk_norm=qk_norm, **kw)
+        self.fuser = (GatedSelfAttention(hidden_size, num_heads, norm=norm, backend=attention, qk_norm=qk_norm, **kw)
+                      if layout else None)
         self.cross_attn = (
             Attention(hidden_size, num_heads, cross=True, backend=attention, qk_norm=qk_norm, **kw)
             if cross_attention
@@ -229,14 +270,18 @@ class DiTBlock(nnx.Module):
         self.adaLN_modulation = linear(hidden_size, 6 * hidden_size, ("embed", "adaln"), **kw)
         self.dropout = nnx.Dropout(dropout)
 
-    def __call__(self, x, c, context=None, context_mask=None, rng=None, rope=None):
-        """x (N, T, D), condition c (N, D), context (N, L, D) and mask (N, L), rotary (cos, sin) -> (N, T, D)."""
+    def __call__(self, x, c, context=None, context_mask=None, rng=None, rope=None, grounding=None,
+                 grounding_mask=None):
+        """x (N, T, D), condition c (N, D), context (N, L, D) and mask (N, L), rotary (cos, sin), grounding
+        tokens (N, K, D) and mask (N, K) -> (N, T, D)."""
         mod = self.adaLN_modulation(jax.nn.silu(c))  # (N, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)  # (N, D) each
         keys = jax.random.split(rng, 3) if rng is not None else [None] * 3
         drop = lambda h, key: self.dropout(h, deterministic=key is None, rngs=key)
         h = self.attn(modulate(self.norm(x, 1e-6), shift_msa, scale_msa), rope=rope)  # (N, T, D)
         x = x + gate_msa[:, None] * drop(h, keys[0])
+        if self.fuser is not None and grounding is not None:
+            x = x + self.fuser(x, grounding, grounding_mask)  # GLIGEN: after self-, before cross-attention
         if self.cross_attn is not None:
             x = x + drop(self.cross_attn(x, context, context_mask), keys[1])  # (N, T, D)
         h = self.mlp(modulate(self.norm(x, self.mlp_norm_eps), shift_mlp, scale_mlp))  # (N, T, D)
@@ -265,6 +310,11 @@ class DiT(nnx.Module):
     num_classes = 0 disables labels. freq_shift and mlp_norm_eps select
     diffusers' variant of the numerics (1 and 1e-5) instead of DiT's (0, 1e-6).
     norm, qk_norm, mlp and pos_embed choose the block (DIT_BLOCK: DiT's).
+    num_styles > 0 adds a style table (with its null row) to the adaLN
+    condition; layout_max_boxes = K > 0 adds GLIGEN's grounding tokens and a
+    gated self-attention in every block (models/layout.py; needs text_dim, the
+    width of the phrases' pooled embeddings). Each of class, text, style and
+    layout is dropped on its own in training, with its *_dropout_prob.
     """
 
     def __init__(
@@ -286,6 +336,10 @@ class DiT(nnx.Module):
         text_pooled=False,
         null_text="learned",
         caption_dropout_prob=0.1,
+        num_styles=0,
+        style_dropout_prob=0.1,
+        layout_max_boxes=0,
+        layout_dropout_prob=0.1,
         dropout=0.0,
         freq_shift=0.0,
         mlp_norm_eps=1e-6,
@@ -307,9 +361,12 @@ class DiT(nnx.Module):
         if text_dim and not (text_cross_attention or text_pooled):
             raise ValueError("text_dim > 0 needs text_cross_attention or text_pooled.")
         check_block(hidden_size, num_heads, norm=norm, qk_norm=qk_norm, mlp=mlp, pos_embed=pos_embed)
+        check_conditions(num_styles, layout_max_boxes, text_dim)
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.hidden_size, self.num_classes, self.text_dim = hidden_size, num_classes, text_dim
+        self.num_styles, self.layout_max_boxes = num_styles, layout_max_boxes
+        self.style_dropout_prob, self.layout_dropout_prob = style_dropout_prob, layout_dropout_prob
         self.remat, self.scan_blocks = remat, scan_blocks
         self.head_dim, self.rope = hidden_size // num_heads, pos_embed == "rope"
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -321,6 +378,9 @@ class DiT(nnx.Module):
             if num_classes
             else None
         )
+        self.style_embedder = (LabelEmbedder(num_styles, hidden_size, style_dropout_prob, param_dtype=param_dtype,
+                                             null=True) if num_styles else None)
+        self.grounding = GroundingTokens(text_dim, hidden_size, **kw) if layout_max_boxes else None
         cross = bool(text_dim and text_cross_attention)
         self.text_embedder = (
             TextEmbedder(
@@ -349,6 +409,7 @@ class DiT(nnx.Module):
                     norm=norm,
                     qk_norm=qk_norm,
                     mlp=mlp,
+                    layout=bool(layout_max_boxes),
                     **kw,
                 )
                 for _ in range(depth)
@@ -373,6 +434,8 @@ class DiT(nnx.Module):
         normal = nnx.initializers.normal(0.02)
         if self.y_embedder is not None:
             init(self.y_embedder.embedding_table, normal)
+        if self.style_embedder is not None:
+            init(self.style_embedder.embedding_table, normal)
         init(self.t_embedder.linear1.kernel, normal)
         init(self.t_embedder.linear2.kernel, normal)
         if self.text_embedder is not None:
@@ -387,6 +450,10 @@ class DiT(nnx.Module):
         for _, module in nnx.iter_modules(self):
             if isinstance(module, RMSNorm):
                 init(module.scale, nnx.initializers.ones)
+        # GLIGEN's gates: tanh(0) = 0, so the layout path starts closed.
+        for block in self.blocks:
+            if block.fuser is not None:
+                init(block.fuser.alpha, nnx.initializers.zeros)
         # adaLN-Zero: the modulation of every block and of the final layer, the text cross-attention's output
         # projection and the final linear layer start at zero, so each block starts as the identity.
         zero = [self.final_layer.adaLN_modulation, self.final_layer.linear]
@@ -398,7 +465,8 @@ class DiT(nnx.Module):
             init(layer.kernel, nnx.initializers.zeros)
             init(layer.bias, nnx.initializers.zeros)
 
-    def scan(self, tokens, c, context, context_mask, keys, residuals, policy, rope=None):
+    def scan(self, tokens, c, context, context_mask, keys, residuals, policy, rope=None, grounding=None,
+             grounding_mask=None):
         """The blocks as one lax.scan over their stacked weights: one compiled block body, whatever the depth
         (faster compiles; on CPU it stops XLA from fusing the backward pass across blocks)."""
         graphdef = nnx.graphdef(self.blocks[0])
@@ -408,7 +476,8 @@ class DiT(nnx.Module):
 
         def body(tokens, per_block):
             block_weights, key, residual = per_block
-            tokens = nnx.merge(graphdef, block_weights)(tokens, c, context, context_mask, key, rope)
+            tokens = nnx.merge(graphdef, block_weights)(tokens, c, context, context_mask, key, rope, grounding,
+                                                        grounding_mask)
             return (tokens if residual is None else tokens + residual), None
 
         if policy is not None:
@@ -433,17 +502,22 @@ class DiT(nnx.Module):
         return x.reshape(x.shape[0], grid_h * p, grid_w * p, c)
 
     def __call__(
-        self, x, t, y=None, text=None, text_mask=None, pooled=None, drop=None, residuals=None, *, rng=None
+        self, x, t, y=None, text=None, text_mask=None, pooled=None, drop=None, residuals=None, *, style=None,
+        layout_boxes=None, layout_mask=None, layout_embeddings=None, drops=None, rng=None
     ):
         """Predicts noise (and variance) for a noisy NHWC batch.
 
         x: (N, H, W, C) noisy input; t: (N,) timesteps; y: (N,) class labels;
         text: (N, L, text_dim) per-token embeddings with text_mask (N, L);
-        pooled: (N, text_dim); drop: (N,) bool, replace every condition by its
-        null value (guidance); residuals: optional per-block additions (ControlNet), a list
+        pooled: (N, text_dim); style: (N,) style labels; layout_boxes (N, K, 4)
+        as (x0, y0, x1, y1) in [0, 1], layout_mask (N, K) (True: a box),
+        layout_embeddings (N, K, text_dim): each box's phrase, pooled;
+        drop: (N,) bool, replace every condition by its null value (guidance);
+        drops: {condition: (N,) bool} for one condition alone (CONDITIONS:
+        composable guidance); residuals: optional per-block additions (ControlNet), a list
         with None for blocks left alone, or a callable (tokens, c, context, context_mask, rope) -> that list,
         called on the embedded tokens and conditions (models/controlnet.py).
-        rng: a key turns on training-time label/caption dropout and dropout.
+        rng: a key turns on training-time label/caption/style/layout dropout and dropout.
         Returns (N, H, W, C_out) in float32: the noise (and variance values) prediction.
         """
         b, h, w, _ = x.shape
@@ -451,12 +525,19 @@ class DiT(nnx.Module):
         if h % p or w % p:
             raise ValueError(f"Input {h}x{w} is not divisible by the patch size {p}.")
         keys = list(jax.random.split(rng, 2 + len(self.blocks))) if rng is not None else None
+        # Style and layout draw from keys of their own, so the other draws are those of a model without them.
+        keys = keys and keys + list(jax.random.split(jax.random.fold_in(rng, len(CONDITIONS)), 2))
         drop = jnp.zeros((b,), bool) if drop is None else drop.astype(bool)
+        drops = drops or {}
+        unknown = set(drops) - set(CONDITIONS)
+        if unknown:
+            raise ValueError(f"drops names {sorted(unknown)}; the conditions are {CONDITIONS}.")
 
-        def dropped(prob, key_index):
+        def dropped(prob, key, name):
+            out = drop if drops.get(name) is None else drop | drops[name].astype(bool)
             if keys is None or prob == 0:
-                return drop
-            return drop | (jax.random.uniform(keys[key_index], (b,)) < prob)
+                return out
+            return out | (jax.random.uniform(key, (b,)) < prob)
 
         tokens = self.x_embedder(x)  # (N, T, D), T = HW/p^2
         if not self.rope:
@@ -466,10 +547,25 @@ class DiT(nnx.Module):
         if self.y_embedder is not None:
             if y is None:
                 raise ValueError("This DiT is class-conditional: pass y (class labels).")
-            c = c + self.y_embedder(y, dropped(self.y_embedder.dropout_prob, 0))  # (N, D)
+            c = c + self.y_embedder(y, dropped(self.y_embedder.dropout_prob, keys and keys[0], "class"))  # (N, D)
+        if self.style_embedder is not None:
+            if style is None:
+                raise ValueError("This DiT reads a style label (model.num_styles > 0): pass style (N,).")
+            c = c + self.style_embedder(style, dropped(self.style_dropout_prob, keys and keys[-2], "style"))
+        grounding = grounding_mask = None
+        if self.grounding is not None:
+            if layout_boxes is None or layout_mask is None or layout_embeddings is None:
+                raise ValueError("This DiT reads a layout (model.layout_max_boxes > 0): pass layout_boxes (N, K, 4), "
+                                 "layout_mask (N, K) and layout_embeddings (N, K, text_dim); all masked = none.")
+            if layout_boxes.shape[1:] != (self.layout_max_boxes, 4):
+                raise ValueError(f"layout_boxes is {layout_boxes.shape}; this DiT reads (N, {self.layout_max_boxes}, "
+                                 "4): pad with masked boxes.")
+            layout_drop = dropped(self.layout_dropout_prob, keys and keys[-1], "layout")
+            grounding_mask = layout_mask.astype(bool) & ~layout_drop[:, None]  # (N, K): dropped = no boxes
+            grounding = self.grounding(layout_boxes, layout_embeddings, grounding_mask)  # (N, K, D)
         context = context_mask = None
         if self.text_embedder is not None:
-            text_drop = dropped(self.text_embedder.dropout_prob, 1)
+            text_drop = dropped(self.text_embedder.dropout_prob, keys and keys[1], "text")
             if self.text_embedder.cross:
                 if text is None:
                     raise ValueError("This DiT cross-attends to text: pass text (B, L, D) and text_mask.")
@@ -480,20 +576,22 @@ class DiT(nnx.Module):
                     raise ValueError("This DiT uses a pooled text embedding: pass pooled (B, D).")
                 c = c + self.text_embedder.pooled_embedding(pooled, text_drop)  # (N, D)
 
-        def run_block(block, tokens, c, context, context_mask, key, rope):
-            return block(tokens, c, context, context_mask, key, rope)
+        def run_block(block, tokens, c, context, context_mask, key, rope, grounding, grounding_mask):
+            return block(tokens, c, context, context_mask, key, rope, grounding, grounding_mask)
 
         if callable(residuals):
             residuals = residuals(tokens, c, context, context_mask, rope)
         policy = REMAT_POLICIES[self.remat]  # the blocks: (N, T, D) -> (N, T, D)
         if self.scan_blocks:
-            tokens = self.scan(tokens, c, context, context_mask, keys and keys[2:], residuals, policy, rope)
+            tokens = self.scan(tokens, c, context, context_mask, keys and keys[2:2 + len(self.blocks)], residuals,
+                               policy, rope, grounding, grounding_mask)
         else:
             if policy is not None:
                 run_block = nnx.remat(run_block, policy=policy)
             for i, block in enumerate(self.blocks):
                 tokens = materialize_grad(tokens)  # the scan's carry does this for scan_blocks
-                tokens = run_block(block, tokens, c, context, context_mask, keys[2 + i] if keys else None, rope)
+                tokens = run_block(block, tokens, c, context, context_mask, keys[2 + i] if keys else None, rope,
+                                   grounding, grounding_mask)
                 if residuals is not None and residuals[i] is not None:
                     tokens = tokens + residuals[i]
         out = self.final_layer(tokens, c)  # (N, T, p*p*C_out)

@@ -130,11 +130,12 @@ class TimestepEmbedder(nnx.Module):
 
 
 class LabelEmbedder(nnx.Module):
-    """A class table with one extra row, the null class used for classifier-free guidance."""
+    """A class table with one extra row, the null class used for classifier-free guidance (kept without
+    dropout when `null` is True: the style table's, which composable guidance needs)."""
 
-    def __init__(self, num_classes, hidden_size, dropout_prob, *, param_dtype):
+    def __init__(self, num_classes, hidden_size, dropout_prob, *, param_dtype, null=None):
         self.num_classes, self.dropout_prob = num_classes, dropout_prob
-        rows = num_classes + int(dropout_prob > 0)
+        rows = num_classes + int(dropout_prob > 0 if null is None else null)
         self.embedding_table = param((rows, hidden_size), ("vocab", "embed"), param_dtype)
 
     def __call__(self, labels, drop):

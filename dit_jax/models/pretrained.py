@@ -71,6 +71,44 @@ def load_flat_weights(model, weights):
     return model
 
 
+def weights_directory(path):
+    """The weights of `path`: a training run's export/ or a directory with model.safetensors itself."""
+    for directory in (os.path.join(path, "export"), path):
+        if os.path.isfile(os.path.join(directory, WEIGHTS_FILE)):
+            return directory
+    raise FileNotFoundError(f"init_from={path!r} has no {WEIGHTS_FILE} (nor export/{WEIGHTS_FILE}): pass a "
+                            "finished training run or a directory written by convert or training's export.")
+
+
+def init_weights(path, model):
+    """The host arrays of the weights at `path` that initialise `model` (abstract is enough): every one must
+    be the model's, of the model's shape; the model's names they lack (e.g. new style or layout layers) keep
+    their own initialisation. Checked before anything compiles."""
+    weights = load_file(os.path.join(weights_directory(path), WEIGHTS_FILE))
+    flat = {".".join(str(k) for k in p): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Variable))}
+    unexpected = sorted(set(weights) - set(flat))
+    if unexpected:
+        raise ValueError(f"init_from={path!r} holds weights this model lacks ({', '.join(unexpected[:3])}...): "
+                         "its model config must be this one's, new condition layers aside.")
+    for name, array in weights.items():
+        if tuple(array.shape) != tuple(flat[name].shape):
+            raise ValueError(f"init_from={path!r}: weight {name} is {array.shape}, this model's {flat[name].shape}: "
+                             "the model sizes must match.")
+    return weights
+
+
+def load_matching_weights(model, weights):
+    """Copies the named arrays into the model (a subset of its weights, checked by init_weights); the rest
+    keep their values. Returns the model."""
+    state = nnx.state(model, nnx.Variable)
+    for path, var in nnx.to_flat_state(state):
+        name = ".".join(str(k) for k in path)
+        if name in weights:
+            var.set_value(jnp.asarray(weights[name], dtype=var.get_raw_value().dtype))
+    nnx.update(model, state)
+    return model
+
+
 def save_pretrained(model, config, directory):
     """Writes config.json and model.safetensors, each atomically (temp file, then rename)."""
     os.makedirs(directory, exist_ok=True)

@@ -11,6 +11,7 @@ from dit_jax.diffusion.prediction import check_prediction
 from dit_jax.diffusion.schedules import beta_schedule
 from dit_jax.models import attention, controlnet
 from dit_jax.models.dit import DIT_BLOCK, REMAT_POLICIES, check_block
+from dit_jax.models.pretrained import weights_directory
 from dit_jax.text.encoders import DEFAULT_IDS as ENCODERS
 from dit_jax.training import optim, sharding
 
@@ -36,6 +37,10 @@ BOUNDS = (
     ("model.class_dropout_prob", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("model.caption_dropout_prob", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model.num_styles", lambda v: v >= 0 and v == int(v), "0 (none) or a count"),
+    ("model.style_dropout_prob", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model.layout_max_boxes", lambda v: v >= 0 and v == int(v), "0 (none) or a count"),
+    ("model.layout_dropout_prob", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("diffusion.timesteps", lambda v: v >= 2, "at least 2"),
     ("diffusion.min_snr_gamma", lambda v: v >= 0, "0 (off) or more"),
     ("diffusion.logit_mean", math.isfinite, "a finite number"),
@@ -162,6 +167,8 @@ def validate(config):
         controlnet.check_config(config.controlnet)  # a missing base run fails here
 
     check_task(config)
+    if config.get("init_from"):
+        named("init_from", weights_directory, config.init_from)  # a missing run fails here
 
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(config.batch_size, mesh, config.optim.accumulate)

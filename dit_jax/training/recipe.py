@@ -81,6 +81,9 @@ def base_config():
         patch_size=2, hidden_size=384, depth=12, num_heads=6, mlp_ratio=4.0,
         num_classes=0, class_dropout_prob=0.1, learn_sigma=True,
         text_cross_attention=True, text_pooled=True, null_text="learned", caption_dropout_prob=0.1,
+        # A style label (num_styles > 0) and a layout of up to layout_max_boxes boxes with phrases (GLIGEN),
+        # each dropped alone with its probability (dit_jax/models/dit.py, layout.py).
+        num_styles=0, style_dropout_prob=0.1, layout_max_boxes=0, layout_dropout_prob=0.1,
         dropout=0.0, attention="xla", remat="none", scan_blocks=True, dtype="float32",
         norm="layernorm", qk_norm=False, mlp="gelu", pos_embed="sincos",  # DiT's block; see modern_block
     )
@@ -94,6 +97,7 @@ def base_config():
         logit_mean=0.0, logit_std=1.0,
         shift=1.0,                 # SD3's t' = shift t / (1 + (shift - 1) t), in training and the sampling grid
     )
+    c.init_from = ""  # a finished run (or weights directory) to start from; layers it lacks keep their init
     c.batch_size = 256
     c.steps = 400_000
     c.optim = dict(name="adamw", lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0, accumulate=1,

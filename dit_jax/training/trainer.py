@@ -16,7 +16,7 @@ from safetensors.numpy import load_file
 
 from dit_jax.diffusion import Schedule, beta_schedule, diffusion_loss, flow, q_sample
 from dit_jax.models import controlnet as controlnet_lib
-from dit_jax.models.pretrained import WEIGHTS_FILE, build_model, load_flat_weights
+from dit_jax.models.pretrained import WEIGHTS_FILE, build_model, init_weights, load_flat_weights, load_matching_weights
 from dit_jax.training import calibration, optim, sharding
 
 
@@ -53,18 +53,23 @@ def create(config, model_kwargs, mesh):
     rules = [tuple(rule) for rule in config.get("sharding_rules", sharding.DEFAULT_RULES)]
     param_shardings = sharding.param_shardings(abstract_params, mesh, rules)
     optimizer, lr_schedule = optim.make_optimizer(config.optim, config.steps)
+    # init_from: a trained run's weights where this model has them (a text model into a layout one: the new
+    # layers keep their initialisation); an argument of the jitted init, as a ControlNet's base is.
+    weights = init_weights(config.init_from, abstract) if config.get("init_from") else {}
 
-    def init():
-        params = nnx.state(build_model(model_kwargs, seed=config.seed), nnx.Param)
+    def init(weights):
+        model = build_model(model_kwargs, seed=config.seed)
+        params = nnx.state(load_matching_weights(model, weights) if weights else model, nnx.Param)
         return dict(params=params, opt_state=optimizer.init(params), ema=params,
                     step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(config.seed))
 
-    shapes = jax.eval_shape(init)
+    shapes = jax.eval_shape(init, weights)
     state_shardings = infer_state_shardings(shapes, param_shardings, mesh)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             shapes, state_shardings)
+    jitted_init = jax.jit(init, out_shardings=state_shardings)
     return Trainer(graphdef, optimizer, lr_schedule, diffusion_schedule(config.diffusion), config, mesh,
-                   state_shardings, abstract, jax.jit(init, out_shardings=state_shardings))
+                   state_shardings, abstract, lambda: jitted_init(weights))
 
 
 def create_controlnet(config, model_kwargs, mesh):
@@ -123,6 +128,9 @@ def infer_state_shardings(abstract_state, param_shardings, mesh, frozen_sharding
     return out
 
 
+CONDITION_KEYS = ("style", "layout_boxes", "layout_mask", "layout_embeddings")  # batch keys = the DiT's arguments
+
+
 def loss_fn(trainer, params, batch, key, frozen=None):
     """Mean diffusion (or, with diffusion.objective=flow, flow-matching) loss of a batch at random times and noise;
     `frozen` holds a ControlNet's base weights."""
@@ -133,6 +141,10 @@ def loss_fn(trainer, params, batch, key, frozen=None):
 
     controls = {} if trainer.controlnet is None else dict(
         controls=controlnet_lib.batch_controls(trainer.controlnet, batch))
+
+    # style and layout (a DiT with num_styles / layout_max_boxes reads them) when the batch has them.
+    if trainer.controlnet is None:
+        controls.update({k: batch[k] for k in CONDITION_KEYS if k in batch})
 
     def model(x_t, t):
         return trainer.model(params, frozen)(x_t, t, y=batch.get("label"), text=batch.get("text"),
