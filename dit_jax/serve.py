@@ -11,15 +11,18 @@ images compiles once on first use. The seed and the guidance scale are
 inputs of the compiled program, not constants, so changing them does not
 recompile. Requests queue and run one at a time. The progress bar follows
 the sampler's steps as they run: the model reports each call's timestep to
-the host (jax.debug.callback), and the request shows the steps it reached.
+the host (jax.debug.callback) while a worker thread runs it, and the request
+shows each step as it is reached.
 Bad settings come back as messages in the page (gr.Error), never tracebacks.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import queue
 import socket
+import threading
 import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a demo server phones nowhere
@@ -230,19 +233,33 @@ class Demo:
         run = self.program(mode, settings, strength, n)
         while not self.reached.empty():
             self.reached.get_nowait()
-        out = run(self.state, cond, jnp.int32(settings.seed), jnp.float32(settings.cfg_scale), edit)
+        # The sampler runs in a thread (on CPU the call returns only when it is done) while this one shows the
+        # steps it reaches.
+        result = {}
+
+        def work():
+            try:
+                result["x"] = np.asarray(run(self.state, cond, jnp.int32(settings.seed),
+                                             jnp.float32(settings.cfg_scale), edit))
+            except Exception as e:  # pylint: disable=broad-except  # raised again in the request's thread
+                result["error"] = e
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
         shown = 0
-        while True:
-            done = out.is_ready()
-            while not self.reached.empty():
-                index = int(np.argmin(np.abs(visited - self.reached.get_nowait()))) + 1
-                if progress is not None and index > shown:
-                    shown = index
-                    progress(index / len(visited), f"step {index} of {len(visited)}")
-            if done:
-                break
-            time.sleep(0.05)
-        return to_uint8(self.codec.decode(np.asarray(out)))
+        while worker.is_alive() or not self.reached.empty():
+            try:
+                t = self.reached.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            index = int(np.argmin(np.abs(visited - t))) + 1
+            if progress is not None and index > shown:
+                shown = index
+                progress(index / len(visited), f"step {index} of {len(visited)}")
+        worker.join()
+        if "error" in result:
+            raise result["error"]
+        return to_uint8(self.codec.decode(result["x"]))
 
     def warm_up(self):
         """Compiles (and runs once) each tab's default request, so the first click does not wait for XLA."""
@@ -284,13 +301,14 @@ def build(demo):
     d = demo.defaults
 
     def handle(fn):
-        """Runs fn, turning the errors a request can make into messages in the page."""
-        def wrapped(*args, progress=gr.Progress()):
+        """Runs fn, turning the errors a request can make into messages in the page. fn's signature stays visible
+        (functools.wraps): Gradio reads its parameter names for the API and its gr.Progress() default."""
+        @functools.wraps(fn)
+        def wrapped(*args):
             try:
-                return fn(*args, progress=progress)
+                return fn(*args)
             except (ValueError, FileNotFoundError) as e:
                 raise gr.Error(str(e), print_exception=False) from None
-        wrapped.__name__ = fn.__name__
         return wrapped
 
     def gallery(images, caption):
@@ -299,12 +317,12 @@ def build(demo):
     def caption_of(prompt, class_name):
         return " / ".join(str(x) for x in (prompt, class_name) if x)
 
-    def generate(prompt, class_name, sampler, steps, cfg_scale, seed, num_images, progress=None):
+    def generate(prompt, class_name, sampler, steps, cfg_scale, seed, num_images, progress=gr.Progress()):
         images = demo.sample("generate", prompt, class_name, sampler, steps, cfg_scale, seed, num_images,
                              progress=progress)
         return gallery(images, caption_of(prompt, class_name))
 
-    def inpaint(prompt, class_name, steps, cfg_scale, seed, num_images, editor, sampler, progress=None):
+    def inpaint(prompt, class_name, steps, cfg_scale, seed, num_images, editor, sampler, progress=gr.Progress()):
         background = (editor or {}).get("background")
         if background is None:
             raise ValueError("Upload an image to inpaint, then paint over what to regenerate.")
@@ -319,7 +337,8 @@ def build(demo):
                              image=image, mask=fitted_mask, progress=progress)
         return gallery(images, caption_of(prompt, class_name))
 
-    def img2img(prompt, class_name, sampler, steps, cfg_scale, seed, num_images, image, strength, progress=None):
+    def img2img(prompt, class_name, sampler, steps, cfg_scale, seed, num_images, image, strength,
+                progress=gr.Progress()):
         images = demo.sample("img2img", prompt, class_name, sampler, steps, cfg_scale, seed, num_images,
                              image=demo.fit(image, "an image to start from"), strength=strength, progress=progress)
         return gallery(images, caption_of(prompt, class_name))

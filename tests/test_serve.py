@@ -3,6 +3,7 @@
 One toy run (text and classes, random weights, 2 sampler steps) and one launched app serve every test.
 """
 
+import io
 import json
 import os
 import shutil
@@ -143,34 +144,40 @@ def test_a_port_in_use_and_a_run_without_export_fail_in_one_line_before_loading(
         serve.start(str(unfinished), free_port())
 
 
-def test_the_page_in_a_browser_generates_an_image(served, tmp_path):
-    """Headless chromium types a prompt, presses Generate, and waits for a picture that is not blank."""
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver, "
-                    "as the README's test command does)")
+def browse(url, prompt, screenshot, profile):
+    """Headless chromium types `prompt`, presses Generate, waits for the first picture and saves a screenshot of
+    the page; returns that picture's pixels as the browser shows them. (docs/serve.png is made with this.)"""
     from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000",
-                f"--user-data-dir={tmp_path / 'profile'}"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900",
+                f"--user-data-dir={profile}"):
         options.add_argument(arg)
     browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
     try:
-        browser.get(served[1])
+        browser.get(url)
         wait = WebDriverWait(browser, 120)
         box = wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea")))
-        box.send_keys("a red apple")
+        box.send_keys(prompt)
         browser.find_element(By.CSS_SELECTOR, "button#generate").click()
         picture = wait.until(ready.visibility_of_element_located((By.CSS_SELECTOR, "#gallery img")))
         wait.until(lambda _: picture.get_attribute("complete") == "true" and
                    int(picture.get_attribute("naturalWidth")) > 0)
-        pixels = np.asarray(Image.open(__import__("io").BytesIO(picture.screenshot_as_png)).convert("RGB"))
-        assert pixels.std() > 10, "the generated picture is blank"
-        browser.save_screenshot(str(tmp_path / "serve.png"))
-        if os.environ.get("DIT_JAX_SERVE_SCREENSHOT"):  # how docs/serve.png is made
-            browser.save_screenshot(os.environ["DIT_JAX_SERVE_SCREENSHOT"])
+        pixels = np.asarray(Image.open(io.BytesIO(picture.screenshot_as_png)).convert("RGB"))
+        browser.save_screenshot(screenshot)
+        return pixels
     finally:
         browser.quit()
+
+
+def test_the_page_in_a_browser_generates_an_image(served, tmp_path):
+    """A real browser: the page loads, takes a prompt, and shows a generated picture that is not blank."""
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver, "
+                    "as the README's test command does)")
+    pixels = browse(served[1], "a red apple", str(tmp_path / "serve.png"), str(tmp_path / "profile"))
+    assert pixels.std() > 10, "the generated picture is blank"
+    assert os.path.getsize(tmp_path / "serve.png") > 10_000
