@@ -145,3 +145,20 @@ def test_a_missing_tracker_names_its_extra(monkeypatch):
     with pytest.raises(ValueError, match=r"log.mlflow is on but mlflow is not installed: pip install -e \.\[mlflow\]"):
         writers.check_trackers(ConfigDict(dict(tensorboard=True, wandb=False, mlflow=True)))
     writers.check_trackers(ConfigDict(dict(tensorboard=True, wandb=True, mlflow=False)))
+
+
+def test_a_resumed_run_continues_its_mlflow_run(workdir, tmp_path, monkeypatch):
+    import shutil
+    from mlflow import MlflowClient
+    copy = str(shutil.copytree(workdir, tmp_path / "run"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    writer = writers.MetricWriter(copy, ConfigDict(dict(tensorboard=False, wandb=False, mlflow=True)),
+                                  dict(CONFIG, steps=4))  # a run extended on resume
+    writer.scalars(3, {"loss": 0.125, "lr": 0.5})
+    writer.close()
+    client = MlflowClient("file://" + os.path.join(copy, "mlruns"))
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.run_id == open(os.path.join(copy, writers.MLFLOW_RUN_FILE)).read().strip()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+    assert run.data.params["steps"] == "3" and run.info.status == "FINISHED"  # MLflow keeps a param's first value
+    assert json.loads(open(client.download_artifacts(run.info.run_id, "config.json")).read())["steps"] == 4
