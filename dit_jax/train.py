@@ -35,7 +35,7 @@ from dit_jax.models.pretrained import save_pretrained
 from dit_jax.training import sharding, trainer as trainer_lib
 from dit_jax.training.checks import validate
 from dit_jax.training.checkpoint import Checkpointer
-from dit_jax.training.writers import MetricWriter, Progress
+from dit_jax.training.writers import MetricWriter, Progress, check_trackers
 from dit_jax.utils import distributed
 from dit_jax.models.variants import train_flops_per_image
 from dit_jax.utils.flops import device_peak_flops
@@ -151,6 +151,7 @@ def export_ema(trainer, state, model_kwargs, workdir, classifier_metadata=None):
 def train(config, workdir, data_dir):
     """The training loop; returns the final state."""
     mesh = validate(config)
+    check_trackers(config.log)  # a tracker turned on but not installed fails here, not after the data and compile
     workdir, data_dir = os.path.abspath(workdir), os.path.expanduser(data_dir)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)

@@ -69,7 +69,7 @@ def guided_model(model, cond, batch, cfg_scale, guidance_channels=None):
         return model(x, t, **c)
 
     cond = dict(cond, drop=jnp.zeros((batch,), bool))
-    if cfg_scale == 1:
+    if not isinstance(cfg_scale, jax.Array) and cfg_scale == 1:  # a traced scale (serve) always guides
         return functools.partial(model_fn, c=cond)
     null = dict(cond, drop=jnp.ones((batch,), bool))
     return classifier_free_guidance(model_fn, cond, null, cfg_scale, guidance_channels)

@@ -1,0 +1,436 @@
+"""A browser demo of a trained run: text (or class) to image, inpainting and image-to-image.
+
+  python -m dit_jax.serve --workdir=RUN [--port=7860] [--host=127.0.0.1] [--max_images=4]
+
+A Gradio Blocks app over dit_jax/sampling.py, the module behind `sample`:
+the same Setup, conditions, starting noise and samplers, so a seed gives
+the images `sample` gives for one prompt. The weights load once, and the
+sampler is compiled at start-up for the page's defaults (each tab), so the
+first click is fast; another sampler, step count, strength or number of
+images compiles once on first use. The seed and the guidance scale are
+inputs of the compiled program, not constants, so changing them does not
+recompile. Requests queue and run one at a time. The progress bar follows
+the sampler's steps as they run: the model reports each call's timestep to
+the host (jax.debug.callback) while a worker thread runs it, and the request
+shows each step as it is reached.
+Bad settings come back as messages in the page (gr.Error), never tracebacks.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import queue
+import socket
+import threading
+import time
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a demo server phones nowhere
+
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+from absl import app, flags  # pylint: disable=wrong-import-position
+from flax import nnx  # pylint: disable=wrong-import-position
+from PIL import Image  # pylint: disable=wrong-import-position
+
+from dit_jax import sampling  # pylint: disable=wrong-import-position
+from dit_jax.data import images as image_io  # pylint: disable=wrong-import-position
+from dit_jax.diffusion.flow import FLOW_SAMPLERS, T_SCALE, flow_sigmas  # pylint: disable=wrong-import-position
+from dit_jax.diffusion.generate import INPAINT_SAMPLERS, SAMPLERS  # pylint: disable=wrong-import-position
+from dit_jax.models import classifier  # pylint: disable=wrong-import-position
+from dit_jax.models.pretrained import load_pretrained  # pylint: disable=wrong-import-position
+from dit_jax.utils.visualization import to_uint8  # pylint: disable=wrong-import-position
+
+PORT, MAX_IMAGES, MAX_STEPS = 7860, 4, 250
+MODES = ("generate", "inpaint", "img2img")
+STRENGTH = 0.6  # img2img's default, as sample's
+
+
+def check_port(host, port):
+    """A one-line error when the port cannot be served, before anything loads."""
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {port}.")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ValueError(f"Port {port} on {host} is in use or not available ({e.strerror}): pass --port with a "
+                             "free one, or stop what is serving there.") from None
+
+
+def check_run(workdir):
+    """A one-line error for a workdir that cannot be served, before anything loads."""
+    if not workdir:
+        raise ValueError("Pass --workdir: a training run with exported weights (its export/ folder).")
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"Workdir {workdir} does not exist: pass a training run's --workdir.")
+    if not os.path.isfile(os.path.join(workdir, "export", "config.json")):
+        raise FileNotFoundError(f"{workdir} has no export (export/config.json): training writes it when it reaches "
+                                "config.steps; serve a finished run, or finish this one.")
+
+
+class Demo:
+    """A run's model loaded once, with one compiled sampler per (mode, sampler, steps, strength, images, guided)."""
+
+    def __init__(self, workdir, data_dir="~/.cache/dit_jax", max_images=MAX_IMAGES):
+        check_run(workdir)
+        if max_images < 1:
+            raise ValueError(f"--max_images must be at least 1, got {max_images}.")
+        self.setup = sampling.read_setup(workdir=workdir, data_dir=data_dir)
+        classifier.refuse(self.setup.model_config, "serve")
+        with open(os.path.join(workdir, "run.json")) as f:
+            self.defaults = sampling.run_settings(_Config(json.load(f)["config"]["sample"]))
+        self.name, self.max_images = os.path.basename(os.path.normpath(workdir)), max_images
+        self.codec = sampling.Codec(self.setup)
+        self.encoder = None
+        if self.setup.text:
+            from dit_jax.text import encoders  # pylint: disable=import-outside-toplevel
+            t = self.setup.text
+            self.encoder = encoders.load(t["encoder"], t.get("source", ""), t["max_length"], t["layer"])
+        model, _ = load_pretrained(self.setup.export)
+        self.graphdef, state = nnx.split(model)
+        self.device = jax.devices()[0]
+        self.state = jax.device_put(state, self.device)
+        self.compiled = {}
+        self.reached = queue.Queue()  # timesteps the running sampler has reached (one request runs at a time)
+
+    # What the model takes.
+    @property
+    def num_classes(self):
+        return self.setup.model_config.get("num_classes", 0)
+
+    @property
+    def class_choices(self):
+        names = self.setup.class_names
+        return [names[i] if i < len(names) else str(i) for i in range(self.num_classes)]
+
+    @property
+    def samplers(self):
+        return FLOW_SAMPLERS if self.setup.objective == "flow" else SAMPLERS
+
+    @property
+    def inpaint_samplers(self):
+        return FLOW_SAMPLERS if self.setup.objective == "flow" else INPAINT_SAMPLERS
+
+    def describe(self):
+        c = self.setup.model_config
+        takes = [w for w, on in (("text", self.setup.text), ("class labels", self.num_classes)) if on]
+        space = "VAE latents" if self.setup.vae else "pixels"
+        return (f"**{self.name}**: a DiT ({c['hidden_size']} wide, {c['depth']} blocks, patch {c['patch_size']}) "
+                f"trained with {self.setup.objective} on {space}; it makes {self.codec.resolution}x"
+                f"{self.codec.resolution} images from {' and '.join(takes) or 'nothing (unconditional)'}.")
+
+    # Requests.
+    def settings(self, sampler, steps, cfg_scale, seed, num_images, mode):
+        """Checked Settings from the page's values; one-line ValueErrors for what cannot sample."""
+        for name, value in (("steps", steps), ("seed", seed), ("number of images", num_images)):
+            if value is None or float(value) != int(value):
+                raise ValueError(f"The {name} must be a whole number, got {value!r}.")
+        if not 1 <= int(num_images) <= self.max_images:
+            raise ValueError(f"The number of images must be 1..{self.max_images} (the server's --max_images), "
+                             f"got {int(num_images)}.")
+        if not 0 <= int(seed) < 2**31:
+            raise ValueError(f"The seed must be in 0..{2**31 - 1}, got {int(seed)}.")
+        if not 1 <= int(steps) <= min(MAX_STEPS, len(self.setup.schedule)):
+            raise ValueError(f"Steps must be 1..{min(MAX_STEPS, len(self.setup.schedule))}, got {int(steps)}.")
+        if cfg_scale is None or not np.isfinite(cfg_scale) or cfg_scale < 0:
+            raise ValueError(f"The guidance scale must be a number >= 0 (1: none), got {cfg_scale!r}.")
+        settings = sampling.Settings(sampler=sampler, steps=int(steps), cfg_scale=float(cfg_scale), seed=int(seed))
+        sampling.check_settings(settings, inpaint=mode == "inpaint", objective=self.setup.objective)
+        return settings
+
+    def conditions(self, prompt, class_name):
+        """Model inputs for one prompt and/or class, numpy with a leading axis of 1."""
+        prompt = (prompt or "").strip()
+        if self.setup.text and not prompt:
+            raise ValueError("Type a prompt: this model draws from text.")
+        if prompt and not self.setup.text:
+            raise ValueError("This model reads no text: leave the prompt empty and pick a class.")
+        labels = None
+        if self.num_classes:
+            if class_name in (None, ""):
+                raise ValueError("Pick a class: this model is class-conditional.")
+            labels = [self.class_choices.index(class_name) if class_name in self.class_choices
+                      else sampling._class_index(class_name, self.num_classes, self.setup.class_names)]  # pylint: disable=protected-access
+        cond = {}
+        if self.encoder is not None:
+            tokens, mask, pooled = self.encoder.encode([prompt])
+            cond = dict(text=tokens.astype(np.float32), text_mask=mask, pooled=pooled.astype(np.float32))
+        if labels is not None:
+            cond["y"] = np.asarray(labels, np.int32)
+        return cond
+
+    def fit(self, array, what):
+        """An uploaded image (H, W[, C]) uint8 fitted to the model's resolution; too small ones are refused."""
+        if array is None:
+            raise ValueError(f"Upload {what}.")
+        h, w = array.shape[:2]
+        r = self.codec.resolution
+        if min(h, w) < r:
+            raise ValueError(f"The image is {w}x{h} pixels but this model makes {r}x{r}: upload one at least {r} "
+                             "pixels on each side.")
+        mode = "L" if self.codec.pixel_channels == 1 else "RGB"
+        return image_io.fit(Image.fromarray(np.asarray(array, np.uint8)).convert(mode), r)
+
+    def visited(self, settings, mode, strength):
+        """The model timesteps the sampler will call the model at, in order (what the progress bar counts)."""
+        full = np.asarray(sampling.sampled_timesteps(self.setup, settings), np.float64)
+        if mode != "img2img" or strength == 1:
+            return full
+        kept = int(round(strength * settings.steps))
+        if self.setup.objective == "flow":
+            return flow_sigmas(kept, self.setup.shift, start=strength)[:-1] * T_SCALE
+        return full[len(full) - kept:]
+
+    def program(self, mode, settings, strength, num_images):
+        """The compiled sampler for these static choices (built on first use, then reused)."""
+        guided = settings.cfg_scale != 1
+        key = (mode, settings.sampler, settings.steps, strength, num_images, guided)
+        if key in self.compiled:
+            return self.compiled[key]
+        setup, graphdef, reached = self.setup, self.graphdef, self.reached
+
+        def report(t):
+            reached.put(float(t))
+
+        @jax.jit
+        def run(state, cond, seed, cfg_scale, edit):
+            model = nnx.merge(graphdef, state)
+
+            def reporting_model(x, t, **kwargs):
+                jax.debug.callback(report, t[0])
+                return model(x, t, **kwargs)
+
+            s = dataclasses.replace(settings, seed=seed, cfg_scale=cfg_scale if guided else 1.0)
+            return sampling.generate_batch(reporting_model, setup, s, cond, jnp.arange(num_images, dtype=jnp.int32),
+                                           strength=strength, **edit)
+
+        self.compiled[key] = run
+        return run
+
+    def sample(self, mode, prompt, class_name, sampler, steps, cfg_scale, seed, num_images, image=None, mask=None,
+               strength=1.0, progress=None):
+        """uint8 images (N, H, W[, C]) for one request; `progress(fraction, desc)` is told each step reached."""
+        settings = self.settings(sampler, steps, cfg_scale, seed, num_images, mode)
+        n = int(num_images)
+        if mode == "img2img":
+            if not 0 <= strength <= 1:
+                raise ValueError(f"The strength must be in [0, 1], got {strength}.")
+            strength = round(strength * settings.steps) / settings.steps  # only the number of kept steps matters
+            if strength == 0:
+                raise ValueError(f"At strength below {0.5 / settings.steps:.3g} no step of {settings.steps} runs: "
+                                 "raise the strength or the steps.")
+        cond = self.conditions(prompt, class_name)
+        cond = {k: jax.device_put(np.repeat(v, n, axis=0), self.device) for k, v in cond.items()}
+        edit = {}
+        if image is not None:
+            edit["image"] = jax.device_put(self.codec.encode(image), self.device)
+        if mask is not None:
+            edit["mask"] = jax.device_put(self.codec.mask(mask), self.device)
+        visited = self.visited(settings, mode, strength)
+        run = self.program(mode, settings, strength, n)
+        while not self.reached.empty():
+            self.reached.get_nowait()
+        # The sampler runs in a thread (on CPU the call returns only when it is done) while this one shows the
+        # steps it reaches.
+        result = {}
+
+        def work():
+            try:
+                result["x"] = np.asarray(run(self.state, cond, jnp.int32(settings.seed),
+                                             jnp.float32(settings.cfg_scale), edit))
+            except Exception as e:  # pylint: disable=broad-except  # raised again in the request's thread
+                result["error"] = e
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        shown = 0
+        while worker.is_alive() or not self.reached.empty():
+            try:
+                t = self.reached.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            index = int(np.argmin(np.abs(visited - t))) + 1
+            if progress is not None and index > shown:
+                shown = index
+                progress(index / len(visited), f"step {index} of {len(visited)}")
+        worker.join()
+        if "error" in result:
+            raise result["error"]
+        return to_uint8(self.codec.decode(result["x"]))
+
+    def warm_up(self):
+        """Compiles (and runs once) each tab's default request, so the first click does not wait for XLA."""
+        started = time.time()
+        d, r = self.defaults, self.codec.resolution
+        blank = np.zeros((r, r, self.codec.pixel_channels), np.uint8)
+        half = np.zeros((r, r), bool)
+        half[:, r // 2:] = True
+        args = dict(prompt="warm-up" if self.setup.text else "", class_name=(self.class_choices or [None])[0],
+                    steps=d.steps, cfg_scale=d.cfg_scale, seed=0, num_images=min(MAX_IMAGES, self.max_images))
+        self.sample("generate", sampler=self.default_sampler, **args)
+        self.sample("inpaint", sampler=self.inpaint_samplers[-1] if self.setup.objective != "flow"
+                    else self.default_sampler, image=blank, mask=half, **args)
+        self.sample("img2img", sampler=self.default_sampler, image=blank, strength=STRENGTH, **args)
+        return time.time() - started
+
+    @property
+    def default_sampler(self):
+        return self.defaults.sampler if self.defaults.sampler in self.samplers else self.samplers[-1]
+
+
+class _Config(dict):
+    """A recipe's `sample` block read from run.json, with the attribute access run_settings uses."""
+    __getattr__ = dict.__getitem__
+
+
+def mask_of(editor):
+    """The inpainting mask drawn in a gr.ImageMask value: True where any layer was painted."""
+    layers = (editor or {}).get("layers") or []
+    painted = [np.asarray(layer)[..., 3] > 0 for layer in layers if layer is not None and np.ndim(layer) == 3
+               and np.shape(layer)[-1] == 4]
+    return np.any(painted, axis=0) if painted else None
+
+
+def build(demo):
+    """The Gradio Blocks page of `demo`: shared controls, three tabs, one gallery."""
+    import gradio as gr  # pylint: disable=import-outside-toplevel
+
+    d = demo.defaults
+
+    def handle(fn):
+        """Runs fn, turning the errors a request can make into messages in the page. fn's signature stays visible
+        (functools.wraps): Gradio reads its parameter names for the API and its gr.Progress() default."""
+        @functools.wraps(fn)
+        def wrapped(*args):
+            try:
+                return fn(*args)
+            except (ValueError, FileNotFoundError) as e:
+                raise gr.Error(str(e), print_exception=False) from None
+        return wrapped
+
+    def gallery(images, caption):
+        return [(image.squeeze(-1) if image.shape[-1] == 1 else image, caption) for image in images]
+
+    def caption_of(prompt, class_name):
+        return " / ".join(str(x) for x in (prompt, class_name) if x)
+
+    def generate(prompt, class_name, sampler, steps, cfg_scale, seed, num_images, progress=gr.Progress()):
+        images = demo.sample("generate", prompt, class_name, sampler, steps, cfg_scale, seed, num_images,
+                             progress=progress)
+        return gallery(images, caption_of(prompt, class_name))
+
+    def inpaint(prompt, class_name, steps, cfg_scale, seed, num_images, editor, sampler, progress=gr.Progress()):
+        background = (editor or {}).get("background")
+        if background is None:
+            raise ValueError("Upload an image to inpaint, then paint over what to regenerate.")
+        mask = mask_of(editor)
+        if mask is None or not mask.any():
+            raise ValueError("Paint over the part of the image to regenerate: the mask is empty.")
+        image = demo.fit(background, "an image to inpaint")
+        fitted_mask = demo.fit(mask.astype(np.uint8) * 255, "a mask")[..., 0] > 127
+        if not fitted_mask.any():
+            raise ValueError("The painted mask vanishes at the model's resolution: paint a larger area.")
+        images = demo.sample("inpaint", prompt, class_name, sampler, steps, cfg_scale, seed, num_images,
+                             image=image, mask=fitted_mask, progress=progress)
+        return gallery(images, caption_of(prompt, class_name))
+
+    def img2img(prompt, class_name, sampler, steps, cfg_scale, seed, num_images, image, strength,
+                progress=gr.Progress()):
+        images = demo.sample("img2img", prompt, class_name, sampler, steps, cfg_scale, seed, num_images,
+                             image=demo.fit(image, "an image to start from"), strength=strength, progress=progress)
+        return gallery(images, caption_of(prompt, class_name))
+
+    mode = "L" if demo.codec.pixel_channels == 1 else "RGB"
+    with gr.Blocks(title=f"dit_jax: {demo.name}") as page:
+        gr.Markdown(f"# dit_jax demo\n{demo.describe()}")
+        with gr.Row():
+            prompt = gr.Textbox(label="Prompt", placeholder="a red apple", visible=bool(demo.setup.text),
+                                elem_id="prompt", scale=3)
+            choices = demo.class_choices
+            class_name = gr.Dropdown(choices=choices, value=choices[0] if choices else None, label="Class",
+                                     visible=bool(choices), elem_id="class", scale=1)
+        with gr.Row():
+            sampler = gr.Dropdown(list(demo.samplers), value=demo.default_sampler, label="Sampler")
+            steps = gr.Slider(1, min(MAX_STEPS, len(demo.setup.schedule)), value=d.steps, step=1, label="Steps")
+            cfg_scale = gr.Slider(0, 15, value=d.cfg_scale, step=0.1, label="Guidance scale (1: none)")
+            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+            num_images = gr.Slider(1, demo.max_images, value=min(MAX_IMAGES, demo.max_images), step=1,
+                                   label="Images")
+        common = [prompt, class_name]
+        settings = [steps, cfg_scale, seed, num_images]
+        with gr.Tabs():
+            with gr.Tab("Generate"):
+                generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Tab("Inpaint"):
+                editor = gr.ImageMask(label="Image: paint over what to regenerate", type="numpy",
+                                      image_mode="RGBA", layers=False, transforms=(), elem_id="inpaint_image")
+                inpaint_sampler = gr.Dropdown(list(demo.inpaint_samplers), value=demo.inpaint_samplers[-1]
+                                              if demo.setup.objective != "flow" else demo.default_sampler,
+                                              label="Inpainting sampler")
+                inpaint_button = gr.Button("Inpaint", variant="primary", elem_id="inpaint")
+            with gr.Tab("Image to image"):
+                source = gr.Image(label="Start from", type="numpy", image_mode=mode, elem_id="img2img_image")
+                strength = gr.Slider(0, 1, value=STRENGTH, step=0.05,
+                                     label="Strength (0: keep the image, 1: ignore it)")
+                img2img_button = gr.Button("Transform", variant="primary", elem_id="img2img")
+        images = gr.Gallery(label="Images", format="png", columns=4, object_fit="contain", height=360,
+                            buttons=["download", "download_all", "fullscreen"], elem_id="gallery")
+        queue = dict(concurrency_id="sampler", concurrency_limit=1)  # one sampler: requests wait their turn
+        generate_button.click(handle(generate), common + [sampler] + settings, images, api_name="generate", **queue)
+        inpaint_button.click(handle(inpaint), common + settings + [editor, inpaint_sampler], images,
+                             api_name="inpaint", **queue)
+        img2img_button.click(handle(img2img), common + [sampler] + settings + [source, strength], images,
+                             api_name="img2img", **queue)
+    return page.queue(max_size=64, default_concurrency_limit=1)
+
+
+def launch(page, host="127.0.0.1", port=PORT, block=True):
+    """Serves the page; with block=False returns once it listens (tests)."""
+    page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=True, quiet=not block,
+                footer_links=[])
+    return page
+
+
+def start(workdir, port=PORT, host="127.0.0.1", data_dir="~/.cache/dit_jax", max_images=MAX_IMAGES):
+    """Everything before serving, in order of cost: the checks, the model, the compiles."""
+    check_port(host, port)
+    check_run(workdir)
+    try:
+        import gradio  # pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+        raise ValueError("The demo needs gradio: pip install -e .[serve] && pip install --no-deps "
+                         "gradio==6.31.0 (see README).") from None
+    demo = Demo(workdir, data_dir, max_images)
+    print(f"Compiling {demo.name}'s sampler for the page's defaults ...", flush=True)
+    print(f"Ready in {demo.warm_up():.1f} s: http://{host}:{port}", flush=True)
+    return demo, build(demo)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    from dit_jax.utils import distributed  # pylint: disable=import-outside-toplevel
+    distributed.define_data_dir()
+    flags.DEFINE_string("workdir", None, "A training run: its export/ weights and run.json settings.")
+    flags.DEFINE_integer("port", PORT, "The port to serve on.")
+    flags.DEFINE_string("host", "127.0.0.1", "The address to serve on (0.0.0.0: every interface).")
+    flags.DEFINE_integer("max_images", MAX_IMAGES, "The most images one request may ask for.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise SystemExit(f"serve: unexpected arguments {argv[1:]}")
+    try:
+        _, page = start(FLAGS.workdir, FLAGS.port, FLAGS.host, FLAGS.data_dir, FLAGS.max_images)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"serve: {e}") from None
+    launch(page, FLAGS.host, FLAGS.port)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
