@@ -132,7 +132,7 @@ def run_setup(config, manifest, model_config, export=None):
     """The Setup of a training run from its config and its data's manifest (None: the config's own words)."""
     if manifest is not None:
         text, vae, class_names = manifest["text"], manifest["vae"], manifest.get("class_names") or []
-        style_names = manifest.get("style_names") or []
+        style_names = manifest.get("styles") or []
     else:
         t = config.text
         text = dict(encoder=t.encoder, source=t.path, max_length=t.max_length, layer=t.layer)
