@@ -31,7 +31,7 @@ import grain
 import jax
 import numpy as np
 
-from dit_jax.data import augment, prepare, records
+from dit_jax.data import augment, prepare, records, repa
 from dit_jax.data.prepare import prepared_dir  # pylint: disable=unused-import  # part of this interface
 
 
@@ -74,6 +74,11 @@ def check_compatible(manifest, config):
     wanted, stored = set(prepare.control_names(config)), set(manifest.get("controls") or [])
     if wanted != stored:
         problems.append(f"data.controls={tuple(sorted(wanted))} but the data has controls {tuple(sorted(stored))}")
+    if repa.prepared(config):
+        stored = manifest.get("repa")
+        wanted = repa.manifest_entry(config, repa.token_grid(config, expected["input_size"]))
+        if stored != wanted:
+            problems.append(f"REPA features {wanted} are wanted but the data has {stored}")
     if expected["input_size"] % config.model.patch_size:
         problems.append(f"input size {expected['input_size']} is not divisible by patch_size {config.model.patch_size}")
     if problems:
@@ -86,6 +91,7 @@ class Example:
     def __init__(self, config, manifest, seed):
         self.seed, self.data = seed, config.data
         self.controls = manifest.get("controls") or []
+        self.repa = repa.prepared(config)  # REPA features stored with the data: the image's or its mirror's
         self.latent = manifest["space"] == "latent"
         self.scale = manifest["vae"]["scale"] if self.latent else 1.0
         if self.latent and (self.data.color_jitter or self.data.rotation):
@@ -105,6 +111,7 @@ class Example:
                         * self.scale for name in self.controls}
         else:
             state = rng.bit_generator.state  # each control replays the image's flip and rotation draws
+            flipped = flip and _replay(rng, state).random() < 0.5  # augment's first draw
             image = augment.augment(r["image"], rng, flip=flip, color_jitter=self.data.color_jitter,
                                     rotation=self.data.rotation)
             controls = {name: augment.augment(r[f"control_{name}"], _replay(rng, state), flip=flip,
@@ -112,6 +119,8 @@ class Example:
         out = {"image": image, "text": r["text"][k].astype(np.float32), "text_mask": r["mask"][k].astype(bool),
                "pooled": r["pooled"][k].astype(np.float32), "label": np.int32(r["label"])}
         out.update({f"control_{name}": c for name, c in controls.items()})
+        if self.repa:
+            out["repa"] = r["repa_flip" if flipped else "repa"].astype(np.float32)
         return out
 
 

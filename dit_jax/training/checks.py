@@ -4,6 +4,7 @@ import math
 
 import jax.numpy as jnp
 
+from dit_jax.data import repa
 from dit_jax.data.sources import BUILDERS
 from dit_jax.diffusion.flow import FLOW_SAMPLERS, TIME_SAMPLINGS, check_path
 from dit_jax.diffusion.generate import DDIM_SAMPLERS, OBJECTIVES, check_objective, check_sampler, check_spacing
@@ -162,6 +163,7 @@ def validate(config):
         controlnet.check_config(config.controlnet)  # a missing base run fails here
 
     check_task(config)
+    repa.check_config(config)
 
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(config.batch_size, mesh, config.optim.accumulate)
