@@ -28,8 +28,8 @@ from jax.experimental import multihost_utils
 from dit_jax.data.latents import VAE_SCALE
 from dit_jax.diffusion import PREDICTIONS, Schedule, beta_schedule, classifier_gradient
 from dit_jax.diffusion.flow import FLOW_SAMPLERS, T_SCALE, check_path, flow_sigmas
-from dit_jax.diffusion.generate import (CFG_SCALE, DDIM_SAMPLERS, DEFAULT_SPACING, OBJECTIVES, SAMPLER, STEPS,
-                                        check_objective, check_sampler, check_spacing, generate, generate_flow,
+from dit_jax.diffusion.generate import (CFG_SCALE, DDIM_SAMPLERS, DEFAULT_SPACING, FLOW_SAMPLER, OBJECTIVES, SAMPLER,
+                                        STEPS, check_objective, check_sampler, check_spacing, generate, generate_flow,
                                         sampler_grid)
 from dit_jax.models.pretrained import load_pretrained
 from dit_jax.training import sharding
@@ -107,6 +107,7 @@ class Setup:
     objective: str = "ddpm"  # ddpm, or flow: a flow-matching model (diffusion/flow.py), sampled by the flow samplers
     flow_path: str = "linear"  # flow: its interpolant, linear | gvp
     shift: float = 1.0       # flow: SD3's shift of the sigma grid
+    sampler: str = SAMPLER   # the sampler `sample` and `evaluate` use unless told (model_sampler)
 
     @property
     def clip_x0(self):
@@ -133,9 +134,18 @@ def run_setup(config, manifest, model_config, export=None):
         class_names = []
     d, defaults = config.diffusion, recipe_defaults(config.sample)
     check_spacing(defaults["spacing"])
+    flow_defaults = flow_settings(d)
     return Setup(export, dict(model_config), text if model_config.get("text_dim") else None, vae,
                  Schedule(beta_schedule(d.schedule, d.timesteps)), d.prediction, class_names, **defaults,
-                 **flow_settings(d))
+                 **flow_defaults, sampler=model_sampler(flow_defaults["objective"], config.sample.get("sampler")))
+
+
+def model_sampler(objective, recipe_sampler=None):
+    """The sampler a model samples with unless told: a flow model its recipe's (sample.sampler) or heun, a DDPM
+    model dpmpp_2m (its recipe's may be one for the training grids only, such as xl's 250 ddpm steps)."""
+    if objective == "flow":
+        return recipe_sampler if recipe_sampler in FLOW_SAMPLERS else FLOW_SAMPLER
+    return SAMPLER
 
 
 def flow_settings(d):
@@ -176,9 +186,11 @@ def read_setup(workdir=None, checkpoint=None, data_dir="~/.cache/dit_jax", *, te
         if d["timesteps"] < 2:
             raise ValueError(f"--timesteps must be at least 2, got {d['timesteps']}.")
         check_spacing(d["spacing"])
+        flow_defaults = flow_settings(d)
         return Setup(checkpoint, config, text, dict(source=vae, scale=vae_scale) if vae else None,
                      Schedule(beta_schedule(d["schedule"], d["timesteps"])), d["prediction"], [],
-                     spacing=d["spacing"], guidance_channels=d["guidance_channels"], **flow_settings(d))
+                     spacing=d["spacing"], guidance_channels=d["guidance_channels"], **flow_defaults,
+                     sampler=model_sampler(flow_defaults["objective"], d.get("sampler")))
 
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"Workdir {workdir} does not exist.")
@@ -209,7 +221,7 @@ def run_record(config):
     """sampling.json for a training run's export (`config`: its recipe)."""
     d = config.diffusion
     return dict(schedule=d.schedule, timesteps=d.timesteps, prediction=d.prediction, **recipe_defaults(config.sample),
-                **flow_settings(d))
+                **flow_settings(d), sampler=config.sample.sampler)
 
 
 def write_sampling_record(directory, record):
