@@ -170,6 +170,20 @@ def test_the_export_holds_the_dit_alone_and_a_step_logs_repa_loss():
                          params["projector"]["fc3"]["kernel"][...]).max()) > 0  # the projector is trained
 
 
+def test_online_inception_features_trace_into_the_loss():
+    """repa.features=online: the Inception runs inside the step on the batch's pixels (traced, not compiled)."""
+    config = toy_config()
+    config.repa.features = "online"
+    kwargs = {**config.model.to_dict(), "input_size": SIZE, "in_channels": 3, "text_dim": 0}
+    trainer = trainer_lib.create(config, kwargs, sharding.make_mesh(config.mesh))
+    assert trainer.repa.feature_dim == 768 and trainer.repa.projector_dim == 16
+    batch = {"image": toy_batch()["image"]}  # no prepared features
+    loss, stats = jax.eval_shape(lambda p: trainer_lib.loss_and_stats(trainer, p, batch, jax.random.PRNGKey(0)),
+                                 trainer.abstract_state["params"])
+    assert loss.shape == stats["repa_loss"].shape == ()
+    assert jax.eval_shape(trainer.repa.encode, batch["image"]).shape == (BATCH, GRID * GRID, 768)
+
+
 # ------------------------------------------------------------------------------------------------- DINOv2, prepare
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,7 @@ class Dinov2:
         """(N, H, W, 1 or 3) in [-1, 1] -> (N, f, f, C), f = resolution // patch: bicubic resize (antialiased),
         ImageNet normalisation, and the patch tokens of the last hidden state (after its layer norm)."""
         torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.array(images, np.float32)).permute(0, 3, 1, 2)  # a writable copy
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         x = torch.nn.functional.interpolate((x + 1) / 2, size=(resolution, resolution), mode="bicubic",
                                             antialias=True, align_corners=False)
