@@ -58,8 +58,9 @@ def define_flags():
     flags.adopt_module_key_flags(distributed)  # so --help lists them
     flags.DEFINE_string("workdir", None, "The training run to evaluate (its exported EMA weights).")
     flags.DEFINE_integer("num_samples", 1000, "Images per sampler; FID is named by it (FID-1k).")
-    flags.DEFINE_list("samplers", [f"{SAMPLER}:{STEPS}"], "sampler:steps pairs, each evaluated on the same prompts "
-                      "and starting noise (a flow-matching run: euler, heun or euler_maruyama, e.g. heun:25).")
+    flags.DEFINE_list("samplers", None, "sampler:steps pairs, each evaluated on the same prompts and starting noise "
+                      f"(a flow-matching run: euler, heun or euler_maruyama, e.g. heun:25). Default: the run's sampler "
+                      f"(a flow run: its sample.sampler, else heun; DDPM: {SAMPLER}), {STEPS} steps.")
     flags.DEFINE_float("cfg_scale", None, "Guidance scale (default: the run's config.sample.cfg_scale).")
     flags.DEFINE_string("spacing", None, f"{' | '.join(SPACINGS)}; default: the run's config.sample.spacing, else "
                         "each sampler's.")
@@ -95,7 +96,9 @@ def run_name(result):
 
 
 def parse_samplers(specs):
-    """["dpmpp_2m:20", "ddpm:250"] -> [("dpmpp_2m", 20), ("ddpm", 250)], checked."""
+    """["dpmpp_2m:20", "ddpm:250"] -> [("dpmpp_2m", 20), ("ddpm", 250)], checked; None: the run's own."""
+    if specs is None:
+        return None
     out = []
     for spec in specs:
         name, _, steps = spec.partition(":")
@@ -147,10 +150,11 @@ def run_manifest(workdir, data_dir):
     return config, prepare.read_manifest(folder)
 
 
-def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=((SAMPLER, STEPS),), num_samples=1000,
+def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=1000,
              cfg_scale=None, metrics=None, clip_model=None, batch_size=100, seed=0, out=None, reuse_samples=False,
              spacing=None, eta=0.0, classifier_path=None, classifier_scales=(1.0,)):
-    """Generates and scores samples for each (sampler, steps) and classifier scale; returns one result dict each."""
+    """Generates and scores samples for each (sampler, steps) and classifier scale; returns one result dict each.
+    samplers None: the run's own sampler (sampling.model_sampler) at STEPS steps."""
     for path in (workdir, os.path.join(workdir, "run.json"), os.path.join(workdir, "export", "config.json")):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found: --workdir must be a training run that has exported weights.")
@@ -164,6 +168,8 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=((SAMPLER, STEPS),),
     if num_samples > manifest["examples"]:
         raise ValueError(f"--num_samples {num_samples} exceeds the {manifest['examples']} prepared examples.")
     cfg_scale = config.sample.cfg_scale if cfg_scale is None else cfg_scale
+    if samplers is None:
+        samplers = [(sampling.read_setup(workdir, data_dir=data_dir).sampler, STEPS)]
     plan = [sampling.Settings(sampler=name, steps=steps, spacing=spacing, eta=eta if name in DDIM_SAMPLERS else 0.0,
                               cfg_scale=cfg_scale, seed=seed, classifier=classifier_path, classifier_scale=scale)
             for name, steps in samplers for scale in classifier_scales]

@@ -35,6 +35,8 @@ def main(argv):
     summary["text"] = manifest["text"]
     if manifest.get("controls"):
         summary["controls"] = manifest["control_shapes"]
+    if manifest.get("repa"):
+        summary["repa"] = manifest["repa"]  # REPA's stored features: encoder, its input size, grid and width
     print(json.dumps(summary, indent=1))
 
 

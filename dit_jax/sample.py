@@ -74,8 +74,9 @@ class Options:
     mask: str = option(None, "Inpainting mask: white = regenerate, black = keep.")
     resample: int = option(1, "Inpainting: passes per step (RePaint resampling; 1 = replacement only).")
     strength: float = option(0.6, "img2img: how far the image is noised, 0 (kept) to 1 (pure noise).")
-    sampler: str = option(SAMPLER, f"{' | '.join(SAMPLERS)} (inpainting: ddpm | ddim); a flow-matching model: "
-                          f"{' | '.join(FLOW_SAMPLERS)}.")
+    sampler: str = option(None, f"{' | '.join(SAMPLERS)} (inpainting: ddpm | ddim); a flow-matching model: "
+                          f"{' | '.join(FLOW_SAMPLERS)}. Default: the model's (a flow run: its sample.sampler, "
+                          f"else heun; DDPM: {SAMPLER}).")
     steps: int = option(STEPS, "Sampling steps.")
     spacing: str = option(None, f"{' | '.join(SPACINGS)}; default: the model's (DiT's weights: dit), else the "
                           "sampler's.")
@@ -134,7 +135,8 @@ def check_options(o):
     """One-line errors for flags that do not fit together, before anything loads or compiles."""
     if o.mode not in MODES:
         raise ValueError(f"Unknown --mode {o.mode!r}; choose one of {MODES}.")
-    sampling.check_settings(o.settings, inpaint=o.mode == "inpaint")
+    if o.sampler is not None:  # else checked with the model's sampler, once its setup is read
+        sampling.check_settings(o.settings, inpaint=o.mode == "inpaint")
     if o.mode != "sample" and not o.image:
         raise ValueError(f"--mode={o.mode} needs --image.")
     if o.mode == "inpaint" and not o.mask:
@@ -164,10 +166,20 @@ def read_setup(o):
     return setup
 
 
+def with_model_sampler(o, setup):
+    """`o` with --sampler, when not given, the model's own (sampling.model_sampler), checked."""
+    if o.sampler is not None:
+        return o
+    o = dataclasses.replace(o, sampler=setup.sampler)
+    sampling.check_settings(o.settings, inpaint=o.mode == "inpaint", objective=setup.objective)
+    return o
+
+
 def run(o):
     """Samples as `o` says and writes the outputs; returns the uint8 images (N, H, W, C) and their captions."""
     check_options(o)
     setup = read_setup(o)
+    o = with_model_sampler(o, setup)
     prompts = list(o.prompt)
     if o.prompts:
         with open(o.prompts) as f:

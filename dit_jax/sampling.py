@@ -29,8 +29,8 @@ from dit_jax.data.latents import VAE_SCALE
 from dit_jax.diffusion import PREDICTIONS, Schedule, beta_schedule, classifier_gradient
 from dit_jax.diffusion.composition import AND, check_guidance, parse_guidance, split_prompt
 from dit_jax.diffusion.flow import FLOW_SAMPLERS, T_SCALE, check_path, flow_sigmas
-from dit_jax.diffusion.generate import (CFG_SCALE, DDIM_SAMPLERS, DEFAULT_SPACING, OBJECTIVES, SAMPLER, STEPS,
-                                        check_objective, check_sampler, check_spacing, generate, generate_flow,
+from dit_jax.diffusion.generate import (CFG_SCALE, DDIM_SAMPLERS, DEFAULT_SPACING, FLOW_SAMPLER, OBJECTIVES, SAMPLER,
+                                        STEPS, check_objective, check_sampler, check_spacing, generate, generate_flow,
                                         sampler_grid)
 from dit_jax.models.layout import check_layout
 from dit_jax.models.pretrained import load_pretrained
@@ -113,6 +113,7 @@ class Setup:
     flow_path: str = "linear"  # flow: its interpolant, linear | gvp
     shift: float = 1.0       # flow: SD3's shift of the sigma grid
     style_names: list = dataclasses.field(default_factory=list)  # the data's names of the style labels, if any
+    sampler: str = SAMPLER   # the sampler `sample` and `evaluate` use unless told (model_sampler)
 
     @property
     def clip_x0(self):
@@ -140,9 +141,19 @@ def run_setup(config, manifest, model_config, export=None):
         class_names = style_names = []
     d, defaults = config.diffusion, recipe_defaults(config.sample)
     check_spacing(defaults["spacing"])
+    flow_defaults = flow_settings(d)
     return Setup(export, dict(model_config), text if model_config.get("text_dim") else None, vae,
                  Schedule(beta_schedule(d.schedule, d.timesteps)), d.prediction, class_names, **defaults,
-                 **flow_settings(d), style_names=list(style_names))
+                 **flow_defaults, sampler=model_sampler(flow_defaults["objective"], config.sample.get("sampler")),
+                 style_names=list(style_names))
+
+
+def model_sampler(objective, recipe_sampler=None):
+    """The sampler a model samples with unless told: a flow model its recipe's (sample.sampler) or heun, a DDPM
+    model dpmpp_2m (its recipe's may be one for the training grids only, such as xl's 250 ddpm steps)."""
+    if objective == "flow":
+        return recipe_sampler if recipe_sampler in FLOW_SAMPLERS else FLOW_SAMPLER
+    return SAMPLER
 
 
 def flow_settings(d):
@@ -183,9 +194,11 @@ def read_setup(workdir=None, checkpoint=None, data_dir="~/.cache/dit_jax", *, te
         if d["timesteps"] < 2:
             raise ValueError(f"--timesteps must be at least 2, got {d['timesteps']}.")
         check_spacing(d["spacing"])
+        flow_defaults = flow_settings(d)
         return Setup(checkpoint, config, text, dict(source=vae, scale=vae_scale) if vae else None,
                      Schedule(beta_schedule(d["schedule"], d["timesteps"])), d["prediction"], [],
-                     spacing=d["spacing"], guidance_channels=d["guidance_channels"], **flow_settings(d))
+                     spacing=d["spacing"], guidance_channels=d["guidance_channels"], **flow_defaults,
+                     sampler=model_sampler(flow_defaults["objective"], d.get("sampler")))
 
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"Workdir {workdir} does not exist.")
@@ -216,7 +229,7 @@ def run_record(config):
     """sampling.json for a training run's export (`config`: its recipe)."""
     d = config.diffusion
     return dict(schedule=d.schedule, timesteps=d.timesteps, prediction=d.prediction, **recipe_defaults(config.sample),
-                **flow_settings(d))
+                **flow_settings(d), sampler=config.sample.sampler)
 
 
 def write_sampling_record(directory, record):

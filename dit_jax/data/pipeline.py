@@ -42,7 +42,7 @@ import grain
 import jax
 import numpy as np
 
-from dit_jax.data import augment, prepare, records
+from dit_jax.data import augment, prepare, records, repa
 from dit_jax.data.prepare import prepared_dir  # pylint: disable=unused-import  # part of this interface
 
 
@@ -119,6 +119,11 @@ def check_compatible(manifest, config):
         problems.append(f"model.frames={config.model.frames} but the data is images, not clips")
     if (config.data.get("frames", 0) or frames) != frames:
         problems.append(f"data.frames={config.data.frames} but the data has {frames or 'no'} frames")
+    if repa.prepared(config):
+        stored = manifest.get("repa")
+        wanted = repa.manifest_entry(config, repa.token_grid(config, expected["input_size"]))
+        if stored != wanted:
+            problems.append(f"REPA features {wanted} are wanted but the data has {stored}")
     if expected["input_size"] % config.model.patch_size:
         problems.append(f"input size {expected['input_size']} is not divisible by patch_size {config.model.patch_size}")
     if problems:
@@ -132,6 +137,7 @@ class Example:
         self.seed, self.data = seed, config.data
         self.controls = manifest.get("controls") or []
         self.styles, self.layout = bool(manifest.get("styles")), bool(manifest.get("layout_max_boxes"))
+        self.repa = repa.prepared(config)  # REPA features stored with the data: the image's or its mirror's
         self.latent = manifest["space"] == "latent"
         self.clips = bool(manifest.get("frames"))
         self.scale = manifest["vae"]["scale"] if self.latent else 1.0
@@ -168,6 +174,8 @@ class Example:
             out["style"] = np.int32(r["style"])
         if self.layout:
             out.update(layout(r, flipped))
+        if self.repa:
+            out["repa"] = r["repa_flip" if flipped else "repa"].astype(np.float32)
         return out
 
 

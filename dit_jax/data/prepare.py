@@ -35,7 +35,7 @@ from absl import logging
 from array_record.python import array_record_module
 from PIL import Image
 
-from dit_jax.data import controls, images, moving, records, sources
+from dit_jax.data import controls, images, moving, records, repa, sources
 
 SHARD_SIZE = 1024
 BATCH = 64
@@ -90,6 +90,8 @@ def prepared_dir(config, data_dir):
     settings = control_settings(c)
     if settings:
         parts.append("ctl-" + "-".join(sorted(settings)))
+    if repa.prepared(c):
+        parts.append(f"repa-{c.repa.encoder}")
     paths = "|".join([c.data.source_dir, c.text.path, c.vae.path])
     extra = {}
     if c.data.name == "circles":
@@ -101,6 +103,9 @@ def prepared_dir(config, data_dir):
         extra["moving"] = sources.moving_options(c.data)
     if settings:
         extra["controls"] = settings
+    if repa.prepared(c):  # what decides the stored features: the encoder, its input size and the token grid
+        extra["repa"] = dict(encoder=c.repa.encoder, path=c.repa.encoder_path, resolution=c.repa.resolution,
+                             patch_size=c.model.patch_size)
     if extra:  # only then, so the folders of data prepared before these settings existed keep their names
         paths += "|" + json.dumps(extra, sort_keys=True)
     if paths.strip("|"):
@@ -140,6 +145,11 @@ class Preparer:
         self.source = sources.load(config.data, os.path.expanduser(data_dir))
         self.channels = 3 if self.vae is not None else self.source.channels
         self.frames = self.source.frames
+        self.repa = self.repa_encoder = None
+        if repa.prepared(config):  # REPA's targets: the encoder's features of each image and of its mirror
+            side = config.data.resolution // (self.vae.downsample if self.vae is not None else 1)
+            self.repa = repa.manifest_entry(config, repa.token_grid(config, side))
+            self.repa_encoder = repa.load_encoder(config, self.repa["resolution"])
         self.given_channels = given_control(config)[1]
         self.resized_logged = False
         n = len(self.source)
@@ -249,6 +259,9 @@ class Preparer:
         if self.vae is not None:
             mean, std = self.vae.encode(pixels)
             mean_flip, std_flip = self.vae.encode(pixels[:, :, ::-1])
+        if self.repa is not None:
+            features, features_flip = (repa.to_tokens(self.repa_encoder(p / 127.5 - 1), self.repa["grid"])
+                                       .astype(np.float16) for p in (pixels, pixels[:, :, ::-1]))
             control_means = {}
             for name, c in control_pixels.items():
                 c = np.repeat(c, 3, -1) if c.shape[-1] == 1 else c  # the VAE reads RGB
@@ -264,6 +277,8 @@ class Preparer:
             if "layout" in example:
                 row.update(self.encode_layout(example["layout"]))
             offset += n
+            if self.repa is not None:
+                row.update(repa=features[j], repa_flip=features_flip[j])
             if self.vae is None:
                 row["image"] = pixels[j]
                 row.update({f"control_{name}": c[j] for name, c in control_pixels.items()})
@@ -315,6 +330,7 @@ class Preparer:
             "controls": list(self.control_settings), "control_options": self.control_settings,
             "control_shapes": control_shapes,
             "styles": self.source.styles, "layout_max_boxes": self.source.layout_max_boxes,
+            "repa": self.repa,
             "shards": [{k: s[k] for k in ("file", "count", "sha256")} for s in shards],
         }
 

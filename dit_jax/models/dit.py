@@ -466,11 +466,12 @@ class DiT(nnx.Module):
             init(layer.bias, nnx.initializers.zeros)
 
     def scan(self, tokens, c, context, context_mask, keys, residuals, policy, rope=None, grounding=None,
-             grounding_mask=None):
-        """The blocks as one lax.scan over their stacked weights: one compiled block body, whatever the depth
-        (faster compiles; on CPU it stops XLA from fusing the backward pass across blocks)."""
-        graphdef = nnx.graphdef(self.blocks[0])
-        weights = jax.tree.map(lambda *w: jnp.stack(w), *[nnx.state(block) for block in self.blocks])
+             grounding_mask=None, blocks=None):
+        """The blocks (or a run of them, `blocks`) as one lax.scan over their stacked weights: one compiled block
+        body, whatever the depth (faster compiles; on CPU it stops XLA from fusing the backward pass across blocks)."""
+        blocks = list(self.blocks) if blocks is None else blocks
+        graphdef = nnx.graphdef(blocks[0])
+        weights = jax.tree.map(lambda *w: jnp.stack(w), *[nnx.state(block) for block in blocks])
         if residuals is not None:
             residuals = jnp.stack([jnp.zeros_like(tokens) if r is None else r for r in residuals])
 
@@ -503,7 +504,7 @@ class DiT(nnx.Module):
 
     def __call__(
         self, x, t, y=None, text=None, text_mask=None, pooled=None, drop=None, residuals=None, *, style=None,
-        layout_boxes=None, layout_mask=None, layout_embeddings=None, drops=None, rng=None
+        layout_boxes=None, layout_mask=None, layout_embeddings=None, drops=None, rng=None, return_block=0,
     ):
         """Predicts noise (and variance) for a noisy NHWC batch.
 
@@ -518,8 +519,12 @@ class DiT(nnx.Module):
         with None for blocks left alone, or a callable (tokens, c, context, context_mask, rope) -> that list,
         called on the embedded tokens and conditions (models/controlnet.py).
         rng: a key turns on training-time label/caption/style/layout dropout and dropout.
-        Returns (N, H, W, C_out) in float32: the noise (and variance values) prediction.
+        return_block: k > 0 also returns the tokens (N, T, D) after block k, 1-based (REPA aligns them).
+        Returns (N, H, W, C_out) in float32: the noise (and variance values) prediction; with return_block,
+        (that, the tokens).
         """
+        if not 0 <= return_block <= len(self.blocks):
+            raise ValueError(f"return_block {return_block} is not a block of this {len(self.blocks)}-block DiT.")
         b, h, w, _ = x.shape
         p = self.patch_size
         if h % p or w % p:
@@ -582,9 +587,16 @@ class DiT(nnx.Module):
         if callable(residuals):
             residuals = residuals(tokens, c, context, context_mask, rope)
         policy = REMAT_POLICIES[self.remat]  # the blocks: (N, T, D) -> (N, T, D)
+        depth, block_tokens = len(self.blocks), None
         if self.scan_blocks:
-            tokens = self.scan(tokens, c, context, context_mask, keys and keys[2:2 + len(self.blocks)], residuals,
-                               policy, rope, grounding, grounding_mask)
+            # Split in two at return_block, so the tokens after it leave the scan.
+            for start, stop in ((0, return_block), (return_block, depth)) if return_block else ((0, depth),):
+                if start < stop:
+                    tokens = self.scan(tokens, c, context, context_mask, keys and keys[2 + start:2 + stop],
+                                       residuals and residuals[start:stop], policy, rope, grounding, grounding_mask,
+                                       [self.blocks[i] for i in range(start, stop)])
+                if stop == return_block:
+                    block_tokens = tokens
         else:
             if policy is not None:
                 run_block = nnx.remat(run_block, policy=policy)
@@ -594,5 +606,8 @@ class DiT(nnx.Module):
                                    grounding, grounding_mask)
                 if residuals is not None and residuals[i] is not None:
                     tokens = tokens + residuals[i]
+                if i + 1 == return_block:
+                    block_tokens = tokens
         out = self.final_layer(tokens, c)  # (N, T, p*p*C_out)
-        return self.unpatchify(out, h // p, w // p).astype(jnp.float32)  # (N, H, W, C_out)
+        out = self.unpatchify(out, h // p, w // p).astype(jnp.float32)  # (N, H, W, C_out)
+        return (out, block_tokens) if return_block else out

@@ -4,6 +4,7 @@ import math
 
 import jax.numpy as jnp
 
+from dit_jax.data import repa
 from dit_jax.data.sources import BUILDERS
 from dit_jax.diffusion.flow import FLOW_SAMPLERS, TIME_SAMPLINGS, check_path
 from dit_jax.diffusion.generate import DDIM_SAMPLERS, OBJECTIVES, check_objective, check_sampler, check_spacing
@@ -169,6 +170,7 @@ def validate(config):
     check_task(config)
     if config.get("init_from"):
         named("init_from", weights_directory, config.init_from)  # a missing run fails here
+    repa.check_config(config)
 
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(config.batch_size, mesh, config.optim.accumulate)

@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 from dit_jax.diffusion import Schedule, beta_schedule, diffusion_loss, flow, q_sample
 from dit_jax.models import controlnet as controlnet_lib
 from dit_jax.models.pretrained import WEIGHTS_FILE, build_model, init_weights, load_flat_weights, load_matching_weights
-from dit_jax.training import calibration, optim, sharding
+from dit_jax.training import calibration, optim, repa as repa_lib, sharding
 
 
 @dataclasses.dataclass
@@ -33,10 +33,12 @@ class Trainer:
     abstract_state: dict       # ShapeDtypeStructs with shardings: the restore target
     init: callable             # () -> the initial state, each array born on its devices
     controlnet: object = None  # the `controlnet` config block when training a ControlNet on a frozen base
+    repa: object = None        # a repa.Alignment: the params hold the DiT and REPA's projector (WithProjector)
 
     def model(self, params, frozen=None):
         """The model from its trainable parameters (and a ControlNet's frozen base, state["frozen"])."""
-        return nnx.merge(self.graphdef, params) if frozen is None else nnx.merge(self.graphdef, params, frozen)
+        model = nnx.merge(self.graphdef, params) if frozen is None else nnx.merge(self.graphdef, params, frozen)
+        return model.dit if self.repa is not None else model  # REPA's projector is for training only
 
 
 def diffusion_schedule(cfg):
@@ -48,18 +50,26 @@ def create(config, model_kwargs, mesh):
     if config.get("controlnet") and config.controlnet.get("base"):
         return create_controlnet(config, model_kwargs, mesh)
     sharding.check_batch(config.batch_size, mesh, config.optim.get("accumulate", 1))
-    abstract = nnx.eval_shape(lambda: build_model(model_kwargs, seed=config.seed))
+    alignment = repa_lib.alignment(config, model_kwargs)  # None unless REPA; a block or grid that cannot fails here
+    dit = lambda: build_model(model_kwargs, seed=config.seed)
+    # init_from: a trained run's weights where this model has them (a text model into a layout one: the new
+    # layers keep their initialisation); an argument of the jitted init, as a ControlNet's base is.
+    weights = init_weights(config.init_from, nnx.eval_shape(dit)) if config.get("init_from") else {}
+
+    def build(weights):
+        model = load_matching_weights(dit(), weights) if weights else dit()
+        if alignment is not None:  # REPA's projector beside the DiT
+            model = alignment.wrap(lambda: model, model_kwargs["hidden_size"], config.seed)()
+        return model
+
+    abstract = nnx.eval_shape(lambda: build({}))
     graphdef, abstract_params = nnx.split(abstract, nnx.Param)
     rules = [tuple(rule) for rule in config.get("sharding_rules", sharding.DEFAULT_RULES)]
     param_shardings = sharding.param_shardings(abstract_params, mesh, rules)
     optimizer, lr_schedule = optim.make_optimizer(config.optim, config.steps)
-    # init_from: a trained run's weights where this model has them (a text model into a layout one: the new
-    # layers keep their initialisation); an argument of the jitted init, as a ControlNet's base is.
-    weights = init_weights(config.init_from, abstract) if config.get("init_from") else {}
 
     def init(weights):
-        model = build_model(model_kwargs, seed=config.seed)
-        params = nnx.state(load_matching_weights(model, weights) if weights else model, nnx.Param)
+        params = nnx.state(build(weights), nnx.Param)
         return dict(params=params, opt_state=optimizer.init(params), ema=params,
                     step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(config.seed))
 
@@ -69,7 +79,7 @@ def create(config, model_kwargs, mesh):
                             shapes, state_shardings)
     jitted_init = jax.jit(init, out_shardings=state_shardings)
     return Trainer(graphdef, optimizer, lr_schedule, diffusion_schedule(config.diffusion), config, mesh,
-                   state_shardings, abstract, lambda: jitted_init(weights))
+                   state_shardings, abstract, lambda: jitted_init(weights), repa=alignment)
 
 
 def create_controlnet(config, model_kwargs, mesh):
@@ -134,7 +144,15 @@ CONDITION_KEYS = ("style", "layout_boxes", "layout_mask", "layout_embeddings")  
 def loss_fn(trainer, params, batch, key, frozen=None):
     """Mean diffusion (or, with diffusion.objective=flow, flow-matching) loss of a batch at random times and noise;
     `frozen` holds a ControlNet's base weights."""
+    return loss_and_stats(trainer, params, batch, key, frozen)[0]
+
+
+def loss_and_stats(trainer, params, batch, key, frozen=None):
+    """loss_fn's loss plus, with REPA, repa.weight times its alignment loss; and {"repa_loss": that alignment
+    loss} (else {})."""
     cfg = trainer.config
+    alignment = getattr(trainer, "repa", None)
+    tokens = {}  # with REPA, the tokens after block repa.block, caught from whichever objective calls the model
     x0 = batch["image"]
     k_t, k_noise, k_model = jax.random.split(key, 3)
     noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
@@ -147,21 +165,29 @@ def loss_fn(trainer, params, batch, key, frozen=None):
         controls.update({k: batch[k] for k in CONDITION_KEYS if k in batch})
 
     def model(x_t, t):
-        return trainer.model(params, frozen)(x_t, t, y=batch.get("label"), text=batch.get("text"),
-                                             text_mask=batch.get("text_mask"), pooled=batch.get("pooled"),
-                                             **controls, rng=k_model)
+        out = trainer.model(params, frozen)(x_t, t, y=batch.get("label"), text=batch.get("text"),
+                                            text_mask=batch.get("text_mask"), pooled=batch.get("pooled"),
+                                            **controls, rng=k_model, **({"return_block": alignment.block}
+                                                                        if alignment is not None else {}))
+        if alignment is not None:
+            out, tokens["block"] = out
+        return out
 
     d = cfg.diffusion
     if d.get("objective", "ddpm") == "flow":
-        return flow.training_loss(model, x0, noise, k_t, path=d.flow_path, sampling=d.time_sampling,
+        loss = flow.training_loss(model, x0, noise, k_t, path=d.flow_path, sampling=d.time_sampling,
                                   mean=d.logit_mean, std=d.logit_std, shift=d.shift).mean()
-    t = jax.random.randint(k_t, (x0.shape[0],), 0, len(trainer.schedule))
-    x_t = q_sample(x0, t, noise, trainer.schedule)
-    out = model(x_t, t)
-    gamma = cfg.diffusion.get("min_snr_gamma") or None
-    loss = diffusion_loss(out, x0, x_t, t, noise, trainer.schedule, prediction=cfg.diffusion.prediction,
-                          learn_sigma=cfg.model.get("learn_sigma", True), min_snr_gamma=gamma)
-    return loss.mean()
+    else:
+        t = jax.random.randint(k_t, (x0.shape[0],), 0, len(trainer.schedule))
+        x_t = q_sample(x0, t, noise, trainer.schedule)
+        out = model(x_t, t)
+        gamma = cfg.diffusion.get("min_snr_gamma") or None
+        loss = diffusion_loss(out, x0, x_t, t, noise, trainer.schedule, prediction=cfg.diffusion.prediction,
+                              learn_sigma=cfg.model.get("learn_sigma", True), min_snr_gamma=gamma).mean()
+    if alignment is None:
+        return loss, {}
+    repa_loss = alignment.loss(nnx.merge(trainer.graphdef, params).projector, tokens["block"], batch)
+    return loss + alignment.weight * repa_loss, {"repa_loss": repa_loss}
 
 
 def classifier_loss_fn(trainer, params, batch, key):
@@ -182,9 +208,7 @@ def objective(trainer, frozen=None):
     """(params, batch, key) -> (loss, sums to log) for the config's task; `frozen`: a ControlNet's base."""
     if trainer.config.get("task", "diffusion") == "classifier":
         return lambda p, b, k: classifier_loss_fn(trainer, p, b, k)
-    if frozen is None:
-        return lambda p, b, k: (loss_fn(trainer, p, b, k), {})
-    return lambda p, b, k: (loss_fn(trainer, p, b, k, frozen), {})
+    return lambda p, b, k: loss_and_stats(trainer, p, b, k, frozen)
 
 
 def train_step(trainer, state, batch):
@@ -215,6 +239,9 @@ def train_step(trainer, state, batch):
     ema_cfg = trainer.config.ema
     ema = optim.ema_update(state["ema"], params, optim.ema_decay(state["step"], ema_cfg.decay, ema_cfg.warmup))
     metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), lr=trainer.lr_schedule(state["step"]))
+    if "repa_loss" in stats:  # a sum over the micro-batches, like the loss
+        stats = dict(stats)
+        metrics["repa_loss"] = stats.pop("repa_loss") / accumulate
     if stats:
         metrics.update(calibration.metrics(stats, len(trainer.schedule)))
     new_state = dict(params=params, opt_state=opt_state, ema=ema, step=state["step"] + 1, rng=state["rng"])
