@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from configs import controlnet_circles
+from configs import controlnet_circles, controlnet_emoji, tiny
 from dit_jax import evaluate, sample, sampling, train
 from dit_jax.data import circles, controls
 from dit_jax.evaluation import control
@@ -76,6 +76,17 @@ def test_circles_recipe():
     net.controlnet.control_type = "canny"
     with pytest.raises(ValueError, match="control_type='canny' but the data has controls \\['outline'\\]"):
         train.controlnet_from_data(net, manifest)
+
+
+def test_emoji_recipe_fits_its_base():
+    """The canny ControlNet's model and text keys are configs/tiny.py's, so a tiny run is its base (its
+    runlocal toy: tiny's runlocal); its data adds the canny edges."""
+    for arg in ("", "runlocal"):
+        net, base = controlnet_emoji.get_config(arg), tiny.get_config(arg)
+        assert net.model.to_dict() == base.model.to_dict() and net.text.to_dict() == base.text.to_dict()
+        assert (net.data.name, net.data.max_examples, net.data.controls) == ("emoji", base.data.max_examples,
+                                                                              ("canny",))
+        assert net.controlnet.control_type == "canny" and net.controlnet.conditioning_dropout_prob > 0
 
 
 # ------------------------------------------------------------------------------------------- sampling
