@@ -114,7 +114,8 @@ def default_metrics(manifest, clip_model, controlnet=None):
     adherence to its control (and circles' colours)."""
     metrics = ["fid"] if manifest["space"] == "pixel" else []
     if controlnet and manifest["space"] == "pixel":
-        metrics.append("control")
+        from dit_jax.evaluation.control import METRIC  # pylint: disable=import-outside-toplevel
+        metrics += ["control"] if controlnet["control_type"] in METRIC else []
     if manifest["dataset"] == "circles":
         metrics.append("colours")
         return metrics
