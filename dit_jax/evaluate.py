@@ -118,8 +118,7 @@ def default_metrics(manifest, clip_model, controlnet=None):
         metrics += ["control"] if controlnet["control_type"] in METRIC else []
     if manifest["dataset"] == "circles":
         metrics.append("colours")
-        return metrics
-    if manifest["dataset"] == "fashion_mnist":
+    elif manifest["dataset"] == "fashion_mnist":
         metrics.append("adherence")
     elif manifest["text"] and manifest["space"] == "pixel":
         metrics.append("retrieval")

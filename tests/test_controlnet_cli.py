@@ -192,6 +192,11 @@ def test_bad_control_input_fails_in_one_line(exports, tmp_path):
     (moved / "config.json").write_text(text)
     with pytest.raises(FileNotFoundError, match="trained on the base .*gone.*which is gone"):
         sampling.controlnet_config(str(moved))
+    circles_data, emoji_data = dict(space="pixel", dataset="circles", text={}), dict(space="pixel", dataset="emoji",
+                                                                                    text={"dim": 384})
+    assert evaluate.default_metrics(circles_data, None, dict(control_type="outline")) == ["fid", "control", "colours"]
+    assert evaluate.default_metrics(circles_data, None) == ["fid", "colours"]  # a base: its own foreground
+    assert evaluate.default_metrics(emoji_data, None, dict(control_type="pose")) == ["fid", "retrieval"]
     with pytest.raises(ValueError, match="--metrics=control scores a ControlNet run"):
         evaluate.check_metrics(["control"], dict(space="pixel", dataset="circles"), None, None)
     with pytest.raises(ValueError, match="scores circles"):
