@@ -220,13 +220,12 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=((SAMPLER, STEPS),),
         controls = [sampling.Control(os.path.join(workdir, sampling.CONTROLNET_EXPORT),
                                      sampling.control_input(pixels, sampling.Codec(setup)), control_scale, pixels)]
     judge = Judge(metrics, manifest, data_dir, chosen, captions, clip_model) if jax.process_index() == 0 else None
-    if judge is not None:
-        judge.controls = controls[0].pixels if controls else None
-        judge.control_type, judge.control_options = control_type, options
-        if "colours" in metrics:  # the prompted colours: the circle's (label) and the background's
-            judge.colour_names = [(manifest["class_names"][int(e["label"])],
-                                   manifest["extra_labels"]["background"][int(e["label_background"])])
-                                  for e in examples]
+    if judge is not None and controls:
+        judge.controls, judge.control_type, judge.control_options = controls[0].pixels, control_type, options
+    if judge is not None and "colours" in metrics:  # the prompted colours: the circle's (label) and background's
+        judge.colour_names = [(manifest["class_names"][int(e["label"])],
+                               manifest["extra_labels"]["background"][int(e["label_background"])])
+                              for e in examples]
 
     results = []
     for settings in plan:
@@ -237,8 +236,9 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=((SAMPLER, STEPS),),
         npz = os.path.join(out, f"{tag}.npz")
         images = saved_samples(npz, captions, resolved) if reuse_samples else None
         if images is None:
+            steer = dict(controls=controls, null_control=null_control) if controls else {}
             images = sampling.sample_images(setup, settings, model_captions, model_labels, 1, batch_size,
-                                            classifier=guide, controls=controls, null_control=null_control).images
+                                            classifier=guide, **steer).images
             if jax.process_index() == 0:
                 sampling.write_npz(npz, images, captions, model_labels, resolved)
         if jax.process_index():
@@ -289,6 +289,10 @@ def reference_features(manifest, indices, features, chunk=500):
 
 class Judge:
     """Scores sample sets against the fixed reference: loads each judge (and the reference features) once."""
+
+    # A ControlNet run's controls (uint8, one per sample), their type and detector settings; circles' prompted
+    # (circle, background) colour names. Set by `evaluate` when it has them.
+    controls, control_type, control_options, colour_names = None, None, {}, None
 
     def __init__(self, metrics, manifest, data_dir, indices, captions, clip_model):
         self.metrics, self.clip_model, self.n = metrics, clip_model, len(indices)
