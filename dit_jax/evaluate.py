@@ -19,6 +19,10 @@ Metrics, by what the data allows:
   style      fashion_scenes: accuracy of a style classifier trained on real scenes and cached
              (evaluation/style.py) against each example's style.
   clip       CLIP score, when --clip_model is given.
+  control    a ControlNet run: each sample is drawn with its example's control image, and scored on how well it
+             follows it (dit_jax/evaluation/control.py): canny edge F1, silhouette or circle-outline IoU, depth
+             RMSE against the depth model run on the sample.
+  colours    circles: the share of samples whose circle and background have the prompted colours.
 --spacing applies to every sampler and --eta to the ddim ones; the spacing
 defaults to the run's config.sample.spacing, else each sampler's own
 (dit_jax/sampling.py does the sampling). Writes OUT/<sampler>_<steps>.npz (with the settings it was
@@ -42,14 +46,14 @@ from absl import app, flags
 from ml_collections import ConfigDict
 
 from dit_jax import sampling
-from dit_jax.data import pipeline, prepare
+from dit_jax.data import controls as controls_lib, pipeline, prepare
 from dit_jax.diffusion import SPACINGS
 from dit_jax.diffusion.generate import DDIM_SAMPLERS, SAMPLER, STEPS, check_sampler
 from dit_jax.models import classifier
 from dit_jax.utils import distributed
 from dit_jax.utils.visualization import captioned_grid, line_plot, sampler_comparison
 
-METRICS = ("fid", "adherence", "retrieval", "clip", "layout", "style")
+METRICS = ("fid", "adherence", "retrieval", "clip", "layout", "style", "control", "colours")
 
 
 def define_flags():
@@ -73,6 +77,9 @@ def define_flags():
     flags.DEFINE_string("classifier", None, "A noise-aware classifier's workdir: classifier guidance toward each "
                         "example's class.")
     flags.DEFINE_list("classifier_scale", ["1"], "Classifier guidance scales, each evaluated in turn (0: none).")
+    flags.DEFINE_float("control_scale", 1.0, "A ControlNet run: the ControlNet's weight.")
+    flags.DEFINE_string("null_control", "blank", "A ControlNet run: guidance's null half gets blank controls "
+                        "(blank) or the same ones (same); see sample --null_control.")
     flags.DEFINE_bool("reuse_samples", False, "Score OUT/<sampler>_<steps>.npz where it holds this evaluation's "
                       "captions, instead of sampling again (single host).")
     flags.mark_flags_as_required(["workdir"])
@@ -109,10 +116,16 @@ def parse_samplers(specs):
     return out
 
 
-def default_metrics(manifest, clip_model):
-    """What the data allows: FID on pixel data; a judge of adherence where the project has one."""
+def default_metrics(manifest, clip_model, controlnet=None):
+    """What the data allows: FID on pixel data; a judge of adherence where the project has one; a ControlNet's
+    adherence to its control (and circles' colours)."""
     metrics = ["fid"] if manifest["space"] == "pixel" else []
-    if manifest["dataset"] == "fashion_mnist":
+    if controlnet and manifest["space"] == "pixel":
+        from dit_jax.evaluation.control import METRIC  # pylint: disable=import-outside-toplevel
+        metrics += ["control"] if controlnet["control_type"] in METRIC else []
+    if manifest["dataset"] == "circles":
+        metrics.append("colours")
+    elif manifest["dataset"] == "fashion_mnist":
         metrics.append("adherence")
     elif manifest["dataset"] == "fashion_scenes":
         metrics += ["layout", "style"]
@@ -123,10 +136,23 @@ def default_metrics(manifest, clip_model):
     return metrics
 
 
-def check_metrics(metrics, manifest, clip_model):
+def check_metrics(metrics, manifest, clip_model, controlnet=None):
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"Unknown --metrics {unknown}; choose from {', '.join(METRICS)}.")
+    if "control" in metrics:
+        if not controlnet:
+            raise ValueError("--metrics=control scores a ControlNet run: pass the workdir of one (its "
+                             "controlnet_export/ is missing).")
+        from dit_jax.evaluation import control  # pylint: disable=import-outside-toplevel
+        control.check_type(controlnet["control_type"])
+        if manifest["space"] != "pixel":
+            raise ValueError("--metrics=control compares control images in pixels; this run's data are VAE latents.")
+        if controlnet["control_type"] not in (manifest.get("controls") or []):
+            raise ValueError(f"The ControlNet takes {controlnet['control_type']!r} controls but the run's data has "
+                             f"{manifest.get('controls')}.")
+    if "colours" in metrics and manifest["dataset"] != "circles":
+        raise ValueError("--metrics=colours scores circles (data.name=circles) only.")
     if manifest["space"] != "pixel" and {"fid", "retrieval"} & set(metrics):
         raise ValueError("fid and retrieval need pixel-space prepared data for their reference images; this "
                          "run's data are VAE latents.")
@@ -152,17 +178,25 @@ def run_manifest(workdir, data_dir):
 
 def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=1000,
              cfg_scale=None, metrics=None, clip_model=None, batch_size=100, seed=0, out=None, reuse_samples=False,
-             spacing=None, eta=0.0, classifier_path=None, classifier_scales=(1.0,)):
+             spacing=None, eta=0.0, classifier_path=None, classifier_scales=(1.0,), control_scale=1.0,
+             null_control="blank"):
     """Generates and scores samples for each (sampler, steps) and classifier scale; returns one result dict each.
     samplers None: the run's own sampler (sampling.model_sampler) at STEPS steps."""
-    for path in (workdir, os.path.join(workdir, "run.json"), os.path.join(workdir, "export", "config.json")):
+    controlnet = None
+    if sampling.is_controlnet_run(workdir):  # its base's export is elsewhere; the ControlNet's is here
+        controlnet = sampling.controlnet_config(os.path.join(workdir, sampling.CONTROLNET_EXPORT))
+    exported = () if controlnet else (os.path.join(workdir, "export", "config.json"),)
+    for path in (workdir, os.path.join(workdir, "run.json")) + exported:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found: --workdir must be a training run that has exported weights.")
     config, manifest = run_manifest(workdir, data_dir)
-    with open(os.path.join(workdir, "export", "config.json")) as f:
-        classifier.refuse(json.load(f), "evaluate")
-    metrics = list(metrics) if metrics else default_metrics(manifest, clip_model)
-    check_metrics(metrics, manifest, clip_model)
+    if not controlnet:
+        with open(os.path.join(workdir, "export", "config.json")) as f:
+            classifier.refuse(json.load(f), "evaluate")
+    metrics = list(metrics) if metrics else default_metrics(manifest, clip_model, controlnet)
+    check_metrics(metrics, manifest, clip_model, controlnet)
+    if null_control not in sampling.NULL_CONTROLS:
+        raise ValueError(f"Unknown --null_control {null_control!r}; choose one of {sampling.NULL_CONTROLS}.")
     if reuse_samples and jax.process_count() > 1:
         raise ValueError("--reuse_samples runs on one host: each host would have to find the same files.")
     if num_samples > manifest["examples"]:
@@ -191,7 +225,23 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
     model_captions, model_labels = sampling.read_conditions(setup, prompts, classes, guide and guide[1])
     if not prompts and not classes:
         model_captions = model_captions * num_samples  # an unconditional model: one empty condition a sample
+    controls, control_type, options = [], None, {}
+    if controlnet:  # every sample is drawn with its example's own control image, as training read it
+        control_type = controlnet["control_type"]
+        pixels = np.stack([e[f"control_{control_type}"] for e in examples])
+        if control_type in controls_lib.CONTROL_TYPES:
+            options = controls_lib.options_from_config(config.get("controls"), control_type)
+            if "control" in metrics:
+                controls_lib.control_fn(control_type, **options)  # a depth model that does not load fails here
+        controls = [sampling.Control(os.path.join(workdir, sampling.CONTROLNET_EXPORT),
+                                     sampling.control_input(pixels, sampling.Codec(setup)), control_scale, pixels)]
     judge = Judge(metrics, manifest, data_dir, chosen, captions, clip_model) if jax.process_index() == 0 else None
+    if judge is not None and controls:
+        judge.controls, judge.control_type, judge.control_options = controls[0].pixels, control_type, options
+    if judge is not None and "colours" in metrics:  # the prompted colours: the circle's (label) and background's
+        judge.colour_names = [(manifest["class_names"][int(e["label"])],
+                               manifest["extra_labels"]["background"][int(e["label_background"])])
+                              for e in examples]
 
     results = []
     for settings in plan:
@@ -202,15 +252,17 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
         npz = os.path.join(out, f"{tag}.npz")
         images = saved_samples(npz, captions, resolved) if reuse_samples else None
         if images is None:
+            steer = dict(controls=controls, null_control=null_control) if controls else {}
             images = sampling.sample_images(setup, settings, model_captions, model_labels, 1, batch_size,
-                                            classifier=guide).images
+                                            classifier=guide, **steer).images
             if jax.process_index() == 0:
                 sampling.write_npz(npz, images, captions, model_labels, resolved)
         if jax.process_index():
             continue
         captioned_grid(images[:32], captions[:32], columns=8).save(os.path.join(out, f"{tag}.png"))
+        controlled = dict(control_scale=control_scale, null_control=null_control) if controls else {}
         result = dict(sampler=name, steps=steps, spacing=resolved.spacing, eta=resolved.eta, cfg_scale=cfg_scale,
-                      **guided, num_samples=num_samples, seed=seed, **judge(images, captions, labels))
+                      **guided, **controlled, num_samples=num_samples, seed=seed, **judge(images, captions, labels))
         print(json.dumps(result), flush=True)
         results.append(result)
         write_results(out, results, int(config.steps))
@@ -253,6 +305,10 @@ def reference_features(manifest, indices, features, chunk=500):
 
 class Judge:
     """Scores sample sets against the fixed reference: loads each judge (and the reference features) once."""
+
+    # A ControlNet run's controls (uint8, one per sample), their type and detector settings; circles' prompted
+    # (circle, background) colour names. Set by `evaluate` when it has them.
+    controls, control_type, control_options, colour_names = None, None, {}, None
 
     def __init__(self, metrics, manifest, data_dir, indices, captions, clip_model):
         self.metrics, self.clip_model, self.n = metrics, clip_model, len(indices)
@@ -314,6 +370,15 @@ class Judge:
         if "clip" in self.metrics:
             from dit_jax.evaluation import clip_score  # pylint: disable=import-outside-toplevel
             result["clip_score"] = clip_score.clip_score(images, captions, self.clip_model)[0]
+        if {"control", "colours"} & set(self.metrics):
+            from dit_jax.evaluation import control  # pylint: disable=import-outside-toplevel
+            if "control" in self.metrics:
+                scores = control.score(self.control_type, self.controls, images, **self.control_options)
+                result.update({k: v for k, v in scores.items() if not k.endswith("_per_image")})
+            if "colours" in self.metrics:  # inside the control's disc; without one, the sample's own foreground
+                from dit_jax.data.circles import PALETTE  # pylint: disable=import-outside-toplevel
+                circles, backgrounds = zip(*self.colour_names)
+                result.update(control.circle_colours(images, self.controls, circles, backgrounds, PALETTE))
         return result
 
 
@@ -353,7 +418,8 @@ def main(argv):
     try:
         evaluate(FLAGS.workdir, FLAGS.data_dir, parse_samplers(FLAGS.samplers), FLAGS.num_samples, FLAGS.cfg_scale,
                  FLAGS.metrics, FLAGS.clip_model, FLAGS.batch_size, FLAGS.seed, FLAGS.out, FLAGS.reuse_samples,
-                 FLAGS.spacing, FLAGS.eta, FLAGS.classifier, parse_scales(FLAGS.classifier_scale))
+                 FLAGS.spacing, FLAGS.eta, FLAGS.classifier, parse_scales(FLAGS.classifier_scale),
+                 FLAGS.control_scale, FLAGS.null_control)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"evaluate: {e}") from None
 

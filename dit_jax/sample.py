@@ -8,6 +8,8 @@
   python -m dit_jax.sample --workdir=RUN --classifier=CLS --classifier_scale=4 --class=3 --cfg_scale=1
   python -m dit_jax.sample --workdir=RUN --prompt="a sneaker AND a bag" --style=inverted \
       --box="0.05,0.3,0.45,0.7:a sneaker" --box="0.55,0.3,0.95,0.7:a bag" --guidance=text=4,style=3,layout=2
+  python -m dit_jax.sample --workdir=CONTROLNET_RUN --prompt="red apple" --control=edges.png --control_scale=0.8
+  python -m dit_jax.sample --workdir=CONTROLNET_RUN --prompt="red apple" --control_from=photo.png --control_type=canny
 
 --workdir reads the run's EMA export and run.json, and encodes prompts with
 the encoder its data was prepared with (the manifest under --data_dir).
@@ -28,6 +30,13 @@ model.layout_max_boxes). --guidance replaces --cfg_scale by composable
 guidance, eps(null) + sum_i w_i (eps(c_i) - eps(null)) with c_i the null
 conditions but condition i (text, style, layout, class), all terms in one
 batched call; each " AND " part of a prompt is a text term of its own.
+A ControlNet run's --workdir samples its base under its ControlNet; more
+ControlNets join with --controlnet (each a ControlNet run or its
+controlnet_export). Each ControlNet takes one control, in order: the
+--control images, then the controls computed from the --control_from images
+as --control_type says (its detector settings and model are the run's
+`controls.*`); each with its --control_scale. A control of another size is
+resized (and said so). The grid shows each control beside its sample.
 The work is in dit_jax/sampling.py; this module holds the flags and outputs.
 """
 
@@ -40,6 +49,7 @@ from absl import app, flags
 from PIL import Image
 
 from dit_jax import sampling
+from dit_jax.data import controls as controls_lib
 from dit_jax.diffusion import BETA_SCHEDULES, PREDICTIONS, SPACINGS
 from dit_jax.diffusion.flow import FLOW_SAMPLERS
 from dit_jax.diffusion.generate import CFG_SCALE, SAMPLER, SAMPLERS, STEPS
@@ -106,6 +116,18 @@ class Options:
                             "else 1000).")
     prediction: str = option(None, f"--checkpoint only: {' | '.join(PREDICTIONS)} (default: its sampling.json, "
                              "else eps).")
+    control: list = option([], "A control image (repeatable): one per ControlNet, the workdir's first, then each "
+                           "--controlnet's.")
+    control_from: list = option([], "An image to compute a control from, as --control_type says (repeatable; "
+                                "these follow the --control images).")
+    control_type: list = option([], f"The type of each --control_from ({' | '.join(controls_lib.CONTROL_TYPES)} "
+                                "| outline), one for all or one each; it must be the ControlNet's.")
+    control_scale: list = option([], "The weight of each ControlNet (one for all or one each; default 1).")
+    controlnet: list = option([], "Another ControlNet (a ControlNet run or its controlnet_export; repeatable).")
+    null_control: str = option("blank", "Guidance's null half: blank (zero controls: guides toward the control "
+                               "too, as control dropout trained) or same (keeps the controls, as diffusers).")
+    control_model_path: str = option("", "--checkpoint only: the depth or pose model of --control_from (a "
+                                     "--workdir uses its run's controls.model_path).")
 
     @property
     def settings(self):
@@ -152,6 +174,7 @@ def check_options(o):
         video.check_out(o.out)
     for box in o.boxes:
         parse_box(box)
+    check_control_options(o)
     if o.batch_size % jax.device_count():
         raise ValueError(f"--batch_size {o.batch_size} does not divide over {jax.device_count()} devices: "
                          f"use a multiple of {jax.device_count()}.")
@@ -189,6 +212,7 @@ def run(o):
     composition = sampling.read_composition(setup, captions if prompts else [], o.style,
                                             [parse_box(b) for b in o.boxes], o.guidance)
     codec = sampling.Codec(setup)
+    controls = read_controls(o, setup, codec)
     image = mask = None
     if o.mode != "sample":
         image = codec.encode(sampling.read_image(o.image, codec.resolution, codec.pixel_channels))
@@ -197,20 +221,23 @@ def run(o):
     out = sampling.sample_images(setup, o.settings, captions, labels, o.num_images, o.batch_size, codec=codec,
                                  image=image, mask=mask, strength=o.strength if o.mode == "img2img" else 1.0,
                                  resample=o.resample, trajectory=bool(o.trajectory), classifier=guide,
-                                 composition=composition)
+                                 composition=composition, controls=controls, null_control=o.null_control)
     if jax.process_index():
         return None, out.captions
-    write_outputs(o, out, setup.resolve(o.settings))
+    write_outputs(o, out, setup.resolve(o.settings), controls)
     return out.images, out.captions
 
 
-def write_outputs(o, out, settings):
+def write_outputs(o, out, settings, controls=()):
     images, captions = out.images, out.captions
     path = o.out if o.out is not None else (None if o.npz else "samples.png")
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        columns = min(o.num_images if o.num_images > 1 else len(images), 8)
-        captioned_grid(images[:GRID_MAX], captions[:GRID_MAX], columns=columns).save(path)
+        if controls:
+            control_grid(images[:GRID_MAX], captions[:GRID_MAX], controls).save(path)
+        else:
+            columns = min(o.num_images if o.num_images > 1 else len(images), 8)
+            captioned_grid(images[:GRID_MAX], captions[:GRID_MAX], columns=columns).save(path)
         stem = os.path.splitext(path)[0]
         for i, image in enumerate(images):
             Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(f"{stem}_{i:04d}.png")
@@ -221,6 +248,109 @@ def write_outputs(o, out, settings):
     if out.trajectory is not None:
         trajectory_strip(out.trajectory).save(o.trajectory)
         print(f"Wrote {o.trajectory}", flush=True)
+
+
+def parse_control_scales(o):
+    try:
+        return [float(v) for v in o.control_scale]
+    except ValueError:
+        raise ValueError(f"--control_scale takes numbers, got {o.control_scale}.") from None
+
+
+def check_control_options(o):
+    """One-line errors for the control flags, before anything loads."""
+    for path in o.control + o.control_from:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Control image {path} not found.")
+    if o.control_type and not o.control_from:
+        raise ValueError("--control_type says how to compute each --control_from image; --control images are "
+                         "used as they are.")
+    if o.control_from and len(o.control_type) not in (1, len(o.control_from)):
+        raise ValueError(f"Give one --control_type for all {len(o.control_from)} --control_from images or one each, "
+                         f"not {len(o.control_type)}.")
+    for name in o.control_type:
+        controls_lib.check_name(name, extra=("outline",))
+    count = len(o.control) + len(o.control_from)
+    scales = parse_control_scales(o)
+    if scales and (not count or len(scales) not in (1, count)):
+        raise ValueError(f"Give one --control_scale for all {count} controls or one each, not {len(scales)}.")
+    if o.null_control not in sampling.NULL_CONTROLS:
+        raise ValueError(f"Unknown --null_control {o.null_control!r}; choose one of {sampling.NULL_CONTROLS}.")
+
+
+def control_options(o, name):
+    """The settings `name` was computed with in training: the run's `controls.*` (--checkpoint: the defaults)."""
+    config = {}
+    if o.workdir and os.path.isfile(os.path.join(o.workdir, "run.json")):
+        import json  # pylint: disable=import-outside-toplevel
+        with open(os.path.join(o.workdir, "run.json")) as f:
+            config = json.load(f)["config"].get("controls") or {}
+    elif o.control_model_path:
+        config = dict(model_path=o.control_model_path)
+    return controls_lib.options_from_config(config, name) if name != "outline" else {}
+
+
+def compute_control(name, image, options):
+    """The `name` control of a uint8 image; `outline` (circles'): the one-pixel ring of its foreground."""
+    if name == "outline":
+        from dit_jax.data.circles import outline  # pylint: disable=import-outside-toplevel
+        return (outline(controls_lib.silhouette(image)[..., 0] > 0) * np.uint8(255))[..., None]
+    return controls_lib.control_fn(name, **options)(image)
+
+
+def read_controls(o, setup, codec):
+    """A sampling.Control per ControlNet (the workdir's, then each --controlnet) from the control flags, checked
+    against what each ControlNet was trained on (type, base) before any model loads."""
+    from dit_jax.data import images as images_lib  # pylint: disable=import-outside-toplevel
+    from dit_jax.models.controlnet import base_model_kwargs  # pylint: disable=import-outside-toplevel
+    directories = list(setup.controlnets) + [sampling.controlnet_directory(d) for d in o.controlnet]
+    count = len(o.control) + len(o.control_from)
+    if len(directories) != count:
+        raise ValueError(f"{len(directories)} ControlNets (the workdir's and --controlnet) need one control each "
+                         f"(--control or --control_from), got {count}.")
+    configs = [sampling.controlnet_config(d) for d in directories]
+    for directory, config in zip(directories, configs):
+        base_model_kwargs(config["base"], setup.model_config)  # another base's architecture fails here
+    types = list(o.control_type) * (len(o.control_from) if len(o.control_type) == 1 else 1)
+    sources = [("file", path, None) for path in o.control] + [("from", path, t) for path, t in
+                                                               zip(o.control_from, types)]
+    scales = parse_control_scales(o) or [1.0]
+    scales = scales * count if len(scales) == 1 else scales
+    out = []
+    for directory, config, (kind, path, name), scale in zip(directories, configs, sources, scales):
+        trained = config["control_type"]
+        if name and name != trained:
+            raise ValueError(f"--control_type={name} but the ControlNet {directory} was trained on {trained!r} "
+                             f"controls: pass --control_type={trained}.")
+        size = [s * codec.factor for s in config["control_size"]]
+        channels = config["control_channels"] if codec.vae is None else 3
+        if kind == "file":
+            with open(path, "rb") as f:
+                pixels = np.asarray(images_lib.decode(f.read(), 1 if channels == 1 else 3))
+            pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+        else:
+            options = control_options(o, name)
+            photo = sampling.read_image(path, codec.resolution, codec.pixel_channels)
+            pixels = compute_control(name, photo, options)
+        pixels = sampling.fit_control(pixels, size, channels, what=f"control {os.path.basename(path)}")
+        out.append(sampling.Control(directory, sampling.control_input(pixels, codec), scale, pixels))
+    return out
+
+
+def control_grid(images, captions, controls):
+    """Each sample in a row after its controls (one per ControlNet, captioned with its scale)."""
+    def rgb(x):
+        return np.repeat(x, 3, -1) if x.shape[-1] == 1 else x
+    size = images.shape[1:3]
+    cells, labels = [], []
+    for image, caption in zip(images, captions):
+        for j, c in enumerate(controls):
+            cells.append(rgb(sampling.fit_control(c.pixels, size, c.pixels.shape[-1]) if c.pixels.shape[:2] != size
+                             else c.pixels))
+            labels.append(f"control {j + 1} (x{c.scale:g})")
+        cells.append(rgb(image))
+        labels.append(caption)
+    return captioned_grid(np.stack(cells), labels, columns=len(controls) + 1)
 
 
 def main(argv):

@@ -114,6 +114,7 @@ class Setup:
     shift: float = 1.0       # flow: SD3's shift of the sigma grid
     style_names: list = dataclasses.field(default_factory=list)  # the data's names of the style labels, if any
     sampler: str = SAMPLER   # the sampler `sample` and `evaluate` use unless told (model_sampler)
+    controlnets: tuple = ()  # a ControlNet run's own ControlNet exports (its base is `export`)
 
     @property
     def clip_x0(self):
@@ -203,6 +204,10 @@ def read_setup(workdir=None, checkpoint=None, data_dir="~/.cache/dit_jax", *, te
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"Workdir {workdir} does not exist.")
     export = os.path.join(workdir, "export")
+    own_controlnets = ()
+    if not os.path.isfile(os.path.join(export, "config.json")) and is_controlnet_run(workdir):
+        own_controlnets = (os.path.join(workdir, CONTROLNET_EXPORT),)
+        export = controlnet_config(own_controlnets[0])["base"]  # a ControlNet run samples its base with it
     model_config = _read_json(os.path.join(export, "config.json"), f"{workdir} has no exported weights yet: "
                               "training exports them when it reaches config.steps (or pass --checkpoint)")
     run = _read_json(os.path.join(workdir, "run.json"), f"{workdir} has no run.json: is it a training workdir?")
@@ -215,7 +220,7 @@ def read_setup(workdir=None, checkpoint=None, data_dir="~/.cache/dit_jax", *, te
         manifest = prepare.read_manifest(folder)
     else:
         print(f"No prepared data at {folder} (see --data_dir): text and VAE settings from run.json.", flush=True)
-    return run_setup(config, manifest, model_config, export)
+    return dataclasses.replace(run_setup(config, manifest, model_config, export), controlnets=own_controlnets)
 
 
 def converted_record(source):
@@ -513,7 +518,7 @@ def to_global(x, target):
 
 def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32, *, codec=None, image=None,
                   mask=None, strength=1.0, resample=1, trajectory=False, verbose=True, classifier=None,
-                  composition=None):
+                  composition=None, controls=(), null_control="blank"):
     """Each condition `num_images` times, in batches split over every device of every process.
 
     `image` and `mask` are in the model's space (`codec.encode`, `codec.mask`):
@@ -523,7 +528,8 @@ def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32
     `composition` (read_composition) adds a style, boxes and composable guidance weights.
     Images come back on process 0 only; each one's starting noise depends on
     the seed and its index, so ddim and dpmpp samples do not change with the
-    batch size or the device count.
+    batch size or the device count. `controls` (a list of `Control`) steer the
+    model with their ControlNets (`null_control`: see `with_controls`).
     """
     check_settings(settings, inpaint=mask is not None, objective=setup.objective)
     logits_fn = None
@@ -536,6 +542,9 @@ def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32
     codec = codec or Codec(setup)
     cond = encode_conditions(setup, captions, labels, composition)
     model, _ = load_pretrained(setup.export)
+    if controls:
+        model = controlled_model(model, controls)
+        cond.update(control_conditions(controls, len(captions)))
     graphdef, state = nnx.split(model)
     mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
     batched, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
@@ -553,7 +562,9 @@ def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32
     @jax.jit
     def sample_batch(state, cond, ids, edit, guide_state, targets):
         classifier_fn = guide if guide_state is None else nnx.merge(guide, guide_state)
-        return generate_batch(nnx.merge(graphdef, state), setup, settings, cond, ids, return_trajectory=trajectory,
+        net = nnx.merge(graphdef, state)
+        net = with_controls(net, len(controls), null_control) if controls else net
+        return generate_batch(net, setup, settings, cond, ids, return_trajectory=trajectory,
                               strength=strength, resample=resample, classifier=classifier_fn, targets=targets,
                               **edit)
 
@@ -599,3 +610,118 @@ def write_npz(path, images, captions, labels=None, settings=None):
     if settings is not None:
         arrays["settings"] = np.asarray(json.dumps(dataclasses.asdict(settings), sort_keys=True))
     np.savez(path, **arrays)
+
+
+# ---------------------------------------------------------------------------------------------------- ControlNet
+
+CONTROLNET_EXPORT = "controlnet_export"  # what a ControlNet run exports (models/controlnet.py, save_controlnet)
+NULL_CONTROLS = ("blank", "same")
+
+
+@dataclasses.dataclass
+class Control:
+    """One ControlNet and what steers it: `image`, the control in the model's space (`control_input`), one
+    (H, W, C) for every condition or one per condition (N, H, W, C); `pixels`, the same as uint8 for grids."""
+    directory: str
+    image: np.ndarray
+    scale: float = 1.0
+    pixels: np.ndarray = None
+
+
+def is_controlnet_run(workdir):
+    return os.path.isfile(os.path.join(workdir, CONTROLNET_EXPORT, "config.json"))
+
+
+def controlnet_config(directory):
+    """A ControlNet export's config.json (num_blocks, control_type, control_size, control_channels, base), its
+    base checked to hold weights; one line otherwise."""
+    config = _read_json(os.path.join(directory, "config.json"), "pass a ControlNet run's workdir or its "
+                        f"{CONTROLNET_EXPORT} directory (training writes it when it reaches config.steps)")
+    base = config.get("base", "")
+    if not os.path.isfile(os.path.join(base, "config.json")):
+        raise FileNotFoundError(f"The ControlNet in {directory} was trained on the base {base!r}, which is gone: "
+                                "restore that run's export/ (or retrain the ControlNet).")
+    return config
+
+
+def controlnet_directory(path):
+    """A ControlNet run's workdir or its export -> the export directory."""
+    return os.path.join(path, CONTROLNET_EXPORT) if is_controlnet_run(path) else path
+
+
+def control_input(pixels, codec):
+    """uint8 control pixels (..., H, W, C) -> the model's space, as training read them: [-1, 1] pixels, or the
+    VAE latents (times the scale) of the control in latent space."""
+    pixels = np.asarray(pixels)
+    if codec.vae is None:
+        return pixels.astype(np.float32) / 127.5 - 1.0
+    flat = pixels.reshape((-1,) + pixels.shape[-3:])
+    mean, _ = codec.vae.encode(np.repeat(flat, 3, -1) if flat.shape[-1] == 1 else flat)
+    return (np.asarray(mean, np.float32) * codec.scale).reshape(pixels.shape[:-3] + mean.shape[1:])
+
+
+def fit_control(pixels, size, channels, what="control"):
+    """uint8 control pixels (H, W, C) at `size` (H, W) and `channels`: another size is resized (bicubic; the
+    nearest for binary maps), and said so."""
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    pixels = np.asarray(pixels, np.uint8)
+    if pixels.shape[-1] != channels:
+        if pixels.shape[-1] == 1:
+            pixels = np.repeat(pixels, channels, -1)
+        elif pixels.shape[-1] == 3 and channels == 1:
+            pixels = np.asarray(Image.fromarray(pixels).convert("L"))[..., None]
+        else:
+            raise ValueError(f"The {what} has {pixels.shape[-1]} channels, the ControlNet takes {channels}.")
+    h, w = size
+    if pixels.shape[:2] != (h, w):
+        print(f"Resizing the {what} from {pixels.shape[1]}x{pixels.shape[0]} to the ControlNet's {w}x{h}.",
+              flush=True)
+        binary = np.isin(pixels, (0, 255)).all()  # edges, outlines, masks: kept binary, thin lines unbroken
+        image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
+        shrink = w < pixels.shape[1]
+        image = image.resize((w, h), (Image.Resampling.BOX if shrink else Image.Resampling.NEAREST) if binary
+                             else Image.Resampling.BICUBIC)
+        pixels = np.asarray(image, np.uint8).reshape(h, w, channels)
+        if binary:
+            pixels = np.where(pixels >= 64, 255, 0).astype(np.uint8)  # a quarter of a pixel's area or more
+    return pixels
+
+
+def controlled_model(base, controls):
+    """The base DiT with the ControlNet of each Control attached, at its scale."""
+    from dit_jax.models.controlnet import ControlledDiT, load_controlnet  # pylint: disable=import-outside-toplevel
+    nets = [load_controlnet(c.directory, base)[0] for c in controls]
+    return ControlledDiT(base, nets, scales=[c.scale for c in controls])
+
+
+def control_conditions(controls, num_conditions):
+    """Per-condition model inputs `control_<j>` (leading axis = condition), so they follow their conditions
+    through batching and guidance."""
+    out = {}
+    for j, c in enumerate(controls):
+        image = np.asarray(c.image, np.float32)
+        if image.ndim == 3:
+            image = np.broadcast_to(image, (num_conditions,) + image.shape)
+        if len(image) != num_conditions:
+            raise ValueError(f"Control {j} has {len(image)} images for {num_conditions} conditions: give one, or "
+                             "one per condition.")
+        out[f"control_{j}"] = image
+    return out
+
+
+def with_controls(model, count, null_control="blank"):
+    """`fn(x, t, **cond)` for `generate`: the ControlledDiT under the cond's `control_<j>` inputs.
+
+    null_control "blank": where the condition is dropped (guidance's null half) the controls are zeros too,
+    what control dropout trained as "no control", so guidance pushes toward the control as it does toward the
+    prompt; "same": the null half keeps the controls (diffusers' ControlNet pipelines), guiding the prompt only.
+    """
+    if null_control not in NULL_CONTROLS:
+        raise ValueError(f"Unknown null_control {null_control!r}; choose one of {NULL_CONTROLS}.")
+
+    def fn(x, t, drop=None, **cond):
+        controls = [cond.pop(f"control_{j}") for j in range(count)]
+        if null_control == "blank" and drop is not None:
+            controls = [jnp.where(drop.reshape((-1,) + (1,) * (c.ndim - 1)), 0.0, c) for c in controls]
+        return model(x, t, drop=drop, controls=controls, **cond)
+    return fn

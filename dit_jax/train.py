@@ -148,6 +148,20 @@ def export_ema(trainer, state, model_kwargs, workdir, classifier_metadata=None):
             classifier.write_metadata(os.path.join(workdir, "export"), classifier_metadata)
 
 
+def controlnet_from_data(config, manifest):
+    """The ControlNet's control channels and size (when 0) from the data's control; one line when the data
+    does not carry controlnet.control_type."""
+    cn = config.controlnet
+    shapes = manifest.get("control_shapes") or {}
+    if cn.control_type not in shapes:
+        raise ValueError(f"controlnet.control_type={cn.control_type!r} but the data has controls "
+                         f"{sorted(shapes) or 'none'}: add it to data.controls or pick one of those.")
+    h, _, c = shapes[cn.control_type]  # prepared data is square
+    with config.unlocked():
+        cn.control_channels = cn.control_channels or c
+        cn.control_size = cn.control_size or h
+
+
 def train(config, workdir, data_dir):
     """The training loop; returns the final state."""
     mesh = validate(config)
@@ -161,6 +175,8 @@ def train(config, workdir, data_dir):
     if is_classifier:
         classifier.check_data(manifest)
     pipeline.check_compatible(manifest, config)
+    if config.get("controlnet") and config.controlnet.get("base"):
+        controlnet_from_data(config, manifest)
     model_kwargs = {**config.model.to_dict(), **pipeline.model_kwargs(manifest, config)}
     classifier_meta = None
     if is_classifier:

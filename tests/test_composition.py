@@ -11,6 +11,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from dit_jax.diffusion import Schedule, beta_schedule, classifier_free_guidance
+from dit_jax.diffusion import composition
 from dit_jax.diffusion.composition import check_guidance, composed_model, parse_guidance, split_prompt
 from dit_jax.diffusion.flow import T_SCALE
 from dit_jax.diffusion.generate import generate, generate_flow, guided_model
@@ -118,6 +119,10 @@ def test_closed_gates_change_nothing_and_a_text_model_initialises_a_layout_one(t
         init_weights(str(tmp_path), nnx.eval_shape(lambda: build_model(dict(TEXT, num_classes=0))))
     with pytest.raises(ValueError, match="sizes must match"):
         init_weights(str(tmp_path), nnx.eval_shape(lambda: build_model(dict(STYLE_ONLY, num_classes=5))))
+
+
+def test_guidance_knows_the_models_conditions():
+    assert composition.CONDITIONS == CONDITIONS
 
 
 @pytest.mark.parametrize("name", CONDITIONS)

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from dit_jax.diffusion.guidance import composable_guidance
-from dit_jax.models.dit import CONDITIONS
-
 AND = " AND "
+# The conditions the DiT can drop one by one (models/dit.py CONDITIONS; diffusion does not import models).
+CONDITIONS = ("text", "style", "layout", "class")
 TEXT_KEYS = ("text", "text_mask", "pooled")
 
 

@@ -166,6 +166,9 @@ def validate(config):
 
     if config.get("controlnet") and config.controlnet.get("base"):
         controlnet.check_config(config.controlnet)  # a missing base run fails here
+    elif config.get("controlnet") and config.controlnet.get("control_type"):
+        raise ValueError(f"controlnet.control_type={config.controlnet.control_type!r} but controlnet.base is empty: "
+                         "train the base first and pass its workdir with --config.controlnet.base=DIR.")
 
     check_task(config)
     if config.get("init_from"):
