@@ -28,6 +28,7 @@ model.layout_max_boxes). --guidance replaces --cfg_scale by composable
 guidance, eps(null) + sum_i w_i (eps(c_i) - eps(null)) with c_i the null
 conditions but condition i (text, style, layout, class), all terms in one
 batched call; each " AND " part of a prompt is a text term of its own.
+The --box boxes are drawn on the grid's pictures; the single images stay clean.
 The work is in dit_jax/sampling.py; this module holds the flags and outputs.
 """
 
@@ -198,7 +199,9 @@ def write_outputs(o, out, settings):
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         columns = min(o.num_images if o.num_images > 1 else len(images), 8)
-        captioned_grid(images[:GRID_MAX], captions[:GRID_MAX], columns=columns).save(path)
+        layout = [parse_box(b) for b in o.boxes]  # drawn on the grid's pictures; the single images stay clean
+        captioned_grid(images[:GRID_MAX], captions[:GRID_MAX], columns=columns,
+                       boxes=[layout] * len(images[:GRID_MAX]) if layout else None).save(path)
         stem = os.path.splitext(path)[0]
         for i, image in enumerate(images):
             Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(f"{stem}_{i:04d}.png")
