@@ -350,3 +350,20 @@ def test_a_toy_run_trains_on_scenes_is_evaluated_and_sampled_with_their_styles_a
         assert (grid[40:90, cell + 6:cell + 9] == color).all(-1).any(-1).all()
     np.testing.assert_array_equal(np.asarray(Image.open(str(tmp_path / "samples_0000.png"))), images[0])
     assert not (images == color).all(-1).any()
+
+
+def test_per_example_conditions_replace_the_composition_and_bad_ones_fail_in_one_line():
+    from dit_jax import sampling
+    setup = sampling.Setup(None, dict(num_styles=4, layout_max_boxes=K, text_dim=8), None, None, None, "eps", [])
+    records = [dict(style=np.int64(s), layout_boxes=np.full((K, 4), 0.1 * s, np.float16),
+                    layout_mask=np.arange(K) < s, layout_embeddings=np.full((K, 8), s, np.float16)) for s in (1, 3)]
+    own = sampling.example_conditions(setup, records)
+    cond = sampling.encode_conditions(setup, ["", ""], None, sampling.Composition(style=0), own)
+    assert cond["style"].tolist() == [1, 3] and cond["layout_mask"].tolist() == [[1, 0, 0], [1, 1, 1]]
+    assert cond["layout_boxes"].dtype == np.float32 and cond["layout_embeddings"][1].min() == 3
+    with pytest.raises(ValueError, match="no layout_boxes, layout_mask, layout_embeddings for this model's"):
+        sampling.example_conditions(setup, [dict(style=1)])
+    with pytest.raises(ValueError, match="The records hold 2 boxes but the model reads 3"):
+        sampling.example_conditions(setup, [{k: v[:2] if v.ndim else v for k, v in r.items()} for r in records])
+    with pytest.raises(ValueError, match="Per-condition input 'style' \\(3 rows\\) is not one of"):
+        sampling.encode_conditions(setup, ["", ""], None, None, dict(style=np.zeros(3)))
