@@ -340,8 +340,8 @@ def test_a_toy_run_trains_on_scenes_is_evaluated_and_sampled_with_their_styles_a
     # sample: one style and one box for every image, the box drawn on the grid only.
     out = str(tmp_path / "samples.png")
     images, _ = sample_cli.run(sample_cli.Options(
-        workdir=workdir, data_dir=data_dir, prompt=["a bag on the left"], classes=["bag"], style="red tint", num_images=2,
-        boxes=["0.05,0.25,0.45,0.75:a bag"], guidance="text=4,style=3,layout=2", sampler="ddim", steps=2,
+        workdir=workdir, data_dir=data_dir, prompt=["a bag on the left"], classes=["bag"], style="red tint",
+        num_images=2, boxes=["0.05,0.25,0.45,0.75:a bag"], guidance="text=4,style=3,layout=2", sampler="ddim", steps=2,
         batch_size=8, out=out))
     assert seen[-1]["style"].tolist() == [2] and seen[-1]["layout_mask"].tolist() == [[True, False, False]]
     grid = np.asarray(Image.open(out).convert("RGB"))
