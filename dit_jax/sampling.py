@@ -386,10 +386,36 @@ def read_composition(setup, prompts, style=None, boxes=(), guidance=None):
     return Composition(index, tuple(boxes), weights)
 
 
-def encode_conditions(setup, captions, labels, composition=None):
+def example_conditions(setup, examples):
+    """Each prepared record's own `style` and layout_* (what the model read in training), stacked as the
+    per-example model inputs `encode_conditions` takes, for the paths the model has."""
+    c, keys = setup.model_config, []
+    if c.get("num_styles"):
+        keys.append("style")
+    if c.get("layout_max_boxes"):
+        keys += ["layout_boxes", "layout_mask", "layout_embeddings"]
+    missing = [k for k in keys if k not in examples[0]]
+    if missing:
+        raise ValueError(f"The prepared records have no {', '.join(missing)} for this model's style/layout paths: "
+                         "prepare the data the run was trained on (e.g. fashion_scenes).")
+    out = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in keys}
+    if "style" in out:
+        out["style"] = out["style"].astype(np.int32)
+    if "layout_boxes" in out:
+        if out["layout_boxes"].shape[1] != c["layout_max_boxes"]:
+            raise ValueError(f"The records hold {out['layout_boxes'].shape[1]} boxes but the model reads "
+                             f"{c['layout_max_boxes']} (model.layout_max_boxes): evaluate on its own data.")
+        out.update(layout_boxes=out["layout_boxes"].astype(np.float32), layout_mask=out["layout_mask"].astype(bool),
+                   layout_embeddings=out["layout_embeddings"].astype(np.float32))
+    return out
+
+
+def encode_conditions(setup, captions, labels, composition=None, inputs=None):
     """Per-condition model inputs (numpy, leading axis = condition): text embeddings and/or labels `y`, and for
     a model with style or layout paths its `style` and layout_* inputs (the nulls unless `composition` sets
-    them). With composable guidance each caption's " AND " parts are encoded on axis 1 with `text_parts`."""
+    them). With composable guidance each caption's " AND " parts are encoded on axis 1 with `text_parts`.
+    `inputs` (e.g. `example_conditions`) gives each condition its own style and layout_* (leading axis =
+    len(captions)) in place of the composition's one for all."""
     cond, c = {}, setup.model_config
     composition = composition or Composition()
     if setup.text:
@@ -418,6 +444,11 @@ def encode_conditions(setup, captions, labels, composition=None):
             mask[:, :len(boxes)] = True
             embeddings[:, :len(boxes)] = encoders.text_conditions(setup.text, [p for _, p in boxes])["pooled"]
         cond.update(layout_boxes=layout_boxes, layout_mask=mask, layout_embeddings=embeddings)
+    for k, v in (inputs or {}).items():
+        if k not in cond or len(v) != n:
+            raise ValueError(f"Per-condition input {k!r} ({len(v)} rows) is not one of this model's inputs "
+                             f"({', '.join(cond)}) for {n} conditions.")
+        cond[k] = np.asarray(v, cond[k].dtype)
     return cond
 
 
@@ -518,14 +549,15 @@ def to_global(x, target):
 
 def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32, *, codec=None, image=None,
                   mask=None, strength=1.0, resample=1, trajectory=False, verbose=True, classifier=None,
-                  composition=None, controls=(), null_control="blank"):
+                  composition=None, controls=(), null_control="blank", inputs=None):
     """Each condition `num_images` times, in batches split over every device of every process.
 
     `image` and `mask` are in the model's space (`codec.encode`, `codec.mask`):
     with a mask, inpaint; with an image alone, img2img from `strength`.
     With settings.classifier each image is guided toward its label by that
     classifier (`classifier`: what `read_classifier` returned, else read here).
-    `composition` (read_composition) adds a style, boxes and composable guidance weights.
+    `composition` (read_composition) adds a style, boxes and composable guidance weights; `inputs`
+    (example_conditions) a style and layout per condition instead.
     Images come back on process 0 only; each one's starting noise depends on
     the seed and its index, so ddim and dpmpp samples do not change with the
     batch size or the device count. `controls` (a list of `Control`) steer the
@@ -540,7 +572,7 @@ def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32
         if max(labels) >= meta["num_classes"]:
             raise ValueError(f"Class {max(labels)} is outside the classifier's classes 0..{meta['num_classes'] - 1}.")
     codec = codec or Codec(setup)
-    cond = encode_conditions(setup, captions, labels, composition)
+    cond = encode_conditions(setup, captions, labels, composition, inputs)
     model, _ = load_pretrained(setup.export)
     if controls:
         model = controlled_model(model, controls)

@@ -274,3 +274,96 @@ def test_recipe_loads_and_names_the_conditions():
     assert c.model.style_dropout_prob == c.model.layout_dropout_prob == 0.1
     toy = recipe("runlocal")
     assert (toy.data.resolution, toy.data.max_examples, toy.optim.restart_period) == (32, 512, 160)
+
+
+def test_a_toy_run_trains_on_scenes_is_evaluated_and_sampled_with_their_styles_and_boxes(prepared, judge, tmp_path,
+                                                                                         monkeypatch):
+    """configs/fashion_scenes.py:runlocal on the prepared 24 scenes (64 px, patch 8, 2 steps): the loader's style
+    and layout reach the model in the train step, `evaluate --metrics=layout,style` samples each example with
+    its own style and boxes, and `sample --guidance=text=4,style=3,layout=2 --box=...` draws the boxes on its grid."""
+    from PIL import Image
+    from dit_jax import sample as sample_cli, sampling, train
+    from dit_jax.evaluate import evaluate
+    from dit_jax.training import sharding, trainer as trainer_lib
+    from dit_jax.utils.visualization import COLORS
+    config, manifest, data_dir, _ = prepared
+    toy = recipe("runlocal")
+    toy.data, toy.text = config.data, config.text  # the fixture's prepared scenes
+    toy.model.patch_size = 8
+    toy.batch_size, toy.steps, toy.optim.warmup_steps = 8, 2, 0
+    toy.sample.every, toy.log.every, toy.checkpoint.every = 0, 1, 0
+    created, create = [], trainer_lib.create
+    monkeypatch.setattr(trainer_lib, "create", lambda *args: created.append(create(*args)) or created[-1])
+    workdir = str(tmp_path / "run")
+    state = train.train(toy, workdir, data_dir)
+
+    # The train step's loss reads the batch's layout and style: the grounding tokens' weights get a gradient
+    # (the gates opened in the 2 steps), none when every box is masked; another style changes the loss.
+    trainer = created[0]
+    loader = pipeline.make_loader(toy, manifest, global_batch_size=8, seed=0,
+                                  sharding=sharding.batch_sharding(trainer.mesh))
+    batch = dict(next(loader))
+    loss_and_grad = jax.jit(jax.value_and_grad(lambda p, b: trainer_lib.loss_fn(trainer, p, b, jax.random.key(1))))
+    params = state["params"]
+    gates = [v for path, v in jax.tree_util.tree_leaves_with_path(params) if "alpha" in jax.tree_util.keystr(path)]
+    assert gates and all(float(g) != 0 for g in gates)
+
+    def grounding_grad_norm(grads):
+        return sum(float(jnp.abs(v).sum()) for path, v in jax.tree_util.tree_leaves_with_path(grads)
+                   if "grounding" in jax.tree_util.keystr(path))
+    loss, grads = loss_and_grad(params, batch)
+    assert grounding_grad_norm(grads) > 0
+    _, no_boxes = loss_and_grad(params, dict(batch, layout_mask=jnp.zeros_like(batch["layout_mask"])))
+    assert grounding_grad_norm(no_boxes) == 0
+    other_style, _ = loss_and_grad(params, dict(batch, style=(batch["style"] + 1) % 4))
+    assert float(other_style) != float(loss)
+
+    # evaluate: each example's own style and boxes reach the sampler, under the --guidance weights.
+    seen, encode = [], sampling.encode_conditions
+    monkeypatch.setattr(sampling, "encode_conditions", lambda *args: seen.append(encode(*args)) or seen[-1])
+    monkeypatch.setattr(classifier, "load_or_train", lambda data_dir, source_dir="": judge)
+    monkeypatch.setattr(style, "load_or_train", lambda data_dir, size, source_dir="": (None, 1.0))
+    monkeypatch.setattr(style, "predict", lambda model, images: np.zeros(len(images), int))
+    with pytest.raises(ValueError, match="Guidance weight text='four' is not a number"):
+        evaluate(workdir, data_dir, samplers=[("ddim", 2)], num_samples=4, guidance="text=four")
+    result, = evaluate(workdir, data_dir, samplers=[("ddim", 2)], num_samples=8, metrics=["layout", "style"],
+                       batch_size=8, guidance="text=4,style=3,layout=2")
+    records = pipeline.read_prepared(manifest, np.sort(np.random.default_rng(0).choice(24, 8, replace=False)))
+    cond = seen[-1]
+    np.testing.assert_array_equal(cond["style"], [r["style"] for r in records])
+    for key in ("layout_boxes", "layout_mask", "layout_embeddings"):
+        np.testing.assert_array_equal(cond[key], np.stack([r[key] for r in records]).astype(cond[key].dtype))
+    assert result["guidance"] == "text=4,style=3,layout=2" and 0 <= result["layout_box_accuracy"] <= 1
+    assert result["style_accuracy"] == np.mean([r["style"] == 0 for r in records])
+    assert 0 <= result["layout_ink_inside"] <= 1 and (tmp_path / "run" / "eval" / "metrics.json").exists()
+
+    # sample: one style and one box for every image, the box drawn on the grid only.
+    out = str(tmp_path / "samples.png")
+    images, _ = sample_cli.run(sample_cli.Options(
+        workdir=workdir, data_dir=data_dir, prompt=["a bag on the left"], classes=["bag"], style="red tint",
+        num_images=2, boxes=["0.05,0.25,0.45,0.75:a bag"], guidance="text=4,style=3,layout=2", sampler="ddim", steps=2,
+        batch_size=8, out=out))
+    assert seen[-1]["style"].tolist() == [2] and seen[-1]["layout_mask"].tolist() == [[True, False, False]]
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    color = tuple(int(COLORS[0][i:i + 2], 16) for i in (1, 3, 5))
+    for cell in (0, 128):  # 64 px pictures enlarged 2x: the box's left edge at x = 6.4, rows 32 to 96
+        assert (grid[40:90, cell + 6:cell + 9] == color).all(-1).any(-1).all()
+    np.testing.assert_array_equal(np.asarray(Image.open(str(tmp_path / "samples_0000.png"))), images[0])
+    assert not (images == color).all(-1).any()
+
+
+def test_per_example_conditions_replace_the_composition_and_bad_ones_fail_in_one_line():
+    from dit_jax import sampling
+    setup = sampling.Setup(None, dict(num_styles=4, layout_max_boxes=K, text_dim=8), None, None, None, "eps", [])
+    records = [dict(style=np.int64(s), layout_boxes=np.full((K, 4), 0.1 * s, np.float16),
+                    layout_mask=np.arange(K) < s, layout_embeddings=np.full((K, 8), s, np.float16)) for s in (1, 3)]
+    own = sampling.example_conditions(setup, records)
+    cond = sampling.encode_conditions(setup, ["", ""], None, sampling.Composition(style=0), own)
+    assert cond["style"].tolist() == [1, 3] and cond["layout_mask"].tolist() == [[1, 0, 0], [1, 1, 1]]
+    assert cond["layout_boxes"].dtype == np.float32 and cond["layout_embeddings"][1].min() == 3
+    with pytest.raises(ValueError, match="no layout_boxes, layout_mask, layout_embeddings for this model's"):
+        sampling.example_conditions(setup, [dict(style=1)])
+    with pytest.raises(ValueError, match="The records hold 2 boxes but the model reads 3"):
+        sampling.example_conditions(setup, [{k: v[:2] if v.ndim else v for k, v in r.items()} for r in records])
+    with pytest.raises(ValueError, match="Per-condition input 'style' \\(3 rows\\) is not one of"):
+        sampling.encode_conditions(setup, ["", ""], None, None, dict(style=np.zeros(3)))

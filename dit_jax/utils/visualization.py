@@ -19,8 +19,9 @@ def to_uint8(images):
     return np.clip(np.round((images + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
-def captioned_grid(images, captions=None, columns=4, scale=None, caption_height=CAPTION_HEIGHT):
-    """(N, H, W, C) uint8 -> one PIL image: each picture enlarged to ~128 px with its caption under it."""
+def captioned_grid(images, captions=None, columns=4, scale=None, caption_height=CAPTION_HEIGHT, boxes=None):
+    """(N, H, W, C) uint8 -> one PIL image: each picture enlarged to ~128 px with its caption under it.
+    `boxes`: each picture's layout, ((x0, y0, x1, y1) in [0, 1], phrase) pairs, drawn over it (draw_boxes)."""
     images = np.asarray(images)
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
@@ -33,10 +34,25 @@ def captioned_grid(images, captions=None, columns=4, scale=None, caption_height=
     for i, image in enumerate(images):
         x, y = (i % columns) * cell_w, (i // columns) * cell_h
         grid.paste(Image.fromarray(image).resize((w * scale, h * scale), Image.NEAREST), (x, y))
+        if boxes is not None:
+            draw_boxes(draw, boxes[i], (x, y, w * scale, h * scale), font)
         if captions:
             lines = textwrap.wrap(captions[i], width=max(8, cell_w // 6))[:2]
             draw.multiline_text((x + 2, y + h * scale + 2), "\n".join(lines), fill="black", font=font, spacing=4)
     return grid
+
+
+def draw_boxes(draw, boxes, cell, font=None):
+    """Outlines ((x0, y0, x1, y1) in [0, 1] of the picture, phrase or None) pairs on the picture at `cell` (left,
+    top, width, height) of a PIL ImageDraw, each in its own color with its phrase inside its top-left corner."""
+    left, top, width, height = cell
+    for k, (box, phrase) in enumerate(boxes):
+        x0, y0, x1, y1 = box
+        color = COLORS[k % len(COLORS)]
+        corners = (left + x0 * width, top + y0 * height, left + x1 * width - 1, top + y1 * height - 1)
+        draw.rectangle(corners, outline=color, width=2)
+        if phrase:
+            draw.text((corners[0] + 3, corners[1] + 2), phrase, fill=color, font=font)
 
 
 def trajectory_frames(trajectory, index=0, frames=8):
