@@ -19,8 +19,9 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 def build_model(config, seed=0, **overrides):
-    """A DiT from its kwargs (plain JSON values; dtype names such as "bfloat16" allowed), or the noise-aware
-    classifier when they say `"model": "classifier"` (models/classifier.py)."""
+    """A DiT from its kwargs (plain JSON values; dtype names such as "bfloat16" allowed), the noise-aware
+    classifier when they say `"model": "classifier"` (models/classifier.py), or a video DiT when they give
+    `frames` (models/video.py; frames 0 or absent: an image model, the video keys ignored)."""
     kw = {**config, **overrides}
     for key in ("dtype", "param_dtype"):
         if isinstance(kw.get(key), str):
@@ -28,6 +29,11 @@ def build_model(config, seed=0, **overrides):
     if kw.pop("model", "dit") == "classifier":
         from dit_jax.models.classifier import Classifier  # pylint: disable=import-outside-toplevel
         return Classifier(**kw, rngs=nnx.Rngs(seed))
+    if kw.get("frames"):
+        from dit_jax.models.video import VideoDiT  # pylint: disable=import-outside-toplevel
+        return VideoDiT(**kw, rngs=nnx.Rngs(seed))
+    from dit_jax.models.video import VIDEO_KEYS  # pylint: disable=import-outside-toplevel
+    kw = {k: v for k, v in kw.items() if k not in VIDEO_KEYS}
     return DiT(**kw, rngs=nnx.Rngs(seed))
 
 
