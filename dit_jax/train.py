@@ -32,6 +32,7 @@ from dit_jax.data import pipeline
 from dit_jax.models import classifier
 from dit_jax.models.controlnet import save_controlnet
 from dit_jax.models.pretrained import save_pretrained
+from dit_jax.models.video import frame_strips
 from dit_jax.training import sharding, trainer as trainer_lib
 from dit_jax.training.checks import validate
 from dit_jax.training.checkpoint import Checkpointer
@@ -90,7 +91,7 @@ class SampleGrid:
 
     def __call__(self, step, ema, writer):
         samples = np.asarray(multihost_utils.process_allgather(self.sample(ema), tiled=True))
-        grid = captioned_grid(to_uint8(self.codec.decode(samples)), self.captions)
+        grid = captioned_grid(frame_strips(to_uint8(self.codec.decode(samples))), self.captions)  # clips: strips
         if jax.process_index() == 0:
             path = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")
             os.makedirs(os.path.dirname(path), exist_ok=True)

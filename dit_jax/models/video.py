@@ -400,3 +400,27 @@ def sample_shape(model_config):
     size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
     image = (*size, model_config["in_channels"])
     return (model_config["frames"], *image) if model_config.get("frames") else image
+
+
+def frame_strips(x):
+    """(B, T, H, W, C) clips -> (B, H, T*W, C): each clip's frames side by side (4-D input passes through)."""
+    x = np.asarray(x)
+    if x.ndim != 5:
+        return x
+    b, t, h, w, c = x.shape
+    return x.transpose(0, 2, 1, 3, 4).reshape(b, h, t * w, c)
+
+
+def check_config(config):
+    """The video keys of a config (`model.frames` set) and their fit with the data's clips, before anything loads."""
+    m = config.model
+    check_video(m.frames, m.get("t_patch", 1), m.get("video_blocks", "alternating"),
+                m.get("temporal_pos", "attention"), m.get("adaln", "block"), m.get("temporal_attention", ""))
+    frames = config.data.get("frames")
+    if frames and frames != m.frames:
+        raise ValueError(f"data.frames={frames} but model.frames={m.frames}: the model is built for the clips it "
+                         "trains on; set both to the same count.")
+    if config.get("controlnet") and config.controlnet.get("base"):
+        raise ValueError("A ControlNet is built on an image DiT: leave controlnet.base empty for a video model.")
+    if config.get("task", "diffusion") != "diffusion":
+        raise ValueError(f"task={config.task!r} is for images: a video model trains with task=diffusion.")

@@ -9,7 +9,7 @@ from dit_jax.diffusion.flow import FLOW_SAMPLERS, TIME_SAMPLINGS, check_path
 from dit_jax.diffusion.generate import DDIM_SAMPLERS, OBJECTIVES, check_objective, check_sampler, check_spacing
 from dit_jax.diffusion.prediction import check_prediction
 from dit_jax.diffusion.schedules import beta_schedule
-from dit_jax.models import attention, controlnet
+from dit_jax.models import attention, controlnet, video
 from dit_jax.models.dit import DIT_BLOCK, REMAT_POLICIES, check_block
 from dit_jax.text.encoders import DEFAULT_IDS as ENCODERS
 from dit_jax.training import optim, sharding
@@ -162,6 +162,11 @@ def validate(config):
         controlnet.check_config(config.controlnet)  # a missing base run fails here
 
     check_task(config)
+    if config.model.get("frames"):  # a video DiT (models/video.py)
+        video.check_config(config)
+    if config.get("init_from"):  # a finished run or an export, whose weights the run starts from
+        from dit_jax.training import init_from  # pylint: disable=import-outside-toplevel
+        init_from.directory(config.init_from)
 
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(config.batch_size, mesh, config.optim.accumulate)

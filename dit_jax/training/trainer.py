@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 from dit_jax.diffusion import Schedule, beta_schedule, diffusion_loss, flow, q_sample
 from dit_jax.models import controlnet as controlnet_lib
 from dit_jax.models.pretrained import WEIGHTS_FILE, build_model, load_flat_weights
-from dit_jax.training import calibration, optim, sharding
+from dit_jax.training import calibration, init_from, optim, sharding
 
 
 @dataclasses.dataclass
@@ -49,22 +49,28 @@ def create(config, model_kwargs, mesh):
         return create_controlnet(config, model_kwargs, mesh)
     sharding.check_batch(config.batch_size, mesh, config.optim.get("accumulate", 1))
     abstract = nnx.eval_shape(lambda: build_model(model_kwargs, seed=config.seed))
+    # init_from: another run's weights (host arrays) loaded over the fresh ones, e.g. an image DiT's into a video one.
+    start = {}
+    if config.get("init_from"):
+        start = init_from.read(config.init_from, model_kwargs)
+        init_from.check_weights(config.init_from, abstract, start)
     graphdef, abstract_params = nnx.split(abstract, nnx.Param)
     rules = [tuple(rule) for rule in config.get("sharding_rules", sharding.DEFAULT_RULES)]
     param_shardings = sharding.param_shardings(abstract_params, mesh, rules)
     optimizer, lr_schedule = optim.make_optimizer(config.optim, config.steps)
 
-    def init():
-        params = nnx.state(build_model(model_kwargs, seed=config.seed), nnx.Param)
+    def init(start):
+        params = nnx.state(init_from.load(build_model(model_kwargs, seed=config.seed), start), nnx.Param)
         return dict(params=params, opt_state=optimizer.init(params), ema=params,
                     step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(config.seed))
 
-    shapes = jax.eval_shape(init)
+    shapes = jax.eval_shape(init, start)
     state_shardings = infer_state_shardings(shapes, param_shardings, mesh)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             shapes, state_shardings)
+    jitted_init = jax.jit(init, out_shardings=state_shardings)
     return Trainer(graphdef, optimizer, lr_schedule, diffusion_schedule(config.diffusion), config, mesh,
-                   state_shardings, abstract, jax.jit(init, out_shardings=state_shardings))
+                   state_shardings, abstract, lambda: jitted_init(start))
 
 
 def create_controlnet(config, model_kwargs, mesh):
