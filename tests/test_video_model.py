@@ -134,7 +134,7 @@ def test_init_from_an_image_dit_gives_its_frames_exactly(image_export, options):
 def test_init_from_refuses_other_architectures(image_export, tmp_path):
     with pytest.raises(ValueError, match="model.hidden_size=32, this config has 64"):
         init_from.read(image_export, dict(VIDEO, hidden_size=64))
-    with pytest.raises(ValueError, match="is \(96,\), this model.s \(192,\).*t_patch=1"):
+    with pytest.raises(ValueError, match=r"is \(96,\), this model.s \(192,\).*t_patch=1"):
         init_from.check_weights(image_export, abstract_model(dict(VIDEO, t_patch=2)), init_from.read(image_export, VIDEO))
     with pytest.raises(ValueError, match="adaLN_modulation.bias, which this model lacks"):
         init_from.check_weights(image_export, abstract_model(dict(VIDEO, adaln="single")),
@@ -146,12 +146,10 @@ def test_init_from_refuses_other_architectures(image_export, tmp_path):
 # ---------------------------------------------------------------- scan, remat, bf16, backends, sharding
 
 def test_scan_remat_and_bf16():
-    """Latte's layout (adaLN-single, positions before the first temporal block, tubelets) with dropout: the
-    scanned, rematerialised stack computes what the plain loop does; in bfloat16, nearly. (spatial_temporal's
+    """Latte's layout (adaLN-single, positions before the first temporal block, tubelets): the scanned, rematerialised stack computes what the plain loop does; in bfloat16, nearly. (spatial_temporal's
     scan is checked exactly against the image DiT above.)"""
     run = lambda m: nnx.jit(lambda m: m(**clip_inputs(), rng=jax.random.key(1)))(m)
-    config = dict(VIDEO, depth=2, video_blocks="alternating", adaln="single", temporal_pos="first", t_patch=2,
-                  dropout=0.1)
+    config = dict(VIDEO, depth=2, video_blocks="alternating", adaln="single", temporal_pos="first", t_patch=2)
     loop = run(randomize(abstract_model(config)))
     scanned = run(randomize(abstract_model(dict(config, scan_blocks=True, remat="full"))))
     assert float(jnp.abs(loop).max()) > 0.1
@@ -265,3 +263,14 @@ def test_bad_clips_and_keys_are_one_line_errors():
     config.data.frames = 8
     with pytest.raises(ValueError, match="data.frames=8 but model.frames=4"):
         validate(config)
+
+
+def test_forward_macs_count_frames_and_temporal_layers():
+    from dit_jax.models.variants import forward_macs, train_flops_per_image
+    n, d, depth = 4, 32, 1
+    one = video.forward_macs(**dict(VIDEO, frames=1, video_blocks="spatial_temporal"))
+    assert one == forward_macs(**IMAGE) + depth * (n * 4 * d * d + 2 * n * d)  # one frame: the DiT + its time layer
+    temporal = depth * (n * T * 4 * d * d + 2 * n * T * T * d + 2 * n * T * d * 4 * d + 6 * d * d)
+    once = forward_macs(**dict(IMAGE, depth=0)) - n * 48 * d * 3 - 2 * d * d + depth * 6 * d * d
+    assert video.forward_macs(**VIDEO) == T * (forward_macs(**IMAGE) - once) + once + temporal
+    assert train_flops_per_image(VIDEO) == 6 * video.forward_macs(**VIDEO)

@@ -84,11 +84,13 @@ class VideoBlock(DiTBlock):
             return c + self.scale_shift_table[...].reshape(-1).astype(c.dtype)
         return self.adaLN_modulation(jax.nn.silu(c))
 
-    def __call__(self, x, c, context=None, context_mask=None, rng=None, rope=None, frames=None, pos=None):
-        """x (N, L, D), c (N, D) or (N, 6D), context (N, M, D) + mask, rope; pos (L, D) is added to the
-        self-attention's input; with a temporal layer, x holds `frames` frames of a clip in a row and pos
-        (frames, D) goes to the temporal attention instead. -> (N, L, D)."""
-        mod = self.modulation(c)
+    def __call__(self, x, c, context=None, context_mask=None, rng=None, rope=None, frames=None, pos=None,
+                 repeat=1):
+        """x (N, L, D); c (N / repeat, D), or (N / repeat, 6D) under adaLN-single: one condition for each
+        `repeat` rows of x (a clip's), so the modulation is computed once a clip; context (N, M, D) + mask, rope;
+        pos (L, D) is added to the self-attention's input; with a temporal layer, x holds `frames` frames of a
+        clip in a row and pos (frames, D) goes to the temporal attention instead. -> (N, L, D)."""
+        mod = jnp.repeat(self.modulation(c), repeat, axis=0)  # (N, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)  # (N, D) each
         keys = jax.random.split(rng, 4) if rng is not None else [None] * 4
         drop = lambda h, key: self.dropout(h, deterministic=key is None, rngs=key)
@@ -330,9 +332,7 @@ class VideoDiT(nnx.Module):
         rope = tuple(jnp.asarray(a) for a in rope_2d(self.head_dim, gh, gw)) if self.rope else None
         tpos = self.temporal_table(grid_t) if grid_t > 1 else None
 
-        block_c = c if c6 is None else c6
-        c_space = jnp.repeat(block_c, grid_t, axis=0)  # (B*T', .): each frame gets its clip's condition
-        c_time = jnp.repeat(block_c, n, axis=0)  # (B*N, .): each patch position's frame sequence
+        block_c = c if c6 is None else c6  # each frame, and each patch position's frames, get their clip's
         if context is not None:
             context = jnp.repeat(context, grid_t, axis=0)
             context_mask = jnp.repeat(context_mask, grid_t, axis=0)
@@ -342,7 +342,8 @@ class VideoDiT(nnx.Module):
         def layer(spatial, temporal, tokens, key_s, key_t, first):
             """One spatial block and what follows it in time: (B*T', N, D) -> (B*T', N, D)."""
             inner_pos = tpos if spatial.temporal_attn is not None else None
-            tokens = spatial(tokens, c_space, context, context_mask, key_s, rope, frames=grid_t, pos=inner_pos)
+            tokens = spatial(tokens, block_c, context, context_mask, key_s, rope, frames=grid_t, pos=inner_pos,
+                             repeat=grid_t)
             if temporal is not None:
                 tokens = to_time(tokens)
                 pos = tpos
@@ -350,7 +351,7 @@ class VideoDiT(nnx.Module):
                     if first and tpos is not None:
                         tokens = tokens + tpos.astype(tokens.dtype)
                     pos = None
-                tokens = from_time(temporal(tokens, c_time, rng=key_t, pos=pos))
+                tokens = from_time(temporal(tokens, block_c, rng=key_t, pos=pos, repeat=n))
             return tokens
 
         policy = REMAT_POLICIES[self.remat]
@@ -424,3 +425,22 @@ def check_config(config):
         raise ValueError("A ControlNet is built on an image DiT: leave controlnet.base empty for a video model.")
     if config.get("task", "diffusion") != "diffusion":
         raise ValueError(f"task={config.task!r} is for images: a video model trains with task=diffusion.")
+
+
+def forward_macs(*, frames, t_patch=1, video_blocks="alternating", input_size=32, patch_size=2, in_channels=4,
+                 hidden_size=1152, depth=28, mlp_ratio=4.0, learn_sigma=True, **kw):
+    """Multiply-accumulates of one forward pass for one clip, counted as variants.forward_macs counts the DiT's:
+    the spatial blocks, patch embedding and head on each of the T/t_patch frames (tubelets), the conditioning and
+    adaLN once, and the temporal layers over T/t_patch positions at each of the N patch positions."""
+    from dit_jax.models import variants  # pylint: disable=import-outside-toplevel
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    n, d, grid_t = (size[0] // patch_size) * (size[1] // patch_size), hidden_size, frames // t_patch
+    common = dict(input_size=input_size, patch_size=patch_size, in_channels=in_channels * t_patch, hidden_size=d,
+                  mlp_ratio=mlp_ratio, learn_sigma=learn_sigma, **kw)
+    # Once a clip: the condition embedders and each block's adaLN; the rest of the DiT's count once a frame.
+    once = variants.forward_macs(depth=0, **common) - n * patch_size**2 * in_channels * t_patch * d * (
+        1 + (2 if learn_sigma else 1)) - d * 2 * d + depth * d * 6 * d
+    per_frame = variants.forward_macs(depth=depth, **common) - once
+    attention = n * grid_t * 4 * d * d + 2 * n * grid_t * grid_t * d  # qkv + projection, scores + values
+    mlp = 2 * n * grid_t * d * int(d * mlp_ratio) + d * 6 * d if video_blocks == "alternating" else 0
+    return grid_t * per_frame + once + depth * (attention + mlp)
