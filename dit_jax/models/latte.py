@@ -25,6 +25,9 @@ REQUIRED = dict(norm_type="ada_norm_single", activation_fn="gelu-approximate", n
 def read_latte(path):
     """(state dict, config) of a LatteTransformer3DModel: a directory (or a pipeline with transformer/) holding
     config.json and diffusion_pytorch_model.safetensors, or a .safetensors file with config.json beside it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: pass --src=DIR holding a diffusers LatteTransformer3DModel "
+                                f"(config.json + {WEIGHTS}), or its .safetensors file beside config.json.")
     if os.path.isdir(os.path.join(path, "transformer")):
         path = os.path.join(path, "transformer")
     directory, weights = (path, os.path.join(path, WEIGHTS)) if os.path.isdir(path) else (os.path.dirname(path), path)
