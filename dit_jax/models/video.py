@@ -31,8 +31,8 @@ import numpy as np
 from flax import nnx
 
 from dit_jax.models.attention import get_attention, parse
-from dit_jax.models.dit import (REMAT_POLICIES, Attention, DiTBlock, FinalLayer, check_block, materialize_grad,
-                                modulate, weight_initializer)
+from dit_jax.models.dit import (REMAT_POLICIES, Attention, DiTBlock, FinalLayer, RMSNorm, check_block,
+                                materialize_grad, modulate, weight_initializer)
 from dit_jax.models.embeddings import (LabelEmbedder, PatchEmbed, TextEmbedder, TimestepEmbedder, linear, param,
                                        param_axes, rope_2d, sincos_1d, sincos_2d)
 
@@ -226,7 +226,7 @@ class VideoDiT(nnx.Module):
                 if hasattr(self.text_embedder, name):
                     init(getattr(self.text_embedder, name), nnx.initializers.normal(self.text_dim**-0.5))
         for _, module in nnx.iter_modules(self):
-            if type(module).__name__ == "RMSNorm":
+            if isinstance(module, RMSNorm):
                 init(module.scale, nnx.initializers.ones)
             if hasattr(module, "scale_shift_table"):
                 init(module.scale_shift_table, nnx.initializers.normal(self.hidden_size**-0.5))
