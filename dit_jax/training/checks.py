@@ -167,6 +167,9 @@ def validate(config):
     if config.get("init_from"):  # a finished run or an export, whose weights the run starts from
         from dit_jax.training import init_from  # pylint: disable=import-outside-toplevel
         init_from.directory(config.init_from)
+        if config.get("controlnet") and config.controlnet.get("base"):
+            raise ValueError("init_from and controlnet.base both name a starting model: a ControlNet starts from "
+                             "its base; leave init_from empty.")
 
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(config.batch_size, mesh, config.optim.accumulate)
