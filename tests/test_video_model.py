@@ -141,6 +141,11 @@ def test_init_from_refuses_other_architectures(image_export, tmp_path):
                                 init_from.read(image_export, VIDEO))
     with pytest.raises(FileNotFoundError, match="init_from="):
         init_from.directory(tmp_path)
+    config = get_config("runlocal")
+    config.init_from = image_export
+    config.controlnet.update(base=image_export, control_type="canny")
+    with pytest.raises(ValueError, match="init_from and controlnet.base"):
+        validate(config)
 
 
 # ---------------------------------------------------------------- scan, remat, bf16, backends, sharding
