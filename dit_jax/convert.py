@@ -3,13 +3,15 @@
     python -m dit_jax.convert --from=dit --src=DiT-XL-2-256x256.pt --out=DIR
     python -m dit_jax.convert --from=diffusers --src=DIR_WITH_CONFIG_JSON --out=DIR
     python -m dit_jax.convert --from=dit_jax --src=DIR --out=model.pt   # back to DiT's format
+    python -m dit_jax.convert --from=latte --src=LATTE_DIR_OR_SAFETENSORS --out=DIR   # a video DiT
 
 DIR then holds config.json + model.safetensors, which sampling loads, and
 sampling.json, which records the source: DiT's weights sample on DiT's
 respaced grid by default (and, from --from=dit, guide 3 channels as DiT). Each
 source keeps its own numerics by default (--numerics=source); diffusers' port
 differs slightly from the original (timestep frequency shift 1, MLP LayerNorm
-eps 1e-5), and --numerics=dit or =diffusers picks one explicitly.
+eps 1e-5), and --numerics=dit or =diffusers picks one explicitly. --from=latte reads diffusers'
+LatteTransformer3DModel (safetensors only) into the video DiT (models/latte.py).
 """
 
 import os
@@ -17,7 +19,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from dit_jax.models import classifier, convert
+from dit_jax.models import classifier, convert, latte
 from dit_jax.models.pretrained import (
     abstract_model,
     flat_weights,
@@ -25,12 +27,12 @@ from dit_jax.models.pretrained import (
     load_pretrained,
     save_pretrained,
 )
-from dit_jax.sampling import converted_record, write_sampling_record
+from dit_jax.sampling import CHECKPOINT_DEFAULTS, converted_record, write_sampling_record
 
 
 def define_flags():
     """Defined only when this module runs as the program, so other CLIs and tests can import it."""
-    flags.DEFINE_enum("from", None, ["dit", "diffusers", "dit_jax"], "Format of --src.")
+    flags.DEFINE_enum("from", None, ["dit", "diffusers", "dit_jax", "latte"], "Format of --src.")
     flags.DEFINE_string(
         "src", None, "A DiT .pt/.safetensors file, a diffusers directory, or a dit_jax directory."
     )
@@ -42,14 +44,21 @@ def define_flags():
         "Timestep-frequency shift and MLP LayerNorm eps to use.",
     )
     flags.DEFINE_integer("num_heads", None, "Attention heads, for DiT widths other than the named sizes.")
+    flags.DEFINE_integer("text_len", 120, "--from=latte: the caption tokens it reads (Latte's pipeline: 120).")
     flags.mark_flags_as_required(["from", "src", "out"])
 
 
 FLAGS = flags.FLAGS
 
 
-def import_weights(source, src, numerics="source", num_heads=None):
-    """(model, config) converted from a DiT or diffusers checkpoint."""
+def import_weights(source, src, numerics="source", num_heads=None, text_len=120):
+    """(model, config) converted from a DiT, diffusers or Latte checkpoint."""
+    if source == "latte":
+        if numerics != "source":
+            raise ValueError("--numerics is for DiT weights; Latte's are converted with their own.")
+        state_dict, latte_config = latte.read_latte(src)
+        config = latte.latte_model_kwargs(latte_config, text_len)
+        return load_flat_weights(abstract_model(config), latte.from_latte(state_dict, latte_config)), config
     if source == "dit":
         state_dict = convert.read_state_dict(src)
         config = convert.dit_config(state_dict, num_heads)
@@ -63,11 +72,13 @@ def import_weights(source, src, numerics="source", num_heads=None):
     return model, config
 
 
-def convert_to_dir(source, src, out, numerics="source", num_heads=None):
+def convert_to_dir(source, src, out, numerics="source", num_heads=None, text_len=120):
     """Writes `out`: config.json and model.safetensors, and sampling.json naming the source."""
-    model, config = import_weights(source, src, numerics, num_heads)
+    model, config = import_weights(source, src, numerics, num_heads, text_len)
     save_pretrained(model, config, out)
-    write_sampling_record(out, converted_record(source))
+    # Latte samples with each sampler's default spacing; DiT's weights with DiT's respaced grid.
+    write_sampling_record(out, dict(CHECKPOINT_DEFAULTS, source=source) if source == "latte"
+                          else converted_record(source))
 
 
 def export_dit(src, out):
@@ -87,7 +98,7 @@ def main(argv):
         if source == "dit_jax":
             export_dit(FLAGS.src, FLAGS.out)
         else:
-            convert_to_dir(source, FLAGS.src, FLAGS.out, FLAGS.numerics, FLAGS.num_heads)
+            convert_to_dir(source, FLAGS.src, FLAGS.out, FLAGS.numerics, FLAGS.num_heads, FLAGS.text_len)
     except (FileNotFoundError, ValueError) as e:  # bad input: one line, no traceback
         raise SystemExit(f"convert: {e}") from None
     print(f"Wrote {FLAGS.out}")

@@ -34,6 +34,7 @@ from dit_jax.diffusion.generate import (CFG_SCALE, DDIM_SAMPLERS, DEFAULT_SPACIN
                                         sampler_grid)
 from dit_jax.models.layout import check_layout
 from dit_jax.models.pretrained import load_pretrained
+from dit_jax.models.video import sample_shape
 from dit_jax.training import sharding
 from dit_jax.utils.visualization import to_uint8, trajectory_frames
 
@@ -509,7 +510,7 @@ def generate_batch(model, setup, settings, cond, ids, *, return_trajectory=False
     s = setup.resolve(settings)
     c = setup.model_config
     guidance = parse_guidance(s.guidance) if s.guidance else None
-    x_T = initial_noise(s.seed, ids, (c["input_size"], c["input_size"], c["in_channels"]))
+    x_T = initial_noise(s.seed, ids, sample_shape(c))  # (H, W, C), or (T, H, W, C) for a video model
     key = jax.random.fold_in(jax.random.split(jax.random.PRNGKey(s.seed))[1], ids[0])
     if setup.objective == "flow":
         return generate_flow(model, cond, x_T.shape, key, sampler=s.sampler, steps=s.steps, shift=setup.shift,

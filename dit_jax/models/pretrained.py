@@ -19,8 +19,9 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 def build_model(config, seed=0, **overrides):
-    """A DiT from its kwargs (plain JSON values; dtype names such as "bfloat16" allowed), or the noise-aware
-    classifier when they say `"model": "classifier"` (models/classifier.py)."""
+    """A DiT from its kwargs (plain JSON values; dtype names such as "bfloat16" allowed), the noise-aware
+    classifier when they say `"model": "classifier"` (models/classifier.py), or a video DiT when they give
+    `frames` (models/video.py; frames 0 or absent: an image model, the video keys ignored)."""
     kw = {**config, **overrides}
     for key in ("dtype", "param_dtype"):
         if isinstance(kw.get(key), str):
@@ -28,6 +29,11 @@ def build_model(config, seed=0, **overrides):
     if kw.pop("model", "dit") == "classifier":
         from dit_jax.models.classifier import Classifier  # pylint: disable=import-outside-toplevel
         return Classifier(**kw, rngs=nnx.Rngs(seed))
+    if kw.get("frames"):
+        from dit_jax.models.video import VideoDiT  # pylint: disable=import-outside-toplevel
+        return VideoDiT(**kw, rngs=nnx.Rngs(seed))
+    from dit_jax.models.video import VIDEO_KEYS  # pylint: disable=import-outside-toplevel
+    kw = {k: v for k, v in kw.items() if k not in VIDEO_KEYS}
     return DiT(**kw, rngs=nnx.Rngs(seed))
 
 
@@ -71,34 +77,8 @@ def load_flat_weights(model, weights):
     return model
 
 
-def weights_directory(path):
-    """The weights of `path`: a training run's export/ or a directory with model.safetensors itself."""
-    for directory in (os.path.join(path, "export"), path):
-        if os.path.isfile(os.path.join(directory, WEIGHTS_FILE)):
-            return directory
-    raise FileNotFoundError(f"init_from={path!r} has no {WEIGHTS_FILE} (nor export/{WEIGHTS_FILE}): pass a "
-                            "finished training run or a directory written by convert or training's export.")
-
-
-def init_weights(path, model):
-    """The host arrays of the weights at `path` that initialise `model` (abstract is enough): every one must
-    be the model's, of the model's shape; the model's names they lack (e.g. new style or layout layers) keep
-    their own initialisation. Checked before anything compiles."""
-    weights = load_file(os.path.join(weights_directory(path), WEIGHTS_FILE))
-    flat = {".".join(str(k) for k in p): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Variable))}
-    unexpected = sorted(set(weights) - set(flat))
-    if unexpected:
-        raise ValueError(f"init_from={path!r} holds weights this model lacks ({', '.join(unexpected[:3])}...): "
-                         "its model config must be this one's, new condition layers aside.")
-    for name, array in weights.items():
-        if tuple(array.shape) != tuple(flat[name].shape):
-            raise ValueError(f"init_from={path!r}: weight {name} is {array.shape}, this model's {flat[name].shape}: "
-                             "the model sizes must match.")
-    return weights
-
-
 def load_matching_weights(model, weights):
-    """Copies the named arrays into the model (a subset of its weights, checked by init_weights); the rest
+    """Copies the named arrays into the model (a subset of its weights, checked by training/init_from.py); the rest
     keep their values. Returns the model."""
     state = nnx.state(model, nnx.Variable)
     for path, var in nnx.to_flat_state(state):

@@ -10,9 +10,8 @@ from dit_jax.diffusion.flow import FLOW_SAMPLERS, TIME_SAMPLINGS, check_path
 from dit_jax.diffusion.generate import DDIM_SAMPLERS, OBJECTIVES, check_objective, check_sampler, check_spacing
 from dit_jax.diffusion.prediction import check_prediction
 from dit_jax.diffusion.schedules import beta_schedule
-from dit_jax.models import attention, controlnet
+from dit_jax.models import attention, controlnet, video
 from dit_jax.models.dit import DIT_BLOCK, REMAT_POLICIES, check_block
-from dit_jax.models.pretrained import weights_directory
 from dit_jax.text.encoders import DEFAULT_IDS as ENCODERS
 from dit_jax.training import optim, sharding
 
@@ -171,8 +170,14 @@ def validate(config):
                          "train the base first and pass its workdir with --config.controlnet.base=DIR.")
 
     check_task(config)
-    if config.get("init_from"):
-        named("init_from", weights_directory, config.init_from)  # a missing run fails here
+    if config.model.get("frames"):  # a video DiT (models/video.py)
+        video.check_config(config)
+    if config.get("init_from"):  # a finished run or an export, whose weights the run starts from
+        from dit_jax.training import init_from  # pylint: disable=import-outside-toplevel
+        init_from.directory(config.init_from)
+        if config.get("controlnet") and config.controlnet.get("base"):
+            raise ValueError("init_from and controlnet.base both name a starting model: a ControlNet starts from "
+                             "its base; leave init_from empty.")
     repa.check_config(config)
 
     mesh = sharding.make_mesh(config.mesh)

@@ -55,6 +55,7 @@ def variant(name):
 def base_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.init_from = ""             # a finished run (or export) whose weights this run starts from, e.g. an image DiT
     c.task = "diffusion"         # or "classifier": a noise-aware classifier for guidance (configs/classifier_fashion.py)
     c.data = dict(
         name="emoji",            # emoji | fashion_mnist | image_folder | circles | fashion_scenes | tfds:<name>
@@ -131,6 +132,16 @@ def modern_block(c):
     """LightningDiT's block in place of DiT's: RMSNorm pre-norms, QK-norm, a SwiGLU MLP (about the same
     parameters) and 2-D rotary positions instead of the sin-cos table (dit_jax/models/dit.py)."""
     c.model.update(norm="rmsnorm", qk_norm=True, mlp="swiglu", pos_embed="rope")
+    return c
+
+
+def video_model(c, frames=8, t_patch=1, blocks="alternating", temporal_attention=""):
+    """A video DiT (dit_jax/models/video.py) over clips of `frames` frames, with `t_patch`-frame tubelets and
+    temporal layers laid out as `blocks` (alternating | spatial_temporal); temporal_attention: their attention
+    spec ("": model.attention's backend; "xla:local=2": keys within 2 frames)."""
+    c.model.update(frames=frames, t_patch=t_patch, video_blocks=blocks, temporal_pos="attention", adaln="block",
+                   temporal_attention=temporal_attention)
+    c.data.frames = frames
     return c
 
 

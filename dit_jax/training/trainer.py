@@ -16,8 +16,8 @@ from safetensors.numpy import load_file
 
 from dit_jax.diffusion import Schedule, beta_schedule, diffusion_loss, flow, q_sample
 from dit_jax.models import controlnet as controlnet_lib
-from dit_jax.models.pretrained import WEIGHTS_FILE, build_model, init_weights, load_flat_weights, load_matching_weights
-from dit_jax.training import calibration, optim, repa as repa_lib, sharding
+from dit_jax.models.pretrained import WEIGHTS_FILE, build_model, load_flat_weights, load_matching_weights
+from dit_jax.training import calibration, init_from, optim, repa as repa_lib, sharding
 
 
 @dataclasses.dataclass
@@ -52,9 +52,12 @@ def create(config, model_kwargs, mesh):
     sharding.check_batch(config.batch_size, mesh, config.optim.get("accumulate", 1))
     alignment = repa_lib.alignment(config, model_kwargs)  # None unless REPA; a block or grid that cannot fails here
     dit = lambda: build_model(model_kwargs, seed=config.seed)
-    # init_from: a trained run's weights where this model has them (a text model into a layout one: the new
-    # layers keep their initialisation); an argument of the jitted init, as a ControlNet's base is.
-    weights = init_weights(config.init_from, nnx.eval_shape(dit)) if config.get("init_from") else {}
+    # init_from: another run's weights (host arrays) loaded over the fresh ones (an image DiT's into a video one,
+    # a text model's into a layout one); an argument of the jitted init, as a ControlNet's base is.
+    weights = {}
+    if config.get("init_from"):
+        weights = init_from.read(config.init_from, model_kwargs)
+        init_from.check_weights(config.init_from, nnx.eval_shape(dit), weights)
 
     def build(weights):
         model = load_matching_weights(dit(), weights) if weights else dit()

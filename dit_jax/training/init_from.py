@@ -1,0 +1,82 @@
+"""`init_from=RUN`: a run starts from another run's exported weights instead of random ones.
+
+The main uses: a video DiT from a trained image DiT (models/video.py): every
+weight of the image model has its counterpart under the same name, and the
+video model's temporal layers, which the image model lacks, keep their fresh
+initialisation, the identity; so at step 0 every frame is the image model's
+output for that frame. And a style or layout model from a text model: the new
+condition layers start closed (GLIGEN's gates at 0), so the text model's
+output is unchanged. An image DiT from an image DiT (fine-tuning) works the
+same way with every weight loaded. Anything else that differs (a width, the
+text conditioning, the block options, tubelets) is a one-line error before
+anything is compiled.
+"""
+
+import inspect
+import json
+import os
+
+from flax import nnx
+from safetensors.numpy import load_file
+
+from dit_jax.models.controlnet import RUNTIME_KEYS
+from dit_jax.models.dit import DiT
+from dit_jax.models.pretrained import CONFIG_FILE, WEIGHTS_FILE
+
+# Names of the parameters that may start fresh: the video model's temporal layers, the style and layout paths.
+FRESH = ("temporal_blocks.", ".temporal_attn.", "style_embedder.", "grounding.", ".fuser.")
+# Model keys that may differ from init_from's: those of the layers that start fresh.
+NEW_CONDITIONS = ("num_styles", "style_dropout_prob", "layout_max_boxes", "layout_dropout_prob")
+
+
+def directory(path):
+    """RUN/export of a finished run, or an export directory itself."""
+    path = os.path.expanduser(str(path))
+    for candidate in (os.path.join(path, "export"), path):
+        if all(os.path.isfile(os.path.join(candidate, f)) for f in (CONFIG_FILE, WEIGHTS_FILE)):
+            return candidate
+    raise FileNotFoundError(f"init_from={path!r} holds no {CONFIG_FILE} + {WEIGHTS_FILE} (nor under export/): "
+                            "pass a finished training workdir or an export directory.")
+
+
+def check_config(path, model_kwargs):
+    """One line naming the first architecture key where this run's model differs from init_from's."""
+    with open(os.path.join(directory(path), CONFIG_FILE)) as f:
+        source = json.load(f)
+    if source.get("model", "dit") != "dit":
+        raise ValueError(f"init_from={path!r} is a {source['model']}, not a diffusion model.")
+    defaults = {k: p.default for k, p in inspect.signature(DiT.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    for key, default in sorted(defaults.items()):
+        if key in RUNTIME_KEYS or key in NEW_CONDITIONS:
+            continue
+        ours, theirs = model_kwargs.get(key, default), source.get(key, default)
+        same = list(ours) == list(theirs) if isinstance(ours, (list, tuple)) else ours == theirs
+        if not same:
+            raise ValueError(f"init_from={path!r} was trained with model.{key}={theirs!r}, this config has "
+                             f"{ours!r}: only the video keys (frames, t_patch, video_blocks...) and the style and layout "
+                             "keys may differ.")
+
+
+def read(path, model_kwargs):
+    """init_from's weights (host arrays by name), its config checked against this run's."""
+    check_config(path, model_kwargs)
+    return load_file(os.path.join(directory(path), WEIGHTS_FILE))
+
+
+def check_weights(path, abstract_model, weights):
+    """Every weight has a counterpart of the same shape, and only temporal layers are left fresh."""
+    wanted = {".".join(str(k) for k in p): tuple(v.shape)
+              for p, v in nnx.to_flat_state(nnx.state(abstract_model, nnx.Param))}
+    for name, value in sorted(weights.items()):
+        if name not in wanted:
+            raise ValueError(f"init_from={path!r} has {name}, which this model lacks: the architectures differ.")
+        if tuple(value.shape) != wanted[name]:
+            raise ValueError(f"init_from={path!r}'s {name} is {tuple(value.shape)}, this model's {wanted[name]}: "
+                             "the architectures differ (tubelets need model.t_patch=1 to start from an image "
+                             "model).")
+    fresh = sorted(n for n in wanted if n not in weights and not any(f in n or n.startswith(f) for f in FRESH))
+    if fresh:
+        raise ValueError(f"init_from={path!r} lacks {fresh[:3]}: only a video model's temporal layers and the style "
+                         "and layout layers may start fresh.")
+
