@@ -70,14 +70,15 @@ def test_gradient_accumulation_matches_one_big_batch(monkeypatch):
     key of its own (the row's index), so both steps see the same draws and only the accumulation differs.
     The gradients are read from AdamW's first moment after one step (mu = (1 - b1) g, clipping off).
     """
-    loss_fn = trainer_lib.loss_fn
+    loss_and_stats = trainer_lib.loss_and_stats
 
-    def per_row_loss(trainer, params, batch, key):
+    def per_row_loss(trainer, params, batch, key, frozen=None):
         rows = {name: x[:, None] for name, x in batch.items() if name != "row"}  # (B, 1, ...): batches of one
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(7), i))(batch["row"])
-        return jax.vmap(lambda row, key: loss_fn(trainer, params, row, key))(rows, keys).mean()
+        losses = jax.vmap(lambda row, key: loss_and_stats(trainer, params, row, key, frozen)[0])(rows, keys)
+        return losses.mean(), {}
 
-    monkeypatch.setattr(trainer_lib, "loss_fn", per_row_loss)
+    monkeypatch.setattr(trainer_lib, "loss_and_stats", per_row_loss)
     batch = dict(toy_batch(), row=jnp.arange(16))
 
     def one_step(accumulate):

@@ -259,13 +259,13 @@ class Preparer:
         if self.vae is not None:
             mean, std = self.vae.encode(pixels)
             mean_flip, std_flip = self.vae.encode(pixels[:, :, ::-1])
-        if self.repa is not None:
-            features, features_flip = (repa.to_tokens(self.repa_encoder(p / 127.5 - 1), self.repa["grid"])
-                                       .astype(np.float16) for p in (pixels, pixels[:, :, ::-1]))
             control_means = {}
             for name, c in control_pixels.items():
                 c = np.repeat(c, 3, -1) if c.shape[-1] == 1 else c  # the VAE reads RGB
                 control_means[name] = (self.vae.encode(c)[0], self.vae.encode(c[:, :, ::-1])[0])
+        if self.repa is not None:
+            features, features_flip = (repa.to_tokens(self.repa_encoder(p / 127.5 - 1), self.repa["grid"])
+                                       .astype(np.float16) for p in (pixels, pixels[:, :, ::-1]))
         out, offset = [], 0
         for j, (index, example, _, _) in enumerate(batch):
             n = len(example["captions"])

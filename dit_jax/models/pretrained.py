@@ -17,6 +17,9 @@ from dit_jax.models.dit import DiT
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
+# The style and layout paths' model keys (models/dit.py; a video DiT has neither).
+CONDITION_KEYS = ("num_styles", "style_dropout_prob", "layout_max_boxes", "layout_dropout_prob")
+
 
 def build_model(config, seed=0, **overrides):
     """A DiT from its kwargs (plain JSON values; dtype names such as "bfloat16" allowed), the noise-aware
@@ -31,7 +34,10 @@ def build_model(config, seed=0, **overrides):
         return Classifier(**kw, rngs=nnx.Rngs(seed))
     if kw.get("frames"):
         from dit_jax.models.video import VideoDiT  # pylint: disable=import-outside-toplevel
-        return VideoDiT(**kw, rngs=nnx.Rngs(seed))
+        if kw.get("num_styles") or kw.get("layout_max_boxes"):
+            raise ValueError("A video DiT has no style or layout path: set model.num_styles=0 and "
+                             "model.layout_max_boxes=0.")
+        return VideoDiT(**{k: v for k, v in kw.items() if k not in CONDITION_KEYS}, rngs=nnx.Rngs(seed))
     from dit_jax.models.video import VIDEO_KEYS  # pylint: disable=import-outside-toplevel
     kw = {k: v for k, v in kw.items() if k not in VIDEO_KEYS}
     return DiT(**kw, rngs=nnx.Rngs(seed))

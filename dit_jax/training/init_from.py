@@ -21,12 +21,10 @@ from safetensors.numpy import load_file
 
 from dit_jax.models.controlnet import RUNTIME_KEYS
 from dit_jax.models.dit import DiT
-from dit_jax.models.pretrained import CONFIG_FILE, WEIGHTS_FILE
+from dit_jax.models.pretrained import CONDITION_KEYS, CONFIG_FILE, WEIGHTS_FILE
 
 # Names of the parameters that may start fresh: the video model's temporal layers, the style and layout paths.
 FRESH = ("temporal_blocks.", ".temporal_attn.", "style_embedder.", "grounding.", ".fuser.")
-# Model keys that may differ from init_from's: those of the layers that start fresh.
-NEW_CONDITIONS = ("num_styles", "style_dropout_prob", "layout_max_boxes", "layout_dropout_prob")
 
 
 def directory(path):
@@ -48,7 +46,7 @@ def check_config(path, model_kwargs):
     defaults = {k: p.default for k, p in inspect.signature(DiT.__init__).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     for key, default in sorted(defaults.items()):
-        if key in RUNTIME_KEYS or key in NEW_CONDITIONS:
+        if key in RUNTIME_KEYS or key in CONDITION_KEYS:
             continue
         ours, theirs = model_kwargs.get(key, default), source.get(key, default)
         same = list(ours) == list(theirs) if isinstance(ours, (list, tuple)) else ours == theirs
