@@ -22,7 +22,7 @@ from flax import nnx
 
 from dit_jax.models.dit import DiT, REMAT_POLICIES, materialize_grad
 from dit_jax.models.embeddings import PatchEmbed, linear
-from dit_jax.models.pretrained import CONFIG_FILE, WEIGHTS_FILE
+from dit_jax.models.pretrained import CONFIG_FILE, WEIGHTS_FILE, export_directory
 
 # The parameters a ControlNet run trains: everything under ControlledDiT.controlnets; the base is frozen.
 TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("controlnets"))
@@ -147,13 +147,8 @@ class ControlledDiT(nnx.Module):
 
 
 def base_directory(path):
-    """The export directory of a finished run (RUN/export) or an export itself; one-line error otherwise."""
-    path = os.path.expanduser(str(path))
-    for directory in (os.path.join(path, "export"), path):
-        if all(os.path.isfile(os.path.join(directory, f)) for f in (CONFIG_FILE, WEIGHTS_FILE)):
-            return directory
-    raise FileNotFoundError(f"controlnet.base={path!r} holds no {CONFIG_FILE} + {WEIGHTS_FILE} (nor under "
-                            "export/): pass a finished training workdir or an export directory.")
+    """The base's export directory (a finished run's RUN/export, or an export itself)."""
+    return export_directory(path, "controlnet.base")
 
 
 def base_model_kwargs(path, model_kwargs):

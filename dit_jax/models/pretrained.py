@@ -21,6 +21,17 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 CONDITION_KEYS = ("num_styles", "style_dropout_prob", "layout_max_boxes", "layout_dropout_prob")
 
 
+def export_directory(path, key):
+    """The export directory of a finished run (RUN/export) or an export itself; a one-line error naming the
+    config `key` that gave `path` otherwise."""
+    path = os.path.expanduser(str(path))
+    for directory in (os.path.join(path, "export"), path):
+        if all(os.path.isfile(os.path.join(directory, f)) for f in (CONFIG_FILE, WEIGHTS_FILE)):
+            return directory
+    raise FileNotFoundError(f"{key}={path!r} holds no {CONFIG_FILE} + {WEIGHTS_FILE} (nor under export/): "
+                            "pass a finished training workdir or an export directory.")
+
+
 def build_model(config, seed=0, **overrides):
     """A DiT from its kwargs (plain JSON values; dtype names such as "bfloat16" allowed), the noise-aware
     classifier when they say `"model": "classifier"` (models/classifier.py), or a video DiT when they give

@@ -21,7 +21,7 @@ from safetensors.numpy import load_file
 
 from dit_jax.models.controlnet import RUNTIME_KEYS
 from dit_jax.models.dit import DiT
-from dit_jax.models.pretrained import CONDITION_KEYS, CONFIG_FILE, WEIGHTS_FILE
+from dit_jax.models.pretrained import CONDITION_KEYS, CONFIG_FILE, WEIGHTS_FILE, export_directory
 
 # Names of the parameters that may start fresh: the video model's temporal layers, the style and layout paths.
 FRESH = ("temporal_blocks.", ".temporal_attn.", "style_embedder.", "grounding.", ".fuser.")
@@ -29,12 +29,7 @@ FRESH = ("temporal_blocks.", ".temporal_attn.", "style_embedder.", "grounding.",
 
 def directory(path):
     """RUN/export of a finished run, or an export directory itself."""
-    path = os.path.expanduser(str(path))
-    for candidate in (os.path.join(path, "export"), path):
-        if all(os.path.isfile(os.path.join(candidate, f)) for f in (CONFIG_FILE, WEIGHTS_FILE)):
-            return candidate
-    raise FileNotFoundError(f"init_from={path!r} holds no {CONFIG_FILE} + {WEIGHTS_FILE} (nor under export/): "
-                            "pass a finished training workdir or an export directory.")
+    return export_directory(path, "init_from")
 
 
 def check_config(path, model_kwargs):
