@@ -210,8 +210,9 @@ def train(config, workdir, data_dir):
     try:
         for step in range(start + 1, config.steps + 1):
             batch = next(loader)
-            if step_fn is None:
-                step_fn = trainer_lib.compile_step(trainer, batch)
+            if step_fn is None:  # compiled on every process before any runs its first collective
+                step_fn = trainer_lib.compile_step(trainer, batch).lower(state, batch).compile()
+                distributed.barrier("train_step_compiled")
             state, metrics = step_fn(state, batch)
             # The host waits for the device only to fetch metrics (first and log steps, as big_vision does),
             # at saves (the finiteness check) and for sample grids; otherwise it dispatches ahead.

@@ -11,6 +11,7 @@ import warnings
 import zipfile
 
 import numpy as np
+import scipy.linalg
 import pytest
 
 from dit_jax.evaluation import inception
@@ -161,3 +162,13 @@ def test_frechet_distance_of_identical_statistics_is_zero():
     mu, sigma = inception.statistics(np.random.default_rng(0).normal(size=(200, 8)))
     assert sigma.shape == (8, 8)
     assert inception.frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0, abs=1e-8)
+
+
+@pytest.mark.parametrize("count", [300, 40])  # full-rank covariances, and rank-deficient ones (fewer samples than features)
+def test_frechet_distance_matches_scipys_matrix_square_root(count):
+    rng = np.random.default_rng(1)
+    (mu1, sigma1), (mu2, sigma2) = (inception.statistics(rng.normal(size=(count, 64)) @ rng.normal(size=(64, 64)))
+                                    for _ in range(2))
+    covmean = np.real(scipy.linalg.sqrtm(sigma1 @ sigma2))
+    want = np.sum((mu1 - mu2) ** 2) + np.trace(sigma1 + sigma2 - 2 * covmean)
+    assert inception.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(want, rel=1e-6)

@@ -156,12 +156,25 @@ def launch(workdir, data_dir):
                             stderr=subprocess.STDOUT, text=True)
 
 
+def report(out, workdir):
+    """What a failed two-process run said: each process's first error line and last lines (an abort at the
+    shutdown barrier hides the error that caused it)."""
+    logs = {"process 0": out}
+    if os.path.exists(path := os.path.join(workdir, "process_1.log")):
+        logs["process 1"] = open(path).read()
+    parts = []
+    for name, text in logs.items():
+        errors = [l for l in text.splitlines() if "Error" in l or "Traceback" in l][:3]
+        parts.append(f"--- {name}: first errors {errors}\n{text[-1500:]}")
+    return "\n".join(parts)
+
+
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, data_dir):
     """The workdir of an uninterrupted two-process run."""
     workdir = str(tmp_path_factory.mktemp("multi") / "run")
     out, _ = (proc := launch(workdir, data_dir)).communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0, report(out, workdir)
     return workdir
 
 
@@ -188,17 +201,17 @@ def test_sigterm_to_one_of_two_processes_saves_one_step_on_both_and_resumes_exac
     try:
         wait_for_step(proc, workdir, 3)
     except AssertionError:
-        raise AssertionError(proc.communicate()[0][-3000:]) from None
+        raise AssertionError(report(proc.communicate()[0], workdir)) from None
     os.kill(child_with(proc.pid, "--process_id=1"), signal.SIGTERM)  # process 0 hears of it only from JAX
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0, report(out, workdir)
     saved = os.listdir(os.path.join(workdir, "checkpoints"))
     assert len(saved) == 1 and int(saved[0]) < 16, saved
     line = f"Pre-emption notice (SIGTERM to a process): saved step {saved[0]}; exiting."
-    assert line in out and line in open(os.path.join(workdir, "process_1.log")).read(), out[-3000:]
+    assert line in out and line in open(os.path.join(workdir, "process_1.log")).read(), report(out, workdir)
 
     out, _ = (proc := launch(workdir, data_dir)).communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0, report(out, workdir)
     assert f"Resumed from step {saved[0]}" in out
     assert_same_run(workdir, two_processes, step=16)
 

@@ -2,12 +2,12 @@
 
 Training samples latents from the stored posterior (mean + std * noise, times
 the VAE's scale), as latent DiTs are trained, instead of a fixed encoding.
+torch is imported where a VAE runs: the many commands that never load one skip its seconds of import.
 """
 
 import os
 
 import numpy as np
-import torch
 
 from dit_jax.utils.hub import weights_source
 
@@ -47,6 +47,7 @@ def latent_shape(path, resolution):
 
 class Vae:
     def __init__(self, path, device=None):
+        import torch  # pylint: disable=import-outside-toplevel
         from diffusers import AutoencoderKL  # pylint: disable=import-outside-toplevel
         source = weights_source(path, "VAE", HOWTO)
         try:
@@ -57,20 +58,22 @@ class Vae:
         self.model = model.eval().to(self.device)
         self.downsample, self.channels = _geometry(model.config)
 
-    @torch.no_grad()
     def encode(self, images):
         """uint8 (B, H, W, 3) -> posterior mean and std, float16 (B, h, w, c)."""
+        import torch  # pylint: disable=import-outside-toplevel
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
-        posterior = self.model.encode(x.float() / 127.5 - 1.0).latent_dist
+        with torch.no_grad():
+            posterior = self.model.encode(x.float() / 127.5 - 1.0).latent_dist
         to_np = lambda t: t.permute(0, 2, 3, 1).float().cpu().numpy().astype(np.float16)
         return to_np(posterior.mean), to_np(posterior.std)
 
-    @torch.no_grad()
     def decode(self, latents, chunk=16):
         """float (B, h, w, c) latents, already divided by the scale -> float32 pixels in [-1, 1] (B, H, W, 3)."""
+        import torch  # pylint: disable=import-outside-toplevel
         latents = np.asarray(latents, np.float32)
         out = []
         for part in np.array_split(latents, max(1, len(latents) // chunk)):
             z = torch.from_numpy(np.ascontiguousarray(part)).permute(0, 3, 1, 2).to(self.device)
-            out.append(self.model.decode(z).sample.permute(0, 2, 3, 1).float().cpu().numpy())
+            with torch.no_grad():
+                out.append(self.model.decode(z).sample.permute(0, 2, 3, 1).float().cpu().numpy())
         return np.concatenate(out)

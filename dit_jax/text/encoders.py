@@ -2,7 +2,8 @@
 
 Each encoder maps a list of captions to per-token embeddings (B, L, D), their
 attention mask (B, L) and a pooled embedding (B, D), padded to a fixed L.
-transformers 5.x has no Flax models, and training only reads the results.
+transformers 5.x has no Flax models, and training only reads the results (torch is imported only where an
+encoder runs).
 
   clip   CLIPTextModel + CLIPTokenizer (hub id or local dir); 77 tokens; the
          last layer (final layer norm applied) or the penultimate one; pooled
@@ -17,7 +18,6 @@ import dataclasses
 import types
 
 import numpy as np
-import torch
 
 from dit_jax.utils.hub import weights_source
 
@@ -81,7 +81,7 @@ class TextEncoder:
     kind: str
     source: str
     tokenizer: object
-    model: torch.nn.Module
+    model: object  # a transformers torch module
     max_length: int
     layer: str
     device: str
@@ -90,17 +90,18 @@ class TextEncoder:
     def dim(self):
         return self.model.config.hidden_size
 
-    @torch.no_grad()
     def encode(self, captions):
         """captions (list of str) -> tokens (B, L, D) float16, mask (B, L) bool, pooled (B, D) float16."""
         # CLIP is causal and its users read the padded positions too. A bidirectional encoder with a mask
         # gives the same real-token outputs at any padding: pad to the batch's longest caption (several
         # times faster) and fill the rest with zeros.
         padding = "max_length" if self.kind == "clip" else "longest"
+        import torch  # pylint: disable=import-outside-toplevel
         batch = self.tokenizer(list(captions), padding=padding, truncation=True, max_length=self.max_length,
                                return_tensors="pt").to(self.device)
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         output_hidden_states=self.layer == "penultimate")
+        with torch.no_grad():
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             output_hidden_states=self.layer == "penultimate")
         tokens = out.hidden_states[-2] if self.layer == "penultimate" else out.last_hidden_state
         mask = batch["attention_mask"].bool()
         if self.kind == "clip":
@@ -119,6 +120,7 @@ class TextEncoder:
 
 def load(kind, path="", max_length=77, layer="last", device=None):
     """Loads encoder `kind` ('clip', 't5', 'minilm') from a local dir or hub id; fails with a how-to message."""
+    import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
     if layer not in ("last", "penultimate"):
         raise ValueError(f"text.layer must be 'last' or 'penultimate', not {layer!r}.")

@@ -5,6 +5,7 @@ import os
 
 import jax
 from absl import flags
+from orbax.checkpoint import multihost
 
 FLAGS = flags.FLAGS
 
@@ -29,3 +30,11 @@ def initialize():
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or importlib.util.find_spec("libtpu"):
         jax.distributed.initialize()
+
+
+def barrier(name, timeout_s=3600):
+    """Waits until every process has reached `name`. It goes through the coordination service, not a collective:
+    on CPU the first collective of a device group gives up after 30 s (gloo's key exchange), too soon when
+    another process is still compiling under load."""
+    if jax.process_count() > 1:
+        multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
