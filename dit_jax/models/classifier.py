@@ -25,8 +25,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dit_jax.models import variants
-from dit_jax.models.dit import (REMAT_POLICIES, Attention, DiT, DiTBlock, init_weights, layer_norm, materialize_grad,
-                                modulate)
+from dit_jax.models.dit import (REMAT_POLICIES, Attention, DiT, DiTBlock, check_model, init_weights, layer_norm,
+                                materialize_grad, modulate)
 from dit_jax.models.embeddings import PatchEmbed, TimestepEmbedder, linear, param, sincos_2d
 
 KIND = "classifier"            # the `model` entry of its config.json: build_model builds a Classifier from it
@@ -75,12 +75,9 @@ class Classifier(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}.")
+        check_model(hidden_size, num_heads, remat)
         if num_classes < 2:
             raise ValueError(f"A classifier needs at least 2 classes, got num_classes={num_classes}.")
-        if remat not in REMAT_POLICIES:
-            raise ValueError(f"Unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.hidden_size, self.num_classes = hidden_size, num_classes
         self.remat, self.scan_blocks = remat, scan_blocks

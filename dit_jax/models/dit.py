@@ -67,6 +67,18 @@ def check_block(hidden_size, num_heads, **options):
                          "model.hidden_size or model.num_heads, or use model.pos_embed='sincos'.")
 
 
+
+def check_model(hidden_size, num_heads, remat, text_dim=0, text_cross_attention=True, text_pooled=False, **block):
+    """One-line errors for the arguments of every model built of DiT blocks (DiT, VideoDiT, Classifier); `block`
+    are the block options, as check_block takes them."""
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}.")
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"Unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
+    if text_dim and not (text_cross_attention or text_pooled):
+        raise ValueError("text_dim > 0 needs text_cross_attention or text_pooled.")
+    check_block(hidden_size, num_heads, **block)
+
 # The conditions a DiT can read, each with its own null value: the names of `drops` and of guidance terms.
 CONDITIONS = ("text", "style", "layout", "class")
 
@@ -415,13 +427,8 @@ class DiT(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}.")
-        if remat not in REMAT_POLICIES:
-            raise ValueError(f"Unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
-        if text_dim and not (text_cross_attention or text_pooled):
-            raise ValueError("text_dim > 0 needs text_cross_attention or text_pooled.")
-        check_block(hidden_size, num_heads, norm=norm, qk_norm=qk_norm, mlp=mlp, pos_embed=pos_embed)
+        check_model(hidden_size, num_heads, remat, text_dim, text_cross_attention, text_pooled, norm=norm,
+                    qk_norm=qk_norm, mlp=mlp, pos_embed=pos_embed)
         check_conditions(num_styles, layout_max_boxes, text_dim)
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.out_channels = 2 * in_channels if learn_sigma else in_channels

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from dit_jax.models.attention import get_attention, parse
-from dit_jax.models.dit import (REMAT_POLICIES, Attention, DiTBlock, FinalLayer, check_block, init_weights,
+from dit_jax.models.dit import (REMAT_POLICIES, Attention, DiTBlock, FinalLayer, check_model, init_weights,
                                 materialize_grad, modulate)
 from dit_jax.models.embeddings import (LabelEmbedder, PatchEmbed, TextEmbedder, TimestepEmbedder, linear, param,
                                        param_axes, rope_2d, sincos_1d, sincos_2d)
@@ -156,13 +156,8 @@ class VideoDiT(nnx.Module):
                  caption_dropout_prob=0.1, dropout=0.0, freq_shift=0.0, mlp_norm_eps=1e-6, norm="layernorm",
                  qk_norm=False, mlp="gelu", pos_embed="sincos", attention="xla", remat="none", scan_blocks=False,
                  dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}.")
-        if remat not in REMAT_POLICIES:
-            raise ValueError(f"Unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
-        if text_dim and not (text_cross_attention or text_pooled):
-            raise ValueError("text_dim > 0 needs text_cross_attention or text_pooled.")
-        check_block(hidden_size, num_heads, norm=norm, qk_norm=qk_norm, mlp=mlp, pos_embed=pos_embed)
+        check_model(hidden_size, num_heads, remat, text_dim, text_cross_attention, text_pooled, norm=norm,
+                    qk_norm=qk_norm, mlp=mlp, pos_embed=pos_embed)
         check_video(frames, t_patch, video_blocks, temporal_pos, adaln, temporal_attention)
         self.frames, self.t_patch, self.video_blocks, self.temporal_pos = frames, t_patch, video_blocks, temporal_pos
         self.adaln = adaln
