@@ -159,6 +159,18 @@ def cosine_restarts(c, epochs=10, mult=2, cycles=0):
     return c
 
 
+
+def runlocal_toy(c, **model):
+    """The toy a recipe's `runlocal` trains, once its data is set: DiT-Toy/4 (with `model`'s overrides), batch 32,
+    200 steps at 3e-4 after 20 warm-up steps with cosine_restarts' periods, a checkpoint every 100 steps, logs
+    every 20 and samples at the end."""
+    c.model.update(variant("DiT-Toy/4"), **model)
+    c.batch_size, c.steps = 32, 200
+    c.optim.update(lr=3e-4, warmup_steps=20)
+    cosine_restarts(c, epochs=10, mult=2)
+    c.checkpoint.every, c.log.every, c.sample.every = 100, 20, 200
+    return c
+
 def emoji_minilm(c, resolution, max_examples=0):
     """The emoji that ship in packages, in pixel space, with MiniLM captions (offline, real weights)."""
     c.data.update(name="emoji", resolution=resolution, source_dir="", max_examples=max_examples, flip=False)
