@@ -13,11 +13,11 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from dit_jax.data import fashion_scenes
+from dit_jax.evaluation.classifier import fit
 from dit_jax.models.pretrained import flat_weights, load_flat_weights
 
 CACHE = "classifiers/fashion_scenes_style"
@@ -65,21 +65,10 @@ def train(size, source_dir="", train_examples=2000, test_examples=500, steps=300
     """Trains on real training scenes of `size` px; returns (model, accuracy on real test scenes)."""
     images, styles = real_scenes("train", train_examples, size, source_dir)
     test_images, test_styles = real_scenes("test", test_examples, size, source_dir)
-    model = StyleClassifier(nnx.Rngs(seed))
-    optimizer = nnx.Optimizer(model, optax.adam(optax.cosine_decay_schedule(lr, steps)), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, optimizer, x, y):
-        loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return loss
-
     rng = np.random.default_rng(seed)
     batch_size = min(batch_size, len(images))
-    for _ in range(steps):
-        idx = rng.choice(len(images), batch_size, replace=False)
-        step(model, optimizer, images[idx], styles[idx])
+    batches = (rng.choice(len(images), batch_size, replace=False) for _ in range(steps))
+    model = fit(StyleClassifier(nnx.Rngs(seed)), images, styles, batches, steps, lr)
     return model, float(np.mean(predict(model, test_images) == test_styles))
 
 
