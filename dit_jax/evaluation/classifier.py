@@ -101,13 +101,23 @@ def load_or_train(data_dir, source_dir=""):
     path = os.path.join(os.path.expanduser(data_dir), CACHE)
     if not os.path.exists(path + ".json"):
         model, accuracy = train(source_dir)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        save_file(flat_weights(model), path + ".safetensors.tmp")
-        os.replace(path + ".safetensors.tmp", path + ".safetensors")
-        with open(path + ".json.tmp", "w") as f:
-            json.dump({"test_accuracy": accuracy}, f)
-        os.replace(path + ".json.tmp", path + ".json")  # written last: its presence means the weights are complete
+        save_cached(path, model, {"test_accuracy": accuracy})
+    return load_cached(path, lambda: Classifier(nnx.Rngs(0)))
+
+
+def save_cached(path, model, info):
+    """A judge's weights (path.safetensors), then `info` with its test accuracy (path.json), each written whole:
+    the json, written last, means the weights are complete."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file(flat_weights(model), path + ".safetensors.tmp")
+    os.replace(path + ".safetensors.tmp", path + ".safetensors")
+    with open(path + ".json.tmp", "w") as f:
+        json.dump(info, f)
+    os.replace(path + ".json.tmp", path + ".json")
+
+
+def load_cached(path, build):
+    """(model, test accuracy) of a judge save_cached wrote; `build` () -> its architecture."""
     with open(path + ".json") as f:
         accuracy = json.load(f)["test_accuracy"]
-    model = load_flat_weights(nnx.eval_shape(lambda: Classifier(nnx.Rngs(0))), load_file(path + ".safetensors"))
-    return model, accuracy
+    return load_flat_weights(nnx.eval_shape(build), load_file(path + ".safetensors")), accuracy

@@ -7,18 +7,15 @@ edges (inverted, red, blue outline), which three strided convolutions and a
 global average see at once: it reaches about 100% on real test scenes.
 """
 
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
 
 from dit_jax.data import fashion_scenes
-from dit_jax.evaluation.classifier import fit
-from dit_jax.models.pretrained import flat_weights, load_flat_weights
+from dit_jax.evaluation.classifier import fit, load_cached, save_cached
 
 CACHE = "classifiers/fashion_scenes_style"
 
@@ -81,13 +78,5 @@ def load_or_train(data_dir, size, source_dir=""):
     if not os.path.exists(path + ".json"):
         print(f"Training the fashion_scenes style judge at {size}px (cached in {path}).", flush=True)
         model, accuracy = train(size, source_dir)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        save_file(flat_weights(model), path + ".safetensors.tmp")
-        os.replace(path + ".safetensors.tmp", path + ".safetensors")
-        with open(path + ".json.tmp", "w") as f:
-            json.dump({"test_accuracy": accuracy, "styles": fashion_scenes.STYLES}, f)
-        os.replace(path + ".json.tmp", path + ".json")  # written last: its presence means the weights are complete
-    with open(path + ".json") as f:
-        accuracy = json.load(f)["test_accuracy"]
-    model = load_flat_weights(nnx.eval_shape(lambda: StyleClassifier(nnx.Rngs(0))), load_file(path + ".safetensors"))
-    return model, accuracy
+        save_cached(path, model, {"test_accuracy": accuracy, "styles": fashion_scenes.STYLES})
+    return load_cached(path, lambda: StyleClassifier(nnx.Rngs(0)))
