@@ -10,7 +10,8 @@ Parameters and optimizer state are sharded over all devices (FSDP), so one
 device or many run it unchanged.
 """
 
-from dit_jax.training.recipe import base_config, coco_latents_256, cosine_restarts, emoji_minilm, parse_arg, variant
+from dit_jax.training.recipe import (base_config, coco_latents_256, cosine_restarts, emoji_minilm, parse_arg,
+                                     runlocal_toy, variant)
 
 
 def get_config(arg=None):
@@ -24,10 +25,6 @@ def get_config(arg=None):
 
     if arg.runlocal:  # a toy of this recipe: 512 emoji in pixels with MiniLM, DiT-Toy/4 in float32, 200 steps
         emoji_minilm(c, resolution=32, max_examples=512)
-        c.model.update(variant("DiT-Toy/4"), dtype="float32")
-        c.batch_size, c.steps = 32, 200
-        c.optim.update(lr=3e-4, warmup_steps=20)
-        cosine_restarts(c, epochs=10, mult=2)
+        runlocal_toy(c, dtype="float32")
         c.ema.decay = 0.999
-        c.checkpoint.every, c.log.every, c.sample.every = 100, 20, 200
     return c

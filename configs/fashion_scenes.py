@@ -19,7 +19,7 @@ each condition dropped on its own in training (the *_dropout_prob keys), and
 the largest garment's class as its label.
 """
 
-from dit_jax.training.recipe import base_config, cosine_restarts, cpu_text_to_image, parse_arg, variant
+from dit_jax.training.recipe import base_config, cosine_restarts, cpu_text_to_image, parse_arg, runlocal_toy, variant
 
 PROMPTS = ["a sneaker on the left and a bag on the right", "a dress in the middle",
            "a t-shirt at the top left, a trouser at the bottom and an ankle boot on the right",
@@ -46,9 +46,5 @@ def get_config(arg=None):
     if arg.runlocal:  # a toy of this recipe: 512 scenes at 32 px, DiT-Toy/4, 200 steps
         c.data.update(resolution=32, max_examples=512)
         c.data.fashion_scenes.update(train_examples=512, test_examples=64)
-        c.model.update(variant("DiT-Toy/4"))
-        c.batch_size, c.steps = 32, 200
-        c.optim.update(lr=3e-4, warmup_steps=20)
-        cosine_restarts(c, epochs=10, mult=2)
-        c.checkpoint.every, c.log.every, c.sample.every = 100, 20, 200
+        runlocal_toy(c)
     return c

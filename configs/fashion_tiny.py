@@ -13,7 +13,7 @@ configs/tiny.py: see `cpu_text_to_image` in dit_jax/training/recipe.py.
 """
 
 from dit_jax.training.recipe import (base_config, cosine_restarts, cpu_text_to_image, emoji_minilm, modern_block,
-                                     parse_arg, variant)
+                                     parse_arg, runlocal_toy)
 
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 
@@ -36,9 +36,5 @@ def get_config(arg=None):
 
     if arg.runlocal:  # a toy of this recipe on 512 emoji (no Debian package needed), DiT-Toy/4, 200 steps
         emoji_minilm(c, resolution=32, max_examples=512)
-        c.model.update(variant("DiT-Toy/4"))
-        c.batch_size, c.steps = 32, 200
-        c.optim.update(lr=3e-4, warmup_steps=20)
-        cosine_restarts(c, epochs=10, mult=2)
-        c.checkpoint.every, c.log.every, c.sample.every = 100, 20, 200
+        runlocal_toy(c)
     return c

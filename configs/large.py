@@ -8,7 +8,8 @@ configs/base.py: a first period of 10 epochs (3,234 steps), each next one
 twice as long, 7 periods after 1,000 warm-up steps (411,718 steps in all).
 """
 
-from dit_jax.training.recipe import base_config, coco_latents_256, cosine_restarts, emoji_minilm, parse_arg, variant
+from dit_jax.training.recipe import (base_config, coco_latents_256, cosine_restarts, emoji_minilm, parse_arg,
+                                     runlocal_toy, variant)
 
 
 def get_config(arg=None):
@@ -22,10 +23,6 @@ def get_config(arg=None):
 
     if arg.runlocal:  # a toy of this recipe: 512 emoji in pixels with MiniLM, DiT-Toy/4 in float32, 200 steps
         emoji_minilm(c, resolution=32, max_examples=512)
-        c.model.update(variant("DiT-Toy/4"), dtype="float32", remat="none")
-        c.batch_size, c.steps = 32, 200
-        c.optim.update(lr=3e-4, warmup_steps=20)
-        cosine_restarts(c, epochs=10, mult=2)
+        runlocal_toy(c, dtype="float32", remat="none")
         c.ema.decay = 0.999
-        c.checkpoint.every, c.log.every, c.sample.every = 100, 20, 200
     return c

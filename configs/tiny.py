@@ -10,7 +10,7 @@ loss, schedule and EMA are shared with configs/fashion_tiny.py: see
 """
 
 from dit_jax.training.recipe import (base_config, cosine_restarts, cpu_text_to_image, emoji_minilm, modern_block,
-                                     parse_arg, variant)
+                                     parse_arg, runlocal_toy)
 
 
 def get_config(arg=None):
@@ -26,9 +26,5 @@ def get_config(arg=None):
 
     if arg.runlocal:  # a toy of this recipe: 512 emoji, DiT-Toy/4, 200 steps
         c.data.max_examples = 512
-        c.model.update(variant("DiT-Toy/4"))
-        c.steps = 200
-        c.optim.update(lr=3e-4, warmup_steps=20)
-        cosine_restarts(c, epochs=10, mult=2)
-        c.checkpoint.every, c.log.every, c.sample.every = 100, 20, 200
+        runlocal_toy(c)
     return c

@@ -40,6 +40,12 @@ def block_index(config):
     return config.repa.block or max(1, config.model.depth // 3)
 
 
+def projector_dim(config):
+    """repa.projector_dim; 0: by the model's width, REPA's 2048 from DiT-B's (768) up and 256 below (DiT-S and
+    the CPU sizes), where a 2048-wide projector (6M weights to Inception's 768 channels) would outweigh the DiT."""
+    return config.repa.projector_dim or (2048 if config.model.hidden_size >= 768 else 256)
+
+
 def check_config(config):
     """One-line errors for the repa keys, from the config alone (no files, no encoder)."""
     r = config.get("repa")
@@ -57,8 +63,9 @@ def check_config(config):
     if not 0 <= r.block <= depth:
         raise ValueError(f"repa.block={r.block} is beyond the model's {depth} blocks: set --config.repa.block to "
                          f"1..{depth} (0: a third of the depth).")
-    if r.projector_dim < 1 or r.resolution < 0:
-        raise ValueError("repa.projector_dim must be at least 1 and repa.resolution 0 (the encoder's fit) or more.")
+    if r.projector_dim < 0 or r.resolution < 0:
+        raise ValueError("repa.projector_dim must be 0 (by the model's width) or more and repa.resolution 0 (the "
+                         "encoder's fit) or more.")
     if config.get("task", "diffusion") != "diffusion":
         raise ValueError("REPA aligns a diffusion model's tokens: set --config.repa.weight=0 for task=classifier.")
     if config.get("controlnet") and config.controlnet.get("base"):

@@ -64,9 +64,20 @@ def train(source_dir="", epochs=4, batch_size=128, lr=2e-3, seed=0, limit=0):
     test_images, test_labels = load_split("test", source_dir)
     if limit:
         images, labels = images[:limit], labels[:limit]
-    model = Classifier(nnx.Rngs(seed))
     batch_size = min(batch_size, len(images))  # a small slice (tests) still takes steps
-    steps = epochs * (len(images) // batch_size)
+    per_epoch = len(images) // batch_size
+    rng = np.random.default_rng(seed)
+    batches = (order[i * batch_size:(i + 1) * batch_size]
+               for order in (rng.permutation(len(images)) for _ in range(epochs)) for i in range(per_epoch))
+    model = fit(Classifier(nnx.Rngs(seed)), images, labels, batches, epochs * per_epoch, lr,
+                desc="train Fashion-MNIST classifier")
+    accuracy = float(np.mean(predict(model, test_images) == test_labels))
+    return model, accuracy
+
+
+def fit(model, images, labels, batches, steps, lr, desc=None):
+    """Trains `model` (images -> logits) on softmax cross-entropy with Adam and a cosine decay from `lr` over
+    `steps`: one step for each index array of `batches`. `desc` shows a progress bar. Returns the model."""
     optimizer = nnx.Optimizer(model, optax.adam(optax.cosine_decay_schedule(lr, steps)), wrt=nnx.Param)
 
     @nnx.jit
@@ -76,18 +87,13 @@ def train(source_dir="", epochs=4, batch_size=128, lr=2e-3, seed=0, limit=0):
         optimizer.update(model, grads)
         return loss
 
-    rng = np.random.default_rng(seed)
-    with tqdm.tqdm(total=steps, desc="train Fashion-MNIST classifier", unit="step") as bar:
-        for _ in range(epochs):
-            order = rng.permutation(len(images))
-            for i in range(len(images) // batch_size):
-                idx = order[i * batch_size:(i + 1) * batch_size]
-                loss = step(model, optimizer, images[idx], labels[idx])
-                if i % 50 == 0:
-                    bar.set_postfix(loss=f"{float(loss):.3f}")
-                bar.update()
-    accuracy = float(np.mean(predict(model, test_images) == test_labels))
-    return model, accuracy
+    with tqdm.tqdm(total=steps, desc=desc, unit="step", disable=desc is None) as bar:
+        for i, idx in enumerate(batches):
+            loss = step(model, optimizer, images[idx], labels[idx])
+            if i % 50 == 0 and desc is not None:
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.update()
+    return model
 
 
 def load_or_train(data_dir, source_dir=""):
@@ -95,13 +101,23 @@ def load_or_train(data_dir, source_dir=""):
     path = os.path.join(os.path.expanduser(data_dir), CACHE)
     if not os.path.exists(path + ".json"):
         model, accuracy = train(source_dir)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        save_file(flat_weights(model), path + ".safetensors.tmp")
-        os.replace(path + ".safetensors.tmp", path + ".safetensors")
-        with open(path + ".json.tmp", "w") as f:
-            json.dump({"test_accuracy": accuracy}, f)
-        os.replace(path + ".json.tmp", path + ".json")  # written last: its presence means the weights are complete
+        save_cached(path, model, {"test_accuracy": accuracy})
+    return load_cached(path, lambda: Classifier(nnx.Rngs(0)))
+
+
+def save_cached(path, model, info):
+    """A judge's weights (path.safetensors), then `info` with its test accuracy (path.json), each written whole:
+    the json, written last, means the weights are complete."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file(flat_weights(model), path + ".safetensors.tmp")
+    os.replace(path + ".safetensors.tmp", path + ".safetensors")
+    with open(path + ".json.tmp", "w") as f:
+        json.dump(info, f)
+    os.replace(path + ".json.tmp", path + ".json")
+
+
+def load_cached(path, build):
+    """(model, test accuracy) of a judge save_cached wrote; `build` () -> its architecture."""
     with open(path + ".json") as f:
         accuracy = json.load(f)["test_accuracy"]
-    model = load_flat_weights(nnx.eval_shape(lambda: Classifier(nnx.Rngs(0))), load_file(path + ".safetensors"))
-    return model, accuracy
+    return load_flat_weights(nnx.eval_shape(build), load_file(path + ".safetensors")), accuracy

@@ -7,18 +7,15 @@ edges (inverted, red, blue outline), which three strided convolutions and a
 global average see at once: it reaches about 100% on real test scenes.
 """
 
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
-from safetensors.numpy import load_file, save_file
 
 from dit_jax.data import fashion_scenes
-from dit_jax.models.pretrained import flat_weights, load_flat_weights
+from dit_jax.evaluation.classifier import fit, load_cached, save_cached
 
 CACHE = "classifiers/fashion_scenes_style"
 
@@ -65,21 +62,10 @@ def train(size, source_dir="", train_examples=2000, test_examples=500, steps=300
     """Trains on real training scenes of `size` px; returns (model, accuracy on real test scenes)."""
     images, styles = real_scenes("train", train_examples, size, source_dir)
     test_images, test_styles = real_scenes("test", test_examples, size, source_dir)
-    model = StyleClassifier(nnx.Rngs(seed))
-    optimizer = nnx.Optimizer(model, optax.adam(optax.cosine_decay_schedule(lr, steps)), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, optimizer, x, y):
-        loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return loss
-
     rng = np.random.default_rng(seed)
     batch_size = min(batch_size, len(images))
-    for _ in range(steps):
-        idx = rng.choice(len(images), batch_size, replace=False)
-        step(model, optimizer, images[idx], styles[idx])
+    batches = (rng.choice(len(images), batch_size, replace=False) for _ in range(steps))
+    model = fit(StyleClassifier(nnx.Rngs(seed)), images, styles, batches, steps, lr)
     return model, float(np.mean(predict(model, test_images) == test_styles))
 
 
@@ -92,13 +78,5 @@ def load_or_train(data_dir, size, source_dir=""):
     if not os.path.exists(path + ".json"):
         print(f"Training the fashion_scenes style judge at {size}px (cached in {path}).", flush=True)
         model, accuracy = train(size, source_dir)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        save_file(flat_weights(model), path + ".safetensors.tmp")
-        os.replace(path + ".safetensors.tmp", path + ".safetensors")
-        with open(path + ".json.tmp", "w") as f:
-            json.dump({"test_accuracy": accuracy, "styles": fashion_scenes.STYLES}, f)
-        os.replace(path + ".json.tmp", path + ".json")  # written last: its presence means the weights are complete
-    with open(path + ".json") as f:
-        accuracy = json.load(f)["test_accuracy"]
-    model = load_flat_weights(nnx.eval_shape(lambda: StyleClassifier(nnx.Rngs(0))), load_file(path + ".safetensors"))
-    return model, accuracy
+        save_cached(path, model, {"test_accuracy": accuracy, "styles": fashion_scenes.STYLES})
+    return load_cached(path, lambda: StyleClassifier(nnx.Rngs(0)))

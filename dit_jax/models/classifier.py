@@ -25,8 +25,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dit_jax.models import variants
-from dit_jax.models.dit import (REMAT_POLICIES, Attention, DiT, DiTBlock, layer_norm, materialize_grad, modulate,
-                                weight_initializer)
+from dit_jax.models.dit import (REMAT_POLICIES, Attention, DiT, DiTBlock, check_model, init_weights, layer_norm,
+                                materialize_grad, modulate)
 from dit_jax.models.embeddings import PatchEmbed, TimestepEmbedder, linear, param, sincos_2d
 
 KIND = "classifier"            # the `model` entry of its config.json: build_model builds a Classifier from it
@@ -75,12 +75,9 @@ class Classifier(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}.")
+        check_model(hidden_size, num_heads, remat)
         if num_classes < 2:
             raise ValueError(f"A classifier needs at least 2 classes, got num_classes={num_classes}.")
-        if remat not in REMAT_POLICIES:
-            raise ValueError(f"Unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.hidden_size, self.num_classes = hidden_size, num_classes
         self.remat, self.scan_blocks = remat, scan_blocks
@@ -98,22 +95,9 @@ class Classifier(nnx.Module):
         self.initialize_weights(rngs)
 
     def initialize_weights(self, rngs):
-        """As DiT.initialize_weights for the shared parts (so every block starts as the identity); the pool's
+        """As DiT's (dit.init_weights) for the shared parts (so every block starts as the identity); the pool's
         query like the timestep MLP (normal, std 0.02); the head at zero, so training starts from uniform odds."""
-        init = weight_initializer(rngs)
-
-        for _, module in nnx.iter_modules(self):
-            if isinstance(module, nnx.Linear):
-                init(module.kernel, nnx.initializers.xavier_uniform())
-                init(module.bias, nnx.initializers.zeros)
-        init(self.x_embedder.proj.kernel, nnx.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3))
-        init(self.x_embedder.proj.bias, nnx.initializers.zeros)
-        normal = nnx.initializers.normal(0.02)
-        for kernel in (self.t_embedder.linear1.kernel, self.t_embedder.linear2.kernel, self.pool.query):
-            init(kernel, normal)
-        for layer in [self.norm_modulation, self.head] + [block.adaLN_modulation for block in self.blocks]:
-            init(layer.kernel, nnx.initializers.zeros)
-            init(layer.bias, nnx.initializers.zeros)
+        init_weights(self, rngs, self.blocks, normal=[self.pool.query], zero=[self.norm_modulation, self.head])
 
     def pos_embed(self, grid_h, grid_w):
         return jnp.asarray(sincos_2d(self.hidden_size, grid_h, grid_w), jnp.float32)[None]

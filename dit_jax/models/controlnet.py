@@ -12,7 +12,6 @@ Several ControlNets steer one base at once, each with its own scale: base
 block i gets sum_j scale_j * residual_j[i] (diffusers' MultiControlNet).
 """
 
-import inspect
 import json
 import os
 
@@ -22,7 +21,7 @@ from flax import nnx
 
 from dit_jax.models.dit import DiT, REMAT_POLICIES, materialize_grad
 from dit_jax.models.embeddings import PatchEmbed, linear
-from dit_jax.models.pretrained import CONFIG_FILE, WEIGHTS_FILE, export_directory
+from dit_jax.models.pretrained import CONFIG_FILE, WEIGHTS_FILE, export_directory, first_difference
 
 # The parameters a ControlNet run trains: everything under ControlledDiT.controlnets; the base is frozen.
 TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("controlnets"))
@@ -156,16 +155,11 @@ def base_model_kwargs(path, model_kwargs):
     run's model config disagrees with the base's (data sizes, width, depth, text or label conditioning...)."""
     with open(os.path.join(base_directory(path), CONFIG_FILE)) as f:
         base = json.load(f)
-    defaults = {k: p.default for k, p in inspect.signature(DiT.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    for key, value in sorted(model_kwargs.items()):
-        if key in RUNTIME_KEYS or key not in defaults:
-            continue
-        theirs = base.get(key, defaults[key])
-        same = list(value) == list(theirs) if isinstance(value, (list, tuple)) else value == theirs
-        if not same:
-            raise ValueError(f"controlnet.base {path!r} was trained with model.{key}={theirs!r}, this config has "
-                             f"{value!r}: use the base's recipe and data.")
+    diff = first_difference(model_kwargs, base, keys=model_kwargs, skip=RUNTIME_KEYS)
+    if diff:
+        key, value, theirs = diff
+        raise ValueError(f"controlnet.base {path!r} was trained with model.{key}={theirs!r}, this config has "
+                         f"{value!r}: use the base's recipe and data.")
     return {**base, **{k: v for k, v in model_kwargs.items() if k in RUNTIME_KEYS}}
 
 

@@ -67,6 +67,18 @@ def check_block(hidden_size, num_heads, **options):
                          "model.hidden_size or model.num_heads, or use model.pos_embed='sincos'.")
 
 
+
+def check_model(hidden_size, num_heads, remat, text_dim=0, text_cross_attention=True, text_pooled=False, **block):
+    """One-line errors for the arguments of every model built of DiT blocks (DiT, VideoDiT, Classifier); `block`
+    are the block options, as check_block takes them."""
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}.")
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"Unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
+    if text_dim and not (text_cross_attention or text_pooled):
+        raise ValueError("text_dim > 0 needs text_cross_attention or text_pooled.")
+    check_block(hidden_size, num_heads, **block)
+
 # The conditions a DiT can read, each with its own null value: the names of `drops` and of guidance terms.
 CONDITIONS = ("text", "style", "layout", "class")
 
@@ -90,6 +102,67 @@ def weight_initializer(rngs):
     def init(param, initializer):
         param.set_value(initializer(jax.random.fold_in(key, next(count)), param.shape, param.dtype))
     return init
+
+
+def init_weights(model, rngs, blocks, normal=(), zero=()):
+    """Every parameter's initial value, as DiT's initialize_weights sets them (text parts as PixArt-alpha's), for
+    the DiT and the models built of its parts (VideoDiT, Classifier): each part `model` has gets the DiT's value.
+    `blocks` are the model's DiTBlocks; `normal` (parameters) and `zero` (layers) are its own parts, drawn from
+    normal(0.02) and set to zero after the DiT's."""
+    init = weight_initializer(rngs)
+
+    # Every Linear: xavier-uniform weight, zero bias.
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, nnx.Linear):
+            init(module.kernel, nnx.initializers.xavier_uniform())
+            init(module.bias, nnx.initializers.zeros)
+    # The patch embedding like a Linear over the flattened p x p x C patch (or t x p x p x C tubelet).
+    rank = model.x_embedder.proj.kernel.ndim
+    init(model.x_embedder.proj.kernel,
+         nnx.initializers.xavier_uniform(in_axis=tuple(range(rank - 1)), out_axis=rank - 1))
+    init(model.x_embedder.proj.bias, nnx.initializers.zeros)
+    # The class and style tables (null rows included), the timestep MLP and the text projections: normal, std 0.02.
+    std = nnx.initializers.normal(0.02)
+    for name in ("y_embedder", "style_embedder"):
+        if getattr(model, name, None) is not None:
+            init(getattr(model, name).embedding_table, std)
+    init(model.t_embedder.linear1.kernel, std)
+    init(model.t_embedder.linear2.kernel, std)
+    text = getattr(model, "text_embedder", None)
+    if text is not None:
+        for name in ("caption_fc1", "caption_fc2", "pooled_fc1", "pooled_fc2"):
+            if hasattr(text, name):
+                init(getattr(text, name).kernel, std)
+        # The learned null text: vectors of about unit norm.
+        for name in ("null_tokens", "null_pooled"):
+            if hasattr(text, name):
+                init(getattr(text, name), nnx.initializers.normal(model.text_dim**-0.5))
+    # QK-norm's scales: ones; adaLN-single's tables (video.py) as PixArt-alpha's: normal, std D^-1/2.
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, RMSNorm):
+            init(module.scale, nnx.initializers.ones)
+        if hasattr(module, "scale_shift_table"):
+            init(module.scale_shift_table, nnx.initializers.normal(model.hidden_size**-0.5))
+    # GLIGEN's gates: tanh(0) = 0, so the layout path starts closed.
+    for block in blocks:
+        if block.fuser is not None:
+            init(block.fuser.alpha, nnx.initializers.zeros)
+    for value in normal:
+        init(value, std)
+    # adaLN-Zero: the modulation of every block and of the final layer, the text cross-attention's output
+    # projection and the final linear layer start at zero, so each block starts as the identity.
+    zero = list(zero)
+    final = getattr(model, "final_layer", None)
+    if final is not None:
+        zero += [final.adaLN_modulation, final.linear]
+    for block in blocks:
+        zero.append(block.adaLN_modulation)
+        if block.cross_attn is not None:
+            zero.append(block.cross_attn.proj)
+    for layer in zero:
+        if layer is not None:  # adaLN-single's layers have no modulation
+            init(layer.kernel, nnx.initializers.zeros)
+            init(layer.bias, nnx.initializers.zeros)
 
 
 def layer_norm(x, eps):
@@ -354,13 +427,8 @@ class DiT(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}.")
-        if remat not in REMAT_POLICIES:
-            raise ValueError(f"Unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
-        if text_dim and not (text_cross_attention or text_pooled):
-            raise ValueError("text_dim > 0 needs text_cross_attention or text_pooled.")
-        check_block(hidden_size, num_heads, norm=norm, qk_norm=qk_norm, mlp=mlp, pos_embed=pos_embed)
+        check_model(hidden_size, num_heads, remat, text_dim, text_cross_attention, text_pooled, norm=norm,
+                    qk_norm=qk_norm, mlp=mlp, pos_embed=pos_embed)
         check_conditions(num_styles, layout_max_boxes, text_dim)
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
@@ -419,51 +487,7 @@ class DiT(nnx.Module):
         self.initialize_weights(rngs)
 
     def initialize_weights(self, rngs):
-        """Every parameter's initial value, as DiT's initialize_weights sets them (text parts as PixArt-alpha's)."""
-        init = weight_initializer(rngs)
-
-        # Every Linear: xavier-uniform weight, zero bias.
-        for _, module in nnx.iter_modules(self):
-            if isinstance(module, nnx.Linear):
-                init(module.kernel, nnx.initializers.xavier_uniform())
-                init(module.bias, nnx.initializers.zeros)
-        # The patch embedding like a Linear over the flattened p x p x C patch.
-        init(self.x_embedder.proj.kernel, nnx.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3))
-        init(self.x_embedder.proj.bias, nnx.initializers.zeros)
-        # The class table (null class included), the timestep MLP and the text projections: normal, std 0.02.
-        normal = nnx.initializers.normal(0.02)
-        if self.y_embedder is not None:
-            init(self.y_embedder.embedding_table, normal)
-        if self.style_embedder is not None:
-            init(self.style_embedder.embedding_table, normal)
-        init(self.t_embedder.linear1.kernel, normal)
-        init(self.t_embedder.linear2.kernel, normal)
-        if self.text_embedder is not None:
-            for name in ("caption_fc1", "caption_fc2", "pooled_fc1", "pooled_fc2"):
-                if hasattr(self.text_embedder, name):
-                    init(getattr(self.text_embedder, name).kernel, normal)
-            # The learned null text: vectors of about unit norm.
-            for name in ("null_tokens", "null_pooled"):
-                if hasattr(self.text_embedder, name):
-                    init(getattr(self.text_embedder, name), nnx.initializers.normal(self.text_dim**-0.5))
-        # QK-norm's scales: ones.
-        for _, module in nnx.iter_modules(self):
-            if isinstance(module, RMSNorm):
-                init(module.scale, nnx.initializers.ones)
-        # GLIGEN's gates: tanh(0) = 0, so the layout path starts closed.
-        for block in self.blocks:
-            if block.fuser is not None:
-                init(block.fuser.alpha, nnx.initializers.zeros)
-        # adaLN-Zero: the modulation of every block and of the final layer, the text cross-attention's output
-        # projection and the final linear layer start at zero, so each block starts as the identity.
-        zero = [self.final_layer.adaLN_modulation, self.final_layer.linear]
-        for block in self.blocks:
-            zero.append(block.adaLN_modulation)
-            if block.cross_attn is not None:
-                zero.append(block.cross_attn.proj)
-        for layer in zero:
-            init(layer.kernel, nnx.initializers.zeros)
-            init(layer.bias, nnx.initializers.zeros)
+        init_weights(self, rngs, self.blocks)
 
     def scan(self, tokens, c, context, context_mask, keys, residuals, policy, rope=None, grounding=None,
              grounding_mask=None, blocks=None):

@@ -4,6 +4,7 @@ This is what convert writes, training exports and sampling loads. Only
 safetensors are read, so loading never executes code from the file.
 """
 
+import inspect
 import json
 import os
 
@@ -31,6 +32,21 @@ def export_directory(path, key):
     raise FileNotFoundError(f"{key}={path!r} holds no {CONFIG_FILE} + {WEIGHTS_FILE} (nor under export/): "
                             "pass a finished training workdir or an export directory.")
 
+
+
+def first_difference(ours, theirs, keys=None, skip=()):
+    """(key, our value, their value) for the first DiT argument (sorted; of `keys` if given, all of them if not,
+    less `skip`) where two model configs differ, an absent key read as the DiT's default and lists as tuples;
+    None where they agree."""
+    defaults = {k: p.default for k, p in inspect.signature(DiT.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    for key in sorted(defaults if keys is None else keys):
+        if key in skip or key not in defaults:
+            continue
+        a, b = ours.get(key, defaults[key]), theirs.get(key, defaults[key])
+        if (list(a) != list(b)) if isinstance(a, (list, tuple)) else a != b:
+            return key, a, b
+    return None
 
 def build_model(config, seed=0, **overrides):
     """A DiT from its kwargs (plain JSON values; dtype names such as "bfloat16" allowed), the noise-aware

@@ -31,8 +31,8 @@ import numpy as np
 from flax import nnx
 
 from dit_jax.models.attention import get_attention, parse
-from dit_jax.models.dit import (REMAT_POLICIES, Attention, DiTBlock, FinalLayer, RMSNorm, check_block,
-                                materialize_grad, modulate, weight_initializer)
+from dit_jax.models.dit import (REMAT_POLICIES, Attention, DiTBlock, FinalLayer, check_model, init_weights,
+                                materialize_grad, modulate)
 from dit_jax.models.embeddings import (LabelEmbedder, PatchEmbed, TextEmbedder, TimestepEmbedder, linear, param,
                                        param_axes, rope_2d, sincos_1d, sincos_2d)
 
@@ -156,13 +156,8 @@ class VideoDiT(nnx.Module):
                  caption_dropout_prob=0.1, dropout=0.0, freq_shift=0.0, mlp_norm_eps=1e-6, norm="layernorm",
                  qk_norm=False, mlp="gelu", pos_embed="sincos", attention="xla", remat="none", scan_blocks=False,
                  dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}.")
-        if remat not in REMAT_POLICIES:
-            raise ValueError(f"Unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
-        if text_dim and not (text_cross_attention or text_pooled):
-            raise ValueError("text_dim > 0 needs text_cross_attention or text_pooled.")
-        check_block(hidden_size, num_heads, norm=norm, qk_norm=qk_norm, mlp=mlp, pos_embed=pos_embed)
+        check_model(hidden_size, num_heads, remat, text_dim, text_cross_attention, text_pooled, norm=norm,
+                    qk_norm=qk_norm, mlp=mlp, pos_embed=pos_embed)
         check_video(frames, t_patch, video_blocks, temporal_pos, adaln, temporal_attention)
         self.frames, self.t_patch, self.video_blocks, self.temporal_pos = frames, t_patch, video_blocks, temporal_pos
         self.adaln = adaln
@@ -202,50 +197,13 @@ class VideoDiT(nnx.Module):
         self.initialize_weights(rngs)
 
     def initialize_weights(self, rngs):
-        """DiT's initialisation (DiT.initialize_weights) for the parts the image DiT has; temporal layers start
-        as the identity (module docstring); adaLN-single's tables as PixArt-alpha's (normal, std D^-1/2)."""
-        init = weight_initializer(rngs)
-        for _, module in nnx.iter_modules(self):
-            if isinstance(module, nnx.Linear):
-                init(module.kernel, nnx.initializers.xavier_uniform())
-                init(module.bias, nnx.initializers.zeros)
-        rank = self.x_embedder.proj.kernel.ndim
-        init(self.x_embedder.proj.kernel,
-             nnx.initializers.xavier_uniform(in_axis=tuple(range(rank - 1)), out_axis=rank - 1))
-        init(self.x_embedder.proj.bias, nnx.initializers.zeros)
-        normal = nnx.initializers.normal(0.02)
-        if self.y_embedder is not None:
-            init(self.y_embedder.embedding_table, normal)
-        init(self.t_embedder.linear1.kernel, normal)
-        init(self.t_embedder.linear2.kernel, normal)
-        if self.text_embedder is not None:
-            for name in ("caption_fc1", "caption_fc2", "pooled_fc1", "pooled_fc2"):
-                if hasattr(self.text_embedder, name):
-                    init(getattr(self.text_embedder, name).kernel, normal)
-            for name in ("null_tokens", "null_pooled"):
-                if hasattr(self.text_embedder, name):
-                    init(getattr(self.text_embedder, name), nnx.initializers.normal(self.text_dim**-0.5))
-        for _, module in nnx.iter_modules(self):
-            if isinstance(module, RMSNorm):
-                init(module.scale, nnx.initializers.ones)
-            if hasattr(module, "scale_shift_table"):
-                init(module.scale_shift_table, nnx.initializers.normal(self.hidden_size**-0.5))
-        zero = [self.final_layer.linear]
-        if self.final_layer.adaLN_modulation is not None:
-            zero.append(self.final_layer.adaLN_modulation)
-        for block in list(self.blocks) + list(self.temporal_blocks or []):
-            if block.adaLN_modulation is not None:
-                zero.append(block.adaLN_modulation)  # adaLN-Zero: every block starts as the identity
-            if block.cross_attn is not None:
-                zero.append(block.cross_attn.proj)
-            if block.temporal_attn is not None:
-                zero.append(block.temporal_attn.proj)
+        """DiT's initialisation (dit.init_weights) for the parts the image DiT has; temporal layers start as the
+        identity (module docstring); adaLN-single's tables as PixArt-alpha's (normal, std D^-1/2)."""
+        blocks = list(self.blocks) + list(self.temporal_blocks or [])
+        zero = [block.temporal_attn.proj for block in blocks if block.temporal_attn is not None]
         if self.adaln == "single":  # the gates are not zero: the temporal blocks' outputs are
-            for block in self.temporal_blocks or []:
-                zero.extend([block.attn.proj, block.mlp.fc2])
-        for layer in zero:
-            init(layer.kernel, nnx.initializers.zeros)
-            init(layer.bias, nnx.initializers.zeros)
+            zero += [layer for block in self.temporal_blocks or [] for layer in (block.attn.proj, block.mlp.fc2)]
+        init_weights(self, rngs, blocks, zero=zero)
 
     # ------------------------------------------------------------------ forward
 

@@ -12,7 +12,6 @@ text conditioning, the block options, tubelets) is a one-line error before
 anything is compiled.
 """
 
-import inspect
 import json
 import os
 
@@ -20,8 +19,8 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from dit_jax.models.controlnet import RUNTIME_KEYS
-from dit_jax.models.dit import DiT
-from dit_jax.models.pretrained import CONDITION_KEYS, CONFIG_FILE, WEIGHTS_FILE, export_directory
+from dit_jax.models.pretrained import (CONDITION_KEYS, CONFIG_FILE, WEIGHTS_FILE, export_directory,
+                                       first_difference)
 
 # Names of the parameters that may start fresh: the video model's temporal layers, the style and layout paths.
 FRESH = ("temporal_blocks.", ".temporal_attn.", "style_embedder.", "grounding.", ".fuser.")
@@ -38,17 +37,12 @@ def check_config(path, model_kwargs):
         source = json.load(f)
     if source.get("model", "dit") != "dit":
         raise ValueError(f"init_from={path!r} is a {source['model']}, not a diffusion model.")
-    defaults = {k: p.default for k, p in inspect.signature(DiT.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    for key, default in sorted(defaults.items()):
-        if key in RUNTIME_KEYS or key in CONDITION_KEYS:
-            continue
-        ours, theirs = model_kwargs.get(key, default), source.get(key, default)
-        same = list(ours) == list(theirs) if isinstance(ours, (list, tuple)) else ours == theirs
-        if not same:
-            raise ValueError(f"init_from={path!r} was trained with model.{key}={theirs!r}, this config has "
-                             f"{ours!r}: only the video keys (frames, t_patch, video_blocks...) and the style and layout "
-                             "keys may differ.")
+    diff = first_difference(model_kwargs, source, skip=RUNTIME_KEYS + CONDITION_KEYS)
+    if diff:
+        key, ours, theirs = diff
+        raise ValueError(f"init_from={path!r} was trained with model.{key}={theirs!r}, this config has "
+                         f"{ours!r}: only the video keys (frames, t_patch, video_blocks...) and the style and layout "
+                         "keys may differ.")
 
 
 def read(path, model_kwargs):

@@ -106,11 +106,12 @@ def base_config():
                    label_smoothing=0.0)  # task=classifier only: optax.smooth_labels of the one-hot targets
     c.ema = dict(decay=0.9999, warmup=True)
     # REPA (dit_jax/training/repa.py): the tokens after block `block` (1-based; 0: a third of the depth), through
-    # a 3-layer MLP of width projector_dim, aligned by cosine similarity to a frozen encoder's patch features,
+    # a 3-layer MLP of width projector_dim (0: by the model's width, 2048 as the paper's from DiT-B's up, 256
+    # below; data/repa.py: projector_dim), aligned by cosine similarity to a frozen encoder's patch features,
     # weighted by `weight` (0: off; the paper's 0.5). encoder: inception (the FID InceptionV3's Mixed_6e, offline)
     # | dinov2 (transformers, from encoder_path); features: prepare (stored with the data) | online (inception).
     c.repa = dict(weight=0.0, block=0, encoder="inception", encoder_path="", features="prepare", resolution=0,
-                  projector_dim=2048)  # resolution: the encoder's input side, 0: the smallest that covers the tokens
+                  projector_dim=0)  # resolution: the encoder's input side, 0: the smallest that covers the tokens
     c.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1)
     # Logical parameter axis -> mesh axis (None: replicated); batches split over data x fsdp.
     c.sharding_rules = [list(rule) for rule in DEFAULT_RULES]
@@ -158,6 +159,18 @@ def cosine_restarts(c, epochs=10, mult=2, cycles=0):
         c.steps = c.optim.warmup_steps + period * periods
     return c
 
+
+
+def runlocal_toy(c, **model):
+    """The toy a recipe's `runlocal` trains, once its data is set: DiT-Toy/4 (with `model`'s overrides), batch 32,
+    200 steps at 3e-4 after 20 warm-up steps with cosine_restarts' periods, a checkpoint every 100 steps, logs
+    every 20 and samples at the end."""
+    c.model.update(variant("DiT-Toy/4"), **model)
+    c.batch_size, c.steps = 32, 200
+    c.optim.update(lr=3e-4, warmup_steps=20)
+    cosine_restarts(c, epochs=10, mult=2)
+    c.checkpoint.every, c.log.every, c.sample.every = 100, 20, 200
+    return c
 
 def emoji_minilm(c, resolution, max_examples=0):
     """The emoji that ship in packages, in pixel space, with MiniLM captions (offline, real weights)."""

@@ -50,5 +50,5 @@ def alignment(config, model_kwargs):
     if config.repa.features == "online":
         params = inception.load_params(config.repa.encoder_path or None)
         encode = lambda images: to_tokens(inception_features(params, images, resolution), grid)
-    return Alignment(repa_data.block_index(config), float(config.repa.weight), config.repa.projector_dim, dim,
+    return Alignment(repa_data.block_index(config), float(config.repa.weight), repa_data.projector_dim(config), dim,
                      encode)
