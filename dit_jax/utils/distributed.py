@@ -1,4 +1,4 @@
-"""Flags shared by train and sample: joining the other processes, and the prepared-data directory."""
+"""Flags shared by train, sample and prepare: joining the other processes, and the prepared-data directory."""
 
 import importlib.util
 import os
@@ -7,6 +7,7 @@ import jax
 from absl import flags
 
 FLAGS = flags.FLAGS
+BARRIER_TIMEOUT_S = 24 * 3600  # a barrier may wait for hours of data preparation on the slowest process
 
 
 def define_data_dir():
@@ -29,3 +30,18 @@ def initialize():
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or importlib.util.find_spec("libtpu"):
         jax.distributed.initialize()
+
+
+def process_index_count():
+    """(index, count) of this process in a job that jax.distributed joined; (0, 1) otherwise, without starting a
+    backend (a one-process prepare must not claim the accelerators)."""
+    if not jax.distributed.is_initialized():
+        return 0, 1
+    return jax.process_index(), jax.process_count()
+
+
+def barrier(name, timeout_s=BARRIER_TIMEOUT_S):
+    """Waits until every process reaches `name` (unique per barrier), through the coordination service that
+    jax.distributed started: no device work, and a timeout long enough for the slowest host's share."""
+    from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
+    jax_distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
