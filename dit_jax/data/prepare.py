@@ -315,7 +315,11 @@ class Preparer:
         if index == 0:
             shards = []
             for i in range(num_shards):
-                with open(self.shard_path(i, num_shards) + ".json") as f:
+                path = self.shard_path(i, num_shards) + ".json"
+                if not os.path.exists(path):  # written by another process, to a folder this one does not see
+                    raise ValueError(f"{path} is missing once every process is done: in a multi-process job "
+                                     "--data_dir must be a folder every process sees (a shared filesystem or bucket).")
+                with open(path) as f:
                     shards.append(json.load(f))
             _write_json(os.path.join(self.out, MANIFEST), self.manifest(shards))
         if count > 1:
