@@ -9,6 +9,7 @@ pod or SLURM job found by itself) and each writes its share of the shards into t
 """
 
 import json
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -45,6 +46,9 @@ def check_runner(runner):
 def main(argv):
     del argv
     check_runner(flags.FLAGS.runner)
+    # The text encoder and VAE run in PyTorch; JAX joins the processes (and runs REPA's encoder) and must not
+    # take most of a GPU's memory up front, as it would by default.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     distributed.initialize()
     try:
         manifest = prepare.prepare(flags.FLAGS.config, flags.FLAGS.data_dir)
