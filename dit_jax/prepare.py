@@ -39,7 +39,8 @@ def check_runner(runner):
         raise SystemExit(f"prepare: unknown --runner={runner!r}; use one of {', '.join(RUNNERS)}, or none to "
                          "prepare in this process.")
     raise SystemExit(f"prepare: --runner={runner} needs Apache Beam, which this build does not include (no "
-                     "apache-beam release installs beside the pinned pillow, protobuf, pyarrow and python-dateutil); "
+                     "apache-beam release installs beside this stack: each caps a package it has newer, e.g. 2.77.0 pillow<13 "
+                     "and protobuf<7); "
                      "leave --runner out, and spread the work over hosts with --num_processes instead.")
 
 
