@@ -80,3 +80,12 @@ def test_share_killed_then_resumed_by_one_process(reference, images, tmp_path, m
     prepare.prepare(config, tmp_path)
     assert {name: os.path.getmtime(os.path.join(folder, name)) for name in written} == written
     assert folder_bytes(folder) == folder_bytes(reference["dir"])
+
+
+def test_data_dir_not_shared_fails_in_one_line(images, reference, tmp_path, monkeypatch):
+    """Process 0 of two whose partner wrote elsewhere: the missing shards are named, with what to do."""
+    monkeypatch.setattr(prepare.distributed, "barrier", lambda name: None)
+    os.symlink(images.parent / "one" / "tfds", tmp_path / "tfds")
+    with pytest.raises(ValueError, match="-00001-of-00004.json is missing") as error:
+        prepare.Preparer(config_for(images), tmp_path).run(0, 2)
+    assert "--data_dir must be a folder every process sees" in str(error.value) and "\n" not in str(error.value)
