@@ -15,6 +15,10 @@ from test_prepare import ROOT, tiny_config, write_image_folder
 SETTINGS = dict(name="image_folder", max_examples=0, shard_size=1)
 
 
+class Killed(Exception):
+    pass
+
+
 def config_for(images):
     return tiny_config(source_dir=str(images), **SETTINGS)
 
@@ -67,12 +71,15 @@ def test_two_processes_write_what_one_does(two_processes, reference, images):
 
 
 def test_share_killed_then_resumed_by_one_process(reference, images, tmp_path, monkeypatch):
-    """Process 1's share is written (and no manifest: process 0's job); a one-process run then writes only the
-    rest, keeping the finished shards, and the result is the reference's."""
-    monkeypatch.setattr(prepare.distributed, "barrier", lambda name: None)  # a job of one stand-in process
+    """Process 1 of two writes its share and the job dies while it waits for process 0; a one-process run then
+    writes only the rest, keeping the finished shards, and the result is the reference's."""
+    def killed(name):
+        raise Killed(name)
+    monkeypatch.setattr(prepare.distributed, "barrier", killed)
     config = config_for(images)
     os.symlink(images.parent / "one" / "tfds", tmp_path / "tfds")  # the raw dataset, built once
-    prepare.Preparer(config, tmp_path).run(1, 2)
+    with pytest.raises(Killed, match="shards"):
+        prepare.Preparer(config, tmp_path).run(1, 2)
     folder = prepare.prepared_dir(config, tmp_path)
     assert sorted(os.listdir(folder)) == [f"data.array_record-0000{i}-of-00004{ext}" for i in (1, 3)
                                           for ext in ("", ".json")]
@@ -83,7 +90,8 @@ def test_share_killed_then_resumed_by_one_process(reference, images, tmp_path, m
 
 
 def test_data_dir_not_shared_fails_in_one_line(images, reference, tmp_path, monkeypatch):
-    """Process 0 of two whose partner wrote elsewhere: the missing shards are named, with what to do."""
+    """Process 0 of two whose partner wrote elsewhere (each process sees the same): the first missing shard is
+    named, with what to do."""
     monkeypatch.setattr(prepare.distributed, "barrier", lambda name: None)
     os.symlink(images.parent / "one" / "tfds", tmp_path / "tfds")
     with pytest.raises(ValueError, match="-00001-of-00004.json is missing") as error:

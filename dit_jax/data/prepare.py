@@ -312,13 +312,14 @@ class Preparer:
                 self.write_shard(i, num_shards)
         if count > 1:
             distributed.barrier(f"prepare {name}: shards")
+        summaries = [self.shard_path(i, num_shards) + ".json" for i in range(num_shards)]
+        missing = [path for path in summaries if not os.path.exists(path)]
+        if missing:  # written by other processes to folders this one does not see: each process stops here
+            raise ValueError(f"{missing[0]} is missing once every process is done: in a multi-process job "
+                             "--data_dir must be a folder every process sees (a shared filesystem or bucket).")
         if index == 0:
             shards = []
-            for i in range(num_shards):
-                path = self.shard_path(i, num_shards) + ".json"
-                if not os.path.exists(path):  # written by another process, to a folder this one does not see
-                    raise ValueError(f"{path} is missing once every process is done: in a multi-process job "
-                                     "--data_dir must be a folder every process sees (a shared filesystem or bucket).")
+            for path in summaries:
                 with open(path) as f:
                     shards.append(json.load(f))
             _write_json(os.path.join(self.out, MANIFEST), self.manifest(shards))
@@ -360,11 +361,12 @@ def load_source(config, data_dir):
     """The raw dataset (sources.load); in a multi-process job process 0 builds it when missing, and the others
     open it after."""
     index, count = distributed.process_index_count()
+    barrier = f"prepare {os.path.basename(prepared_dir(config, data_dir))}: source"
     if index > 0:
-        distributed.barrier(f"prepare {prepared_dir(config, data_dir)}: source")
+        distributed.barrier(barrier)
     source = sources.load(config.data, os.path.expanduser(data_dir))
     if index == 0 and count > 1:
-        distributed.barrier(f"prepare {prepared_dir(config, data_dir)}: source")
+        distributed.barrier(barrier)
     return source
 
 
