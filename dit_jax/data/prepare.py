@@ -4,6 +4,10 @@ The output is a folder of ArrayRecord shards plus `manifest.json`. Shards are
 written to a temporary name and renamed when complete, each with a small
 `.json` beside it, so a killed run keeps its finished shards and continues
 where it stopped; the work is deterministic, so the result is the same.
+In a multi-process job (jax.distributed: --coordinator_address, a TPU pod,
+SLURM) every process writes its share of the shards (i, i + count, ...) into
+the shared data_dir, process 0 having built the raw dataset first; process 0
+writes the manifest once all are done. The files are those of one process.
 An unreadable image is skipped and counted; the run goes on.
 
 With `data.controls` (e.g. ("canny", "silhouette")) every record also holds
@@ -36,6 +40,7 @@ from array_record.python import array_record_module
 from PIL import Image
 
 from dit_jax.data import controls, images, moving, records, repa, sources
+from dit_jax.utils import distributed
 
 SHARD_SIZE = 1024
 BATCH = 64
@@ -142,7 +147,7 @@ class Preparer:
         t = config.text
         self.encoder = encoders.load(t.encoder, t.path, max_length=t.max_length, layer=t.layer)
         self.vae = latents.Vae(config.vae.path) if config.vae.path else None
-        self.source = sources.load(config.data, os.path.expanduser(data_dir))
+        self.source = load_source(config, data_dir)
         self.channels = 3 if self.vae is not None else self.source.channels
         self.frames = self.source.frames
         self.repa = self.repa_encoder = None
@@ -158,10 +163,14 @@ class Preparer:
     def shard_path(self, i, num_shards):
         return os.path.join(self.out, f"data.array_record-{i:05d}-of-{num_shards:05d}")
 
+    def shard_size(self):
+        return self.config.data.get("shard_size") or SHARD_SIZE  # data.shard_size=0: SHARD_SIZE
+
     def write_shard(self, i, num_shards):
-        """Encodes examples [i*SHARD_SIZE, ...) into shard i; returns its summary."""
+        """Encodes examples [i*shard_size, ...) into shard i; returns its summary."""
         path = self.shard_path(i, num_shards)
-        start, stop = i * SHARD_SIZE, min((i + 1) * SHARD_SIZE, self.count)
+        size = self.shard_size()
+        start, stop = i * size, min((i + 1) * size, self.count)
         writer = array_record_module.ArrayRecordWriter(path + ".tmp", "group_size:1")
         self.caption_cache = {}
         skipped = []
@@ -289,20 +298,33 @@ class Preparer:
             out.append(row)
         return out
 
-    def run(self):
+    def run(self, index=0, count=1):
+        """Writes shards index, index + count, ... that an earlier run did not finish; the manifest is written by
+        process 0 once every process has written its share."""
         os.makedirs(self.out, exist_ok=True)
-        num_shards = max(1, math.ceil(self.count / SHARD_SIZE))
-        shards = []
-        for i in tqdm.trange(num_shards, desc=f"prepare {os.path.basename(self.out)}", unit="shard"):
-            path = self.shard_path(i, num_shards)
-            if os.path.exists(path + ".json"):  # finished by an earlier run
-                with open(path + ".json") as f:
+        name = os.path.basename(self.out)
+        num_shards = max(1, math.ceil(self.count / self.shard_size()))
+        mine = range(index, num_shards, count)
+        if count > 1:
+            logging.info("Process %d of %d prepares shards %s of %d.", index, count, list(mine), num_shards)
+        for i in tqdm.tqdm(mine, desc=f"prepare {name}", unit="shard"):
+            if not os.path.exists(self.shard_path(i, num_shards) + ".json"):  # else finished by an earlier run
+                self.write_shard(i, num_shards)
+        if count > 1:
+            distributed.barrier(f"prepare {name}: shards")
+        summaries = [self.shard_path(i, num_shards) + ".json" for i in range(num_shards)]
+        missing = [path for path in summaries if not os.path.exists(path)]
+        if missing:  # written by other processes to folders this one does not see: each process stops here
+            raise ValueError(f"{missing[0]} is missing once every process is done: in a multi-process job "
+                             "--data_dir must be a folder every process sees (a shared filesystem or bucket).")
+        if index == 0:
+            shards = []
+            for path in summaries:
+                with open(path) as f:
                     shards.append(json.load(f))
-            else:
-                shards.append(self.write_shard(i, num_shards))
-        manifest = self.manifest(shards)
-        _write_json(os.path.join(self.out, MANIFEST), manifest)
-        return manifest
+            _write_json(os.path.join(self.out, MANIFEST), self.manifest(shards))
+        if count > 1:
+            distributed.barrier(f"prepare {name}: manifest")
 
     def manifest(self, shards):
         c, res = self.config, self.config.data.resolution
@@ -335,6 +357,19 @@ class Preparer:
         }
 
 
+def load_source(config, data_dir):
+    """The raw dataset (sources.load); in a multi-process job process 0 builds it when missing, and the others
+    open it after."""
+    index, count = distributed.process_index_count()
+    barrier = f"prepare {os.path.basename(prepared_dir(config, data_dir))}: source"
+    if index > 0:
+        distributed.barrier(barrier)
+    source = sources.load(config.data, os.path.expanduser(data_dir))
+    if index == 0 and count > 1:
+        distributed.barrier(barrier)
+    return source
+
+
 def check_clips(config):
     """Clip datasets are prepared in pixels without controls: a one-line error otherwise."""
     if config.data.name not in sources.CLIP_DATASETS:
@@ -353,9 +388,10 @@ def read_manifest(folder):
 
 
 def prepare(config, data_dir):
-    """Prepares the dataset `config` names under data_dir (resuming a killed run); returns the manifest."""
+    """Prepares the dataset `config` names under data_dir (resuming a killed run); returns the manifest. In a
+    multi-process job every process calls it and writes its share."""
     folder = prepared_dir(config, data_dir)
     if os.path.exists(os.path.join(folder, MANIFEST)):
         return read_manifest(folder)
-    Preparer(config, data_dir).run()
+    Preparer(config, data_dir).run(*distributed.process_index_count())
     return read_manifest(folder)

@@ -62,6 +62,7 @@ def base_config():
         resolution=32,
         source_dir="",           # image_folder: the directory; fashion_mnist: the idx files; tfds: manual_dir
         max_examples=0,          # 0: all
+        shard_size=0,            # examples per prepared ArrayRecord shard (prepare); 0: 1,024
         flip=False,              # never applied to captions that speak of left or right
         color_jitter=0.0,
         rotation=0.0,            # degrees

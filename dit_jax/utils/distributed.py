@@ -1,4 +1,4 @@
-"""Flags shared by train and sample: joining the other processes, and the prepared-data directory."""
+"""Flags shared by train, sample and prepare: joining the other processes, and the prepared-data directory."""
 
 import importlib.util
 import os
@@ -8,6 +8,7 @@ from absl import flags
 from orbax.checkpoint import multihost
 
 FLAGS = flags.FLAGS
+BARRIER_TIMEOUT_S = 24 * 3600  # a barrier may wait for hours of data preparation on the slowest process
 
 
 def define_data_dir():
@@ -32,9 +33,17 @@ def initialize():
         jax.distributed.initialize()
 
 
-def barrier(name, timeout_s=3600):
-    """Waits until every process has reached `name`. It goes through the coordination service, not a collective:
-    on CPU the first collective of a device group gives up after 30 s (gloo's key exchange), too soon when
-    another process is still compiling under load."""
-    if jax.process_count() > 1:
-        multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
+def process_index_count():
+    """(index, count) of this process in a job that jax.distributed joined; (0, 1) otherwise, without starting a
+    backend (a one-process prepare must not claim the accelerators)."""
+    if not jax.distributed.is_initialized():
+        return 0, 1
+    return jax.process_index(), jax.process_count()
+
+
+def barrier(name, timeout_s=BARRIER_TIMEOUT_S):
+    """Waits until every process has reached `name` (unique per barrier). It goes through the coordination
+    service, not a collective: on CPU the first collective of a device group gives up after 30 s (gloo's key
+    exchange), too soon when another process is still compiling or preparing its share."""
+    if jax.distributed.is_initialized():
+        multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
