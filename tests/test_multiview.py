@@ -2,6 +2,8 @@
 tokens, cameras and the given view, and its one-line errors."""
 
 import functools
+import importlib.util
+import os
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +15,10 @@ from flax import nnx
 from dit_jax.models import multiview
 from dit_jax.models.dit import DiT, DiTBlock
 from dit_jax.models.pretrained import abstract_model
+from dit_jax.training.checks import validate
 from dit_jax.utils import cameras
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 TOY = dict(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=2, num_heads=2, num_classes=3,
            text_dim=8, text_len=4, text_pooled=True)
@@ -158,3 +163,24 @@ def test_build_model_and_config_checks():
     c.data.name = "moving_fashion"
     with pytest.raises(ValueError, match="data with cameras"):
         multiview.check_config(c)
+
+
+def load_config(arg):
+    spec = importlib.util.spec_from_file_location("multiview_shapes", os.path.join(CONFIGS, "multiview_shapes.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def test_the_config_validates_and_bad_settings_fail_before_any_work():
+    c = load_config("runlocal")
+    assert (c.model.multiview, c.model.frames, c.data.frames, c.data.flip) == (True, 4, 4, False)
+    validate(c)
+    assert load_config("views=2,novel").model.novel_view
+    c.data.shapes3d.colours = "red,teal"
+    with pytest.raises(ValueError, match="Unknown colour 'teal' in data.shapes3d.colours"):
+        validate(c)
+    c = load_config("runlocal")
+    c.data.frames = 3
+    with pytest.raises(ValueError, match="data.frames=3 but model.frames=4"):
+        validate(c)
