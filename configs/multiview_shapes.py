@@ -40,6 +40,8 @@ def get_config(arg=None):
     c.optim.warmup_steps = 200
     restarts(c)
     c.sample.update(every=1000, prompts=PROMPTS)
+    if arg.novel:  # training's sample grids have no input view to start from: sample --mode=views instead
+        c.sample.every = 0
 
     if arg.runlocal:  # a toy: 64 objects, DiT-Toy/4, 30 steps
         c.data.shapes3d.examples = 64
@@ -47,6 +49,7 @@ def get_config(arg=None):
         c.batch_size, c.steps = 8, 30
         c.optim.update(warmup_steps=5)
         restarts(c)
-        c.checkpoint.every, c.log.every, c.sample.every = 30, 10, 30
+        c.checkpoint.every, c.log.every = 30, 10
+        c.sample.every = 0 if arg.novel else 30
         c.sample.update(steps=5, prompts=PROMPTS[:2])
     return c
