@@ -11,10 +11,12 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from dit_jax.models import multiview
 from dit_jax.models.dit import DiT, DiTBlock
-from dit_jax.models.pretrained import abstract_model
+from dit_jax.models.pretrained import abstract_model, save_pretrained
+from dit_jax.sample import Options, run
 from dit_jax.training.checks import validate
 from dit_jax.utils import cameras
 
@@ -184,3 +186,22 @@ def test_the_config_validates_and_bad_settings_fail_before_any_work():
     c.data.frames = 3
     with pytest.raises(ValueError, match="data.frames=3 but model.frames=4"):
         validate(c)
+
+
+def test_sample_cli_writes_novel_views_of_a_given_image_and_checks_its_flags(tmp_path):
+    config = dict(multiview=True, frames=2, novel_view=True, input_size=8, patch_size=4, in_channels=3,
+                  hidden_size=16, depth=1, num_heads=2, num_classes=3)
+    model = randomize(abstract_model(config), 7)
+    save_pretrained(model, config, str(tmp_path / "export"))
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "front.png")
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(tmp_path / "big.png")
+    options = dict(checkpoint=str(tmp_path / "export"), classes=["1"], mode="views", image=str(tmp_path / "front.png"),
+                   sampler="ddim", steps=2, num_images=1, batch_size=8, out=str(tmp_path / "views.gif"))
+    images, captions = run(Options(**options))
+    assert images.shape == (1, 2, 8, 8, 3) and captions == ["1"]
+    assert {"views.gif", "views.png"} <= set(os.listdir(tmp_path))
+    for change, message in ((dict(views=3), "--views=3 but this model was trained on 2 cameras"),
+                            (dict(image=str(tmp_path / "big.png")), "is 16x16; this model takes 8x8 views"),
+                            (dict(mode="sample", image=None), "novel-view model: pass --mode=views")):
+        with pytest.raises(ValueError, match=message):
+            run(Options(**{**options, **change}))
