@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from dit_jax.models import multiview
+from dit_jax.models import multiview, variants
 from dit_jax.models.dit import DiT, DiTBlock
 from dit_jax.models.pretrained import abstract_model, save_pretrained
 from dit_jax.sample import Options, run
@@ -205,3 +205,12 @@ def test_sample_cli_writes_novel_views_of_a_given_image_and_checks_its_flags(tmp
                             (dict(mode="sample", image=None), "novel-view model: pass --mode=views")):
         with pytest.raises(ValueError, match=message):
             run(Options(**{**options, **change}))
+
+
+def test_forward_macs_counts_the_joint_attention():
+    image = variants.forward_macs(**TOY)
+    n, d = 4, 32  # 8x8 input, patch 4: 4 tokens a view
+    assert multiview.forward_macs(frames=1, **TOY) == image + 16 * d + d * d
+    assert multiview.forward_macs(frames=3, **TOY) == 3 * (image + 16 * d + d * d) + 2 * 2 * n * n * d * 6
+    assert variants.train_flops_per_image({**TOY, "multiview": True, "frames": 3}) == 6 * multiview.forward_macs(
+        frames=3, **TOY)

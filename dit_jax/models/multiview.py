@@ -229,6 +229,23 @@ def check_config(config):
         raise ValueError("Multi-view data is prepared in pixels: set vae.path=''.")
 
 
+def forward_macs(*, frames, novel_view=False, input_size=32, patch_size=2, in_channels=4, hidden_size=1152,
+                 depth=28, **kw):
+    """Multiply-accumulates of one forward pass for one object's `frames` views, counted as variants.forward_macs
+    counts the DiT's: the image DiT's on each view (twice the input channels in novel-view mode), plus the joint
+    attention's larger score and value products (V*N keys, not N) and the camera MLP of each view."""
+    from dit_jax.models import variants  # pylint: disable=import-outside-toplevel
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    n, d, v = (size[0] // patch_size) * (size[1] // patch_size), hidden_size, frames
+    kw = {k: value for k, value in kw.items() if k not in MULTIVIEW_KEYS}
+    per_view = variants.forward_macs(input_size=input_size, patch_size=patch_size, in_channels=in_channels,
+                                     hidden_size=d, depth=depth, **kw)
+    if novel_view:  # the given view's channels in the patch embedding
+        per_view += n * patch_size * patch_size * in_channels * d
+    joint = depth * 2 * n * n * d * (v * v - v)  # scores and values over V*N keys instead of N, per view's queries
+    return v * (per_view + POSE * d + d * d) + joint
+
+
 def sample_cameras(views, elevation=30.0, distance=3.0):
     """(V, 16) float32: the ring the data renders by default, as the model reads it (for sampling)."""
     return np.asarray(camera_lib.ring(views, elevation, distance)[3]).reshape(views, POSE)
