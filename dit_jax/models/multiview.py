@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dit_jax.models.dit import REMAT_POLICIES, DiT, DiTBlock, materialize_grad, modulate
+from dit_jax.models.dit import REMAT_POLICIES, DiT, DiTBlock, materialize_grad, modulate, weight_initializer
 from dit_jax.models.embeddings import PatchEmbed, linear
 from dit_jax.utils import cameras as camera_lib
 
@@ -74,42 +74,37 @@ class MultiViewDiT(DiT):
     assumes when called without cameras, the data's default ring.
     """
 
+    block_class = MultiViewBlock
+
     def __init__(self, *, views, novel_view=False, camera_elevation=30.0, camera_distance=3.0, **kw):
         if not isinstance(views, int) or isinstance(views, bool) or views < 1:
             raise ValueError(f"model.frames (the view count) must be a positive integer, got {views!r}.")
         if kw.get("num_styles") or kw.get("layout_max_boxes"):
             raise ValueError("A multi-view DiT has no style or layout path: set model.num_styles=0 and "
                              "model.layout_max_boxes=0.")
-        super().__init__(**kw)
+        super().__init__(**kw)  # the DiT, its blocks MultiViewBlocks, initialised as DiT.initialize_weights does
         self.views, self.novel_view = views, bool(novel_view)
         self.camera_elevation, self.camera_distance = float(camera_elevation), float(camera_distance)
         rngs = kw["rngs"]
         dt = dict(dtype=kw.get("dtype", jnp.float32), param_dtype=kw.get("param_dtype", jnp.float32), rngs=rngs)
-        block = self.blocks[0]
-        options = dict(cross_attention=block.cross_attn is not None, mlp_norm_eps=kw.get("mlp_norm_eps", 1e-6),
-                       dropout=kw.get("dropout", 0.0), attention=kw.get("attention", "xla"),
-                       norm=kw.get("norm", "layernorm"), qk_norm=kw.get("qk_norm", False), mlp=kw.get("mlp", "gelu"))
-        self.blocks = nnx.List([MultiViewBlock(self.hidden_size, kw.get("num_heads", 16), kw.get("mlp_ratio", 4.0),
-                                               **options, **dt) for _ in range(len(self.blocks))])
+        self.camera_embedder = CameraEmbedder(self.hidden_size, **dt)
         if self.novel_view:
             self.x_embedder = PatchEmbed(self.patch_size, 2 * self.in_channels, self.hidden_size, **dt)
-        self.camera_embedder = CameraEmbedder(self.hidden_size, **dt)
-        self.initialize_weights(rngs)
+        self.initialize_multiview(rngs)
 
-    def initialize_weights(self, rngs):
-        """The DiT's initialisation; the camera MLP as the timestep MLP (normal, std 0.02) but with its output
-        layer at zero, and the given view's patch-embedding weights at zero: the camera and the given view
-        start with no effect."""
-        super().initialize_weights(rngs)
-        if not hasattr(self, "camera_embedder"):  # DiT.__init__'s call, before the multi-view parts exist
-            return
-        kernel = self.camera_embedder.linear1.kernel
-        kernel.set_value(nnx.initializers.normal(0.02)(rngs.params(), kernel.shape, kernel.dtype))
-        for part in (self.camera_embedder.linear2.kernel, self.camera_embedder.linear2.bias):
-            part.set_value(jnp.zeros(part.shape, part.dtype))
+    def initialize_multiview(self, rngs):
+        """The multi-view parts' initial values: the camera MLP as the timestep MLP (normal, std 0.02) but with
+        its output layer at zero; in novel-view mode the patch embedding as DiT's (xavier-uniform over the
+        noisy view's channels) with the given view's weights at zero. So the camera and the given view start
+        with no effect."""
+        init = weight_initializer(rngs)
+        init(self.camera_embedder.linear1.kernel, nnx.initializers.normal(0.02))
         if self.novel_view:
             kernel = self.x_embedder.proj.kernel  # (p, p, 2C, D): the noisy view's channels, then the given's
-            kernel.set_value(kernel[...].at[:, :, self.in_channels:].set(0))
+            c = self.in_channels
+            noisy = nnx.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3)(
+                jax.random.fold_in(rngs.params(), 0), (*kernel.shape[:2], c, kernel.shape[3]), kernel.dtype)
+            kernel.set_value(jnp.concatenate([noisy, jnp.zeros_like(noisy)], axis=2))
 
     # ------------------------------------------------------------------ inputs
 
