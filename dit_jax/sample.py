@@ -10,6 +10,8 @@
       --box="0.05,0.3,0.45,0.7:a sneaker" --box="0.55,0.3,0.95,0.7:a bag" --guidance=text=4,style=3,layout=2
   python -m dit_jax.sample --workdir=CONTROLNET_RUN --prompt="red apple" --control=edges.png --control_scale=0.8
   python -m dit_jax.sample --workdir=CONTROLNET_RUN --prompt="red apple" --control_from=photo.png --control_type=canny
+  python -m dit_jax.sample --workdir=MULTIVIEW_RUN --prompt="a blue torus" --views=4 --out=torus.gif
+  python -m dit_jax.sample --workdir=NOVEL_VIEW_RUN --prompt="a blue torus" --mode=views --image=front.png --out=t.gif
 
 --workdir reads the run's EMA export and run.json, and encodes prompts with
 the encoder its data was prepared with (the manifest under --data_dir).
@@ -38,6 +40,10 @@ as --control_type says (its detector settings and model are the run's
 `controls.*`); each with its --control_scale. A control of another size is
 resized (and said so). The grid shows each control beside its sample.
 The --box boxes are drawn on the grid's pictures; the single images stay clean.
+A multi-view model (model.multiview) samples each prompt's views together on the ring of cameras it was
+trained around (--views must be its view count); --out=x.gif writes them as a turntable GIF with x.png, a
+strip a sample. --mode=views gives a novel-view model (model.novel_view) --image as its input view, seen
+from the first camera, and generates the others.
 The work is in dit_jax/sampling.py; this module holds the flags and outputs.
 """
 
@@ -59,7 +65,7 @@ from dit_jax.models.layout import parse_box
 from dit_jax.utils import distributed, video
 from dit_jax.utils.visualization import captioned_grid, trajectory_strip
 
-MODES = ("sample", "inpaint", "img2img")
+MODES = ("sample", "inpaint", "img2img", "views")
 GRID_MAX = 64  # the grid shows at most this many images; every image is written singly
 
 
@@ -80,7 +86,9 @@ class Options:
     prompt: list = option([], "A prompt (repeatable).")
     prompts: str = option(None, "A file of prompts, one a line.")
     classes: list = option([], "A class index or name (repeatable), for class-conditional models.", flag="class")
-    mode: str = option("sample", f"{' | '.join(MODES)}: from noise, --image under --mask, or SDEdit from --image.")
+    mode: str = option("sample", f"{' | '.join(MODES)}: from noise, --image under --mask, SDEdit from --image, or "
+                       "a novel-view model's other views of --image.")
+    views: int = option(0, "A multi-view model: the views of each sample, its trained count (0: that count).")
     image: str = option(None, "The image to edit (inpaint, img2img).")
     mask: str = option(None, "Inpainting mask: white = regenerate, black = keep.")
     resample: int = option(1, "Inpainting: passes per step (RePaint resampling; 1 = replacement only).")
@@ -167,6 +175,8 @@ def check_options(o):
     for path in (o.image, o.mask, o.prompts):
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found.")
+    if o.views < 0:
+        raise ValueError(f"--views must be a view count (0: the model's), got {o.views}.")
     if o.resample < 1 or o.num_images < 1:
         raise ValueError("--resample and --num_images must be at least 1.")
     if not 0 <= o.strength <= 1:
@@ -214,24 +224,57 @@ def run(o):
                                             [parse_box(b) for b in o.boxes], o.guidance)
     codec = sampling.Codec(setup)
     controls = read_controls(o, setup, codec)
+    inputs = multiview_inputs(o, setup, codec, len(captions))
     image = mask = None
-    if o.mode != "sample":
+    if o.mode in ("inpaint", "img2img"):
         image = codec.encode(sampling.read_image(o.image, codec.resolution, codec.pixel_channels))
     if o.mode == "inpaint":
         mask = codec.mask(sampling.read_image(o.mask, codec.resolution, 1)[..., 0] > 127)
     out = sampling.sample_images(setup, o.settings, captions, labels, o.num_images, o.batch_size, codec=codec,
                                  image=image, mask=mask, strength=o.strength if o.mode == "img2img" else 1.0,
                                  resample=o.resample, trajectory=bool(o.trajectory), classifier=guide,
-                                 composition=composition, controls=controls, null_control=o.null_control)
+                                 composition=composition, controls=controls, null_control=o.null_control,
+                                 inputs=inputs)
     if jax.process_index():
         return None, out.captions
     write_outputs(o, out, setup.resolve(o.settings), controls)
     return out.images, out.captions
 
 
+def multiview_inputs(o, setup, codec, count):
+    """A multi-view model's checks (--views its view count; --mode=views for a novel-view model, which reads
+    --image at its size) and, for --mode=views, {"given": the input view, one per condition}; else None."""
+    c = setup.model_config
+    if not c.get("multiview"):
+        if o.views or o.mode == "views":
+            raise ValueError("--views and --mode=views are for a multi-view model (model.multiview); this one is not.")
+        return None
+    if o.views and o.views != c["frames"]:
+        raise ValueError(f"--views={o.views} but this model was trained on {c['frames']} cameras: pass "
+                         f"--views={c['frames']}, or train one for {o.views} (configs/multiview_shapes.py:views={o.views}).")
+    if c.get("novel_view") and o.mode != "views":
+        raise ValueError("This is a novel-view model: pass --mode=views --image=VIEW.png, the view to start from.")
+    if o.mode != "views":
+        return None
+    if not c.get("novel_view"):
+        raise ValueError("--mode=views needs a novel-view model (model.novel_view, configs/multiview_shapes.py:novel); "
+                         "this one generates every view from text.")
+    with Image.open(o.image) as picture:
+        size = picture.size
+    if size != (codec.resolution, codec.resolution):
+        raise ValueError(f"--image {o.image} is {size[0]}x{size[1]}; this model takes {codec.resolution}x"
+                         f"{codec.resolution} views: give a view at that size.")
+    given = codec.encode(sampling.read_image(o.image, codec.resolution, codec.pixel_channels))
+    return {"given": np.broadcast_to(given, (count, *given.shape))}
+
+
 def write_outputs(o, out, settings, controls=()):
     images, captions = out.images, out.captions
     path = o.out if o.out is not None else (None if o.npz else "samples.png")
+    if path and images.ndim == 5:  # sets of views (a multi-view model): a turntable GIF and strips
+        written = video.save_clips(path, images, captions)
+        print(f"Wrote {', '.join(written)}", flush=True)
+        path = None
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         layout = [parse_box(b) for b in o.boxes]  # drawn on the grid's pictures; the single images stay clean

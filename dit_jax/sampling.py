@@ -445,6 +445,13 @@ def encode_conditions(setup, captions, labels, composition=None, inputs=None):
             mask[:, :len(boxes)] = True
             embeddings[:, :len(boxes)] = encoders.text_conditions(setup.text, [p for _, p in boxes])["pooled"]
         cond.update(layout_boxes=layout_boxes, layout_mask=mask, layout_embeddings=embeddings)
+    if c.get("multiview"):  # each view's camera: the ring the model was trained around (models/multiview.py)
+        from dit_jax.models.multiview import sample_cameras  # pylint: disable=import-outside-toplevel
+        poses = sample_cameras(c["frames"], c.get("camera_elevation", 30.0), c.get("camera_distance", 3.0))
+        cond["cameras"] = np.broadcast_to(poses, (n, *poses.shape)).copy()
+        if c.get("novel_view"):  # the given view: `inputs` sets it (sample --mode=views); blank otherwise
+            size = c["input_size"] if isinstance(c["input_size"], int) else c["input_size"][0]
+            cond["given"] = np.zeros((n, size, size, c["in_channels"]), np.float32)
     for k, v in (inputs or {}).items():
         if k not in cond or len(v) != n:
             raise ValueError(f"Per-condition input {k!r} ({len(v)} rows) is not one of this model's inputs "

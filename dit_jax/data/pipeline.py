@@ -8,7 +8,8 @@ What the training loop calls:
   loader = make_loader(config, manifest, global_batch_size=B, seed=s, sharding=NamedSharding(mesh, P("data")))
   batch = next(loader)          # {"image", "text", "text_mask", "pooled", "label"}: global jax.Arrays
                                 # (and "control_<type>" for each of data.controls; "style" and
-                                # "layout_boxes", "layout_mask", "layout_embeddings" where the data has them)
+                                # "layout_boxes", "layout_mask", "layout_embeddings" where the data has them;
+                                # "cameras" (B, V, 16) for multi-view data)
   state = loader.get_state()    # small JSON dict, saved with checkpoints; loader.set_state(state) resumes
 
 The stream of examples is the prepared set shuffled with the seed and repeated
@@ -172,6 +173,8 @@ class Example:
         out.update({f"control_{name}": c for name, c in controls.items()})
         if self.styles:
             out["style"] = np.int32(r["style"])
+        if "cameras" in r:  # multi-view data (shapes3d): each view's flattened camera pose (V, 16)
+            out["cameras"] = r["cameras"].astype(np.float32)
         if self.layout:
             out.update(layout(r, flipped))
         if self.repa:

@@ -25,7 +25,9 @@ for evaluation `layout_labels` (K,; -1 where masked) and `layout_phrases`.
 A clip dataset (moving_fashion, moving_emoji: sources.CLIP_DATASETS) stores
 each clip as uint8 (T, H, W, C) under `image`, and its motion as `label_motion`;
 the manifest's `frames` is T (0 for images). Clips are pixel data without
-controls.
+controls. The multi-view set (shapes3d: sources.VIEW_DATASETS) is stored as
+clips of its V views, each record with `cameras` (V, 16), the views' flattened
+camera-to-world poses.
 """
 
 import hashlib
@@ -92,6 +94,8 @@ def prepared_dir(config, data_dir):
         parts.append(f"n{c.data.max_examples}")
     if c.data.name in sources.CLIP_DATASETS:
         parts.append(f"f{sources.moving_options(c.data)['frames']}")
+    if c.data.name in sources.VIEW_DATASETS:
+        parts.append(f"v{sources.shapes3d_options(c.data)['views']}")
     settings = control_settings(c)
     if settings:
         parts.append("ctl-" + "-".join(sorted(settings)))
@@ -106,6 +110,8 @@ def prepared_dir(config, data_dir):
                                    if k != "source_dir"}  # the source_dir is in `paths` already
     if c.data.name in sources.CLIP_DATASETS:
         extra["moving"] = sources.moving_options(c.data)
+    if c.data.name in sources.VIEW_DATASETS:
+        extra["shapes3d"] = sources.shapes3d_options(c.data)
     if settings:
         extra["controls"] = settings
     if repa.prepared(c):  # what decides the stored features: the encoder, its input size and the token grid
@@ -283,6 +289,8 @@ class Preparer:
             row.update({f"label_{k}": v for k, v in example.get("labels", {}).items()})
             if "style" in example:
                 row["style"] = example["style"]
+            if "cameras" in example:
+                row["cameras"] = example["cameras"]
             if "layout" in example:
                 row.update(self.encode_layout(example["layout"]))
             offset += n
@@ -372,9 +380,10 @@ def load_source(config, data_dir):
 
 def check_clips(config):
     """Clip datasets are prepared in pixels without controls: a one-line error otherwise."""
-    if config.data.name not in sources.CLIP_DATASETS:
+    if config.data.name not in sources.CLIP_DATASETS + sources.VIEW_DATASETS:
         return
-    sources.moving_options(config.data)  # an unknown motion word fails here, before any work
+    # an unknown motion word, shape or colour fails here, before any work
+    (sources.moving_options if config.data.name in sources.CLIP_DATASETS else sources.shapes3d_options)(config.data)
     if config.vae.path or control_names(config):
         raise ValueError(f"data.name={config.data.name} is a clip dataset, prepared in pixel space without "
                          "controls: set vae.path='' and data.controls=().")

@@ -1,7 +1,8 @@
 """The raw dataset a config names, as a tfds ArrayRecord data source read without TensorFlow.
 
-`data.name` is `emoji`, `fashion_mnist`, `image_folder`, `circles`, `fashion_scenes`, or the clip sets
-`moving_fashion` and `moving_emoji` (our builders, built on first use under DATA_DIR/tfds) or `tfds:<name>`
+`data.name` is `emoji`, `fashion_mnist`, `image_folder`, `circles`, `fashion_scenes`, the clip sets
+`moving_fashion` and `moving_emoji`, the multi-view set `shapes3d` (its views stored as a clip's frames, each
+with its camera pose) (our builders, built on first use under DATA_DIR/tfds) or `tfds:<name>`
 for any registered tfds
 dataset with an image and captions or a label (imagenet2012, coco_captions)
 that is already prepared in `data.source_dir` (a tfds data_dir), or whose
@@ -16,13 +17,15 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from dit_jax.data import circles, emoji, fashion_mnist, fashion_scenes, image_folder, moving
+from dit_jax.data import circles, emoji, fashion_mnist, fashion_scenes, image_folder, moving, shapes3d
 
 BUILDERS = {"emoji": emoji.Emoji, "fashion_mnist": fashion_mnist.FashionMnist,
             "image_folder": image_folder.ImageFolder, "circles": circles.Circles,
             "fashion_scenes": fashion_scenes.FashionScenes,
-            "moving_fashion": moving.MovingFashion, "moving_emoji": moving.MovingEmoji}
+            "moving_fashion": moving.MovingFashion, "moving_emoji": moving.MovingEmoji,
+            "shapes3d": shapes3d.Shapes3d}
 CLIP_DATASETS = ("moving_fashion", "moving_emoji")  # their `image` is a frame strip of data.frames frames
+VIEW_DATASETS = ("shapes3d",)  # their `image` is a strip of data.frames views, each with a camera `pose`
 CAPTION_FEATURES = ("captions", "caption", "text")
 CONTROL_FEATURE = "conditioning_image"  # a control image that comes with the data (diffusers' name for it)
 LAYOUT_FEATURE = "objects"  # a sequence of {box: (x0, y0, x1, y1) in [0, 1], label, phrase}
@@ -47,6 +50,7 @@ class Source:
     styles: list = dataclasses.field(default_factory=list)  # names of the `style` feature's values, if any
     layout_max_boxes: int = 0  # examples carry a layout (LAYOUT_FEATURE) of at most this many boxes
     frames: int = 0  # > 0: each image is a clip stored as a strip of this many frames, left to right
+    has_cameras: bool = False  # examples carry each view's camera-to-world pose (multi-view data)
 
     def __len__(self):
         return len(self.records)
@@ -67,6 +71,8 @@ class Source:
             example["control"] = bytes(control) or None  # encoded bytes; None where an example has none
         if self.styles:
             example["style"] = int(row["style"])
+        if self.has_cameras:  # (V, 16): each view's flattened 4x4 pose, what the multi-view model reads
+            example["cameras"] = np.asarray(row["pose"], np.float32).reshape(self.frames, 16)
         if self.layout_max_boxes:
             objects = row[LAYOUT_FEATURE]
             example["layout"] = {"boxes": np.asarray(objects["box"], np.float32).reshape(-1, 4),
@@ -104,8 +110,8 @@ def load(data, data_dir):
         builder = BUILDERS[name](data_dir=tfds_dir, file_format="array_record", **kwargs)
         if not builder.is_prepared():
             builder.download_and_prepare()
-    elif name in CLIP_DATASETS:
-        kwargs = moving_options(data)
+    elif name in CLIP_DATASETS or name in VIEW_DATASETS:
+        kwargs = moving_options(data) if name in CLIP_DATASETS else shapes3d_options(data)
         tfds_dir = os.path.join(data_dir, "tfds", short_hash(json.dumps(kwargs, sort_keys=True)))
         builder = BUILDERS[name](data_dir=tfds_dir, file_format="array_record", **kwargs)
         if not builder.is_prepared():
@@ -133,10 +139,10 @@ def load(data, data_dir):
                     if k != "label" and isinstance(f, tfds.features.ClassLabel)}
     styles = list(features["style"].names) if "style" in features else []
     layout_max_boxes = getattr(builder, "MAX_OBJECTS", 0) if LAYOUT_FEATURE in features else 0
-    frames = builder.frames if name in CLIP_DATASETS else 0
+    frames = builder.frames if name in CLIP_DATASETS or name in VIEW_DATASETS else 0
     return Source(name, records, class_names, has_labels=len(class_names) > 1, channels=channels,
                   extra_labels=extra_labels, has_control=has_control, styles=styles,
-                  layout_max_boxes=layout_max_boxes, frames=frames)
+                  layout_max_boxes=layout_max_boxes, frames=frames, has_cameras=name in VIEW_DATASETS)
 
 
 def circles_options(data):
@@ -164,3 +170,16 @@ def moving_options(data):
     if data.name == "moving_fashion" and data.source_dir:
         kwargs["source_dir"] = data.source_dir
     return kwargs
+
+
+def shapes3d_options(data):
+    """The shapes3d builder's arguments from the data config: data.frames (the views, default 4),
+    data.resolution, and data.shapes3d.examples, .seed, .elevation, .random_elevation, .distance, .shapes and
+    .colours (tuples or comma-separated strings of shapes3d.SHAPES and COLOURS names)."""
+    options = data.get("shapes3d") or {}
+    names = shapes3d.check_names(options.get("shapes", shapes3d.SHAPES), options.get("colours", shapes3d.COLOURS))
+    return {"num_examples": int(options.get("examples", 20_000)), "seed": int(options.get("seed", 0)),
+            "size": int(data.resolution), "views": int(data.get("frames", 0) or 4),
+            "elevation": float(options.get("elevation", 30.0)),
+            "random_elevation": float(options.get("random_elevation", 0.0)),
+            "distance": float(options.get("distance", 3.0)), "shapes": list(names[0]), "colours": list(names[1])}

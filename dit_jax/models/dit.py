@@ -390,6 +390,8 @@ class DiT(nnx.Module):
     layout is dropped on its own in training, with its *_dropout_prob.
     """
 
+    block_class = DiTBlock  # a subclass may run other blocks with DiTBlock's arguments (models/multiview.py)
+
     def __init__(
         self,
         *,
@@ -466,7 +468,7 @@ class DiT(nnx.Module):
         )
         self.blocks = nnx.List(
             [
-                DiTBlock(
+                self.block_class(
                     hidden_size,
                     num_heads,
                     mlp_ratio,

@@ -50,8 +50,9 @@ def first_difference(ours, theirs, keys=None, skip=()):
 
 def build_model(config, seed=0, **overrides):
     """A DiT from its kwargs (plain JSON values; dtype names such as "bfloat16" allowed), the noise-aware
-    classifier when they say `"model": "classifier"` (models/classifier.py), or a video DiT when they give
-    `frames` (models/video.py; frames 0 or absent: an image model, the video keys ignored)."""
+    classifier when they say `"model": "classifier"` (models/classifier.py), a multi-view DiT when they say
+    `multiview` (models/multiview.py; `frames` views), or a video DiT when they give `frames` (models/video.py;
+    frames 0 or absent: an image model, the video and multi-view keys ignored)."""
     kw = {**config, **overrides}
     for key in ("dtype", "param_dtype"):
         if isinstance(kw.get(key), str):
@@ -59,6 +60,14 @@ def build_model(config, seed=0, **overrides):
     if kw.pop("model", "dit") == "classifier":
         from dit_jax.models.classifier import Classifier  # pylint: disable=import-outside-toplevel
         return Classifier(**kw, rngs=nnx.Rngs(seed))
+    from dit_jax.models.multiview import MULTIVIEW_KEYS  # pylint: disable=import-outside-toplevel
+    if kw.get("multiview"):  # a multi-view DiT: its views are the data's frames
+        from dit_jax.models.multiview import MultiViewDiT  # pylint: disable=import-outside-toplevel
+        from dit_jax.models.video import VIDEO_KEYS  # pylint: disable=import-outside-toplevel
+        views = kw.get("frames")
+        kw = {k: v for k, v in kw.items() if k not in VIDEO_KEYS + CONDITION_KEYS and k != "multiview"}
+        return MultiViewDiT(views=views, **kw, rngs=nnx.Rngs(seed))
+    kw = {k: v for k, v in kw.items() if k not in MULTIVIEW_KEYS}
     if kw.get("frames"):
         from dit_jax.models.video import VideoDiT  # pylint: disable=import-outside-toplevel
         if kw.get("num_styles") or kw.get("layout_max_boxes"):

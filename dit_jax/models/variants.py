@@ -45,7 +45,10 @@ def forward_macs(*, input_size=32, patch_size=2, in_channels=4, hidden_size=1152
 
 def train_flops_per_image(model_kwargs):
     """A train step costs about 3x the forward pass (forward + two for backward); 2 FLOPs a MAC. A video model's
-    (kwargs with `frames`): per clip."""
+    (kwargs with `frames`): per clip; a multi-view model's: per object (all its views)."""
+    if model_kwargs.get("multiview"):
+        from dit_jax.models import multiview  # pylint: disable=import-outside-toplevel
+        return 3 * 2 * multiview.forward_macs(**model_kwargs)
     if model_kwargs.get("frames"):
         from dit_jax.models import video  # pylint: disable=import-outside-toplevel
         return 3 * 2 * video.forward_macs(**model_kwargs)

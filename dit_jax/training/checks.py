@@ -5,12 +5,12 @@ import math
 import jax.numpy as jnp
 
 from dit_jax.data import repa
-from dit_jax.data.sources import BUILDERS
+from dit_jax.data.sources import BUILDERS, VIEW_DATASETS, shapes3d_options
 from dit_jax.diffusion.flow import FLOW_SAMPLERS, TIME_SAMPLINGS, check_path
 from dit_jax.diffusion.generate import DDIM_SAMPLERS, OBJECTIVES, check_objective, check_sampler, check_spacing
 from dit_jax.diffusion.prediction import check_prediction
 from dit_jax.diffusion.schedules import beta_schedule
-from dit_jax.models import attention, controlnet, video
+from dit_jax.models import attention, controlnet, multiview, video
 from dit_jax.models.dit import DIT_BLOCK, REMAT_POLICIES, check_block
 from dit_jax.text.encoders import DEFAULT_IDS as ENCODERS
 from dit_jax.training import optim, sharding
@@ -111,6 +111,8 @@ def validate(config):
     name = config.data.name
     if name not in BUILDERS and not (name.startswith("tfds:") and name[len("tfds:"):]):
         raise ValueError(f"Unknown data.name {name!r}; use one of {sorted(BUILDERS)} or tfds:<name>.")
+    if name in VIEW_DATASETS:
+        shapes3d_options(config.data)  # an unknown shape or colour fails here, before any rendering
     if config.text.encoder not in ENCODERS:
         raise ValueError(f"Unknown text.encoder {config.text.encoder!r}; choose one of {sorted(ENCODERS)}.")
     if config.text.layer not in ("last", "penultimate"):
@@ -170,6 +172,8 @@ def validate(config):
                          "train the base first and pass its workdir with --config.controlnet.base=DIR.")
 
     check_task(config)
+    if config.model.get("multiview"):  # a multi-view DiT (models/multiview.py), its views the data's frames
+        multiview.check_config(config)
     if config.model.get("frames"):  # a video DiT (models/video.py)
         video.check_config(config)
     if config.get("init_from"):  # a finished run or an export, whose weights the run starts from

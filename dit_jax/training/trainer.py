@@ -166,6 +166,10 @@ def loss_and_stats(trainer, params, batch, key, frozen=None):
     # style and layout (a DiT with num_styles / layout_max_boxes reads them) when the batch has them.
     if trainer.controlnet is None:
         controls.update({k: batch[k] for k in CONDITION_KEYS if k in batch})
+    if cfg.model.get("multiview"):  # models/multiview.py: each view's camera; the first view is the given one
+        controls.update({"cameras": batch["cameras"]} if "cameras" in batch else {})
+        if cfg.model.get("novel_view"):
+            controls["given"] = x0[:, 0]
 
     def model(x_t, t):
         out = trainer.model(params, frozen)(x_t, t, y=batch.get("label"), text=batch.get("text"),
