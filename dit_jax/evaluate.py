@@ -372,7 +372,7 @@ class Judge:
             self.style_judge, self.style_accuracy = style.load_or_train(data_dir, manifest["resolution"],
                                                                         manifest["source_dir"])
         if set(CLIP_METRICS) & set(metrics) and manifest.get("frames"):
-            self.clip_judge(metrics, manifest, data_dir, indices)
+            self.clip_judge(metrics, manifest, indices)
         if "retrieval" in metrics:
             by_caption, n = {}, manifest["examples"]
             for start in range(0, n, 1000):  # in chunks: decoded records hold their text embeddings
@@ -383,7 +383,7 @@ class Judge:
             self.targets = [by_caption[caption] for caption in captions]
             self.gallery = reference_features(manifest, range(manifest["examples"]), self.features)
 
-    def clip_judge(self, metrics, manifest, data_dir, indices):
+    def clip_judge(self, metrics, manifest, indices):
         """What a video run's clips are held against: each example's motion and, for consistency, the real
         clips' own figure (cached beside the data)."""
         from dit_jax.evaluation import motion  # pylint: disable=import-outside-toplevel
