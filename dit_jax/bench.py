@@ -4,6 +4,12 @@
   python -m dit_jax.bench --mode=train --vs_torch        # class-conditional DiT-S/4, 32x32x4, batch 32, fp32
   python -m dit_jax.bench --mode=train --profile=/tmp/trace   # and where the step's time goes, by kind of op
   python -m dit_jax.bench --mode=attention --backends=xla,cudnn,pallas_flash --seq_lens=256,1024,4096,16384
+  python -m dit_jax.bench --mode=video [--config=configs/video_fashion.py --batch=8]
+
+--mode=video times a video config's train step (default configs/video_fashion.py) against the image DiT of the
+same size on the same frames: both factorised layouts (alternating, spatial_temporal), the image model on the
+B*T frames one by one, and full attention over each clip's T*N tokens (the image model on the clip's frames
+stacked into one T*H x W picture).
 
 Batches are synthetic, shaped as the data the config names would be once prepared (the VAE's and the text
 encoder's configs through pipeline.model_kwargs), so nothing needs preparing.
@@ -34,6 +40,7 @@ from dit_jax.data import latents, pipeline
 from dit_jax.models import attention
 from dit_jax.models.dit import REMAT_POLICIES
 from dit_jax.models.variants import train_flops_per_image, variant
+from dit_jax.models.video import sample_shape
 from dit_jax.text import encoders
 from dit_jax.training import sharding, trainer as trainer_lib
 from dit_jax.training.recipe import base_config
@@ -45,7 +52,7 @@ def define_flags():
     """Defined only when this module runs as the program, so other CLIs and tests can import it."""
     config_flags.DEFINE_config_file("config", None, "A recipe under configs/; default: class-conditional DiT-S/4 "
                                     "on 32x32x4 latents, batch 32, fp32.")
-    flags.DEFINE_enum("mode", "train", ["train", "attention"], "What to measure.")
+    flags.DEFINE_enum("mode", "train", ["train", "attention", "video"], "What to measure.")
     flags.DEFINE_string("model", None, "A named size (DiT-B/2, ...) replacing the config's model size.")
     flags.DEFINE_integer("batch", None, "Global batch size (default: the config's).")
     flags.DEFINE_string("attention", None, "Attention backend for the train step (default: the config's).")
@@ -97,6 +104,16 @@ def default_config():
     return c
 
 
+def video_config():
+    """configs/video_fashion.py, the default of --mode=video."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "video_fashion.py")
+    spec = importlib.util.spec_from_file_location("video_fashion", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def synthetic_manifest(config):
     """The fields of the manifest `prepare` would write for this config that `pipeline.model_kwargs` reads, from
     the VAE's and the text encoder's configs (nothing prepared, no weights loaded). Pixel data is taken as RGB
@@ -117,8 +134,7 @@ def model_kwargs(config):
 def synthetic_batch(kw, batch_size, seed=0):
     """Random inputs with the shapes and dtypes the loader would deliver."""
     rng = np.random.default_rng(seed)
-    size = kw["input_size"]
-    batch = dict(image=rng.standard_normal((batch_size, size, size, kw["in_channels"]), np.float32))
+    batch = dict(image=rng.standard_normal((batch_size, *sample_shape(kw)), np.float32))  # clips: (T, H, W, C)
     if kw.get("num_classes"):
         batch["label"] = rng.integers(0, kw["num_classes"], batch_size).astype(np.int32)
     if kw["text_dim"]:
@@ -155,8 +171,9 @@ def matmul_peak(dtype=jnp.float32, n=4096, steps=5):
     return 2 * n ** 3 / timed(lambda: dot(a).block_until_ready(), steps, 1)
 
 
-def bench_train(config):
-    """Compiles and times our train step; the dict holds the figures of one result row."""
+def bench_train(config, overrides=None):
+    """Compiles and times our train step; the dict holds the figures of one result row. overrides: model
+    kwargs replacing what the config and its data give (bench_video's image models)."""
     if FLAGS.model:
         config.model.update(variant(FLAGS.model))
     if FLAGS.batch:
@@ -169,7 +186,7 @@ def bench_train(config):
         config.model.scan_blocks = FLAGS.scan_blocks
     if FLAGS.remat:
         config.model.remat = FLAGS.remat
-    kw = model_kwargs(config)
+    kw = {**model_kwargs(config), **(overrides or {})}
     compared = objective(config, kw) if FLAGS.vs_torch else None  # a bad comparison fails before compiling
     host_batch = synthetic_batch(kw, config.batch_size)
     torch_row = torch_side(kw, host_batch, config) if FLAGS.vs_torch else {}  # first: see the module docstring
@@ -202,7 +219,7 @@ def bench_train(config):
     if peak is None:
         peak, peak_source = matmul_peak(jnp.dtype(config.model.dtype), FLAGS.peak_size), "measured jnp.dot"
     name = FLAGS.model or f"hidden {kw['hidden_size']} depth {kw['depth']} patch {kw['patch_size']}"
-    result = dict(mode="train", model=name, input=f"{kw['input_size']}x{kw['input_size']}x{kw['in_channels']}",
+    result = dict(mode="train", model=name, input="x".join(map(str, sample_shape(kw))),
                   batch=config.batch_size, dtype=config.model.dtype, attention=config.model.attention,
                   scan_blocks=config.model.scan_blocks, remat=config.model.remat,
                   device=jax.devices()[0].device_kind, devices=devices, step_s=seconds,
@@ -337,6 +354,32 @@ def bench_torch(kw, batch, config):
     return timed(step, FLAGS.steps, FLAGS.warmup)
 
 
+def bench_video(config):
+    """The video config's step in both factorised layouts, against the image DiT of the same size on the same
+    frames a step: apart (B*T images) and under full attention (B images of T frames stacked, T*N tokens)."""
+    import copy  # pylint: disable=import-outside-toplevel
+    frames, clips = config.model.frames, FLAGS.batch or config.batch_size
+    side = config.data.resolution
+    image = dict(frames=0)
+    FLAGS.batch = None  # each run's batch is set below
+    channels = dict(in_channels=1) if config.data.name == "moving_fashion" else {}  # its clips are grey
+    runs = [("factorised: alternating", dict(video_blocks="alternating"), clips, {}),
+            ("factorised: spatial_temporal", dict(video_blocks="spatial_temporal", temporal_pos="attention"), clips,
+             {}),
+            ("image DiT, frames apart", {}, clips * frames, image),
+            ("image DiT, full attention", {}, clips, dict(image, input_size=(frames * side, side)))]
+    rows = []
+    for name, model, batch, overrides in runs:
+        c = copy.deepcopy(config)
+        c.model.update(model)
+        c.batch_size = batch
+        row = bench_train(c, {**channels, **overrides})[0]
+        row.update(layout=name, frames_per_s=clips * frames / row["step_s"])
+        rows.append(row)
+        print(table([row]), flush=True)
+    return rows
+
+
 def bench_attention():
     """Each backend at each length: forward and forward+backward seconds and compiled memory."""
     platform = jax.default_backend()
@@ -389,6 +432,8 @@ def main(argv):
     try:
         if FLAGS.mode == "train":
             rows = bench_train(FLAGS.config if FLAGS.config is not None else default_config())
+        elif FLAGS.mode == "video":
+            rows = bench_video(FLAGS.config if FLAGS.config is not None else video_config())
         else:
             rows = bench_attention()
     except (ValueError, FileNotFoundError) as e:

@@ -27,6 +27,11 @@ Metrics, by what the data allows:
              follows it (dit_jax/evaluation/control.py): canny edge F1, silhouette or circle-outline IoU, depth
              RMSE against the depth model run on the sample.
   colours    circles: the share of samples whose circle and background have the prompted colours.
+A video run (moving_fashion, moving_emoji clips) is scored on its clips (dit_jax/evaluation/motion.py):
+  motion       the share of clips whose object moves as prompted (centroid track, area, turn), per motion too.
+  consistency  mean cosine similarity of adjacent frames' FID-Inception features, beside the same figure for
+               the chosen examples' real clips (cached beside the data) and their difference.
+  adherence    moving_fashion: the share of frames the Fashion judge gives the prompted class.
 --spacing applies to every sampler and --eta to the ddim ones; the spacing
 defaults to the run's config.sample.spacing, else each sampler's own
 (dit_jax/sampling.py does the sampling). Writes OUT/<sampler>_<steps>.npz (with the settings it was
@@ -54,10 +59,11 @@ from dit_jax.data import controls as controls_lib, pipeline, prepare
 from dit_jax.diffusion import SPACINGS
 from dit_jax.diffusion.generate import DDIM_SAMPLERS, SAMPLER, STEPS, check_sampler
 from dit_jax.models import classifier
-from dit_jax.utils import distributed
+from dit_jax.utils import distributed, video
 from dit_jax.utils.visualization import captioned_grid, line_plot, sampler_comparison
 
-METRICS = ("fid", "adherence", "retrieval", "clip", "layout", "style", "control", "colours")
+METRICS = ("fid", "adherence", "retrieval", "clip", "layout", "style", "control", "colours", "motion", "consistency")
+CLIP_METRICS = ("motion", "consistency", "adherence")  # what a video run (clips: manifest frames) is scored on
 
 
 def define_flags():
@@ -125,6 +131,8 @@ def parse_samplers(specs):
 def default_metrics(manifest, clip_model, controlnet=None):
     """What the data allows: FID on pixel data; a judge of adherence where the project has one; a ControlNet's
     adherence to its control (and circles' colours)."""
+    if manifest.get("frames"):
+        return [m for m in CLIP_METRICS if m != "adherence" or manifest["dataset"] == "moving_fashion"]
     metrics = ["fid"] if manifest["space"] == "pixel" else []
     if controlnet and manifest["space"] == "pixel":
         from dit_jax.evaluation.control import METRIC  # pylint: disable=import-outside-toplevel
@@ -146,6 +154,18 @@ def check_metrics(metrics, manifest, clip_model, controlnet=None):
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"Unknown --metrics {unknown}; choose from {', '.join(METRICS)}.")
+    if manifest.get("frames"):  # clips
+        other = [m for m in metrics if m not in CLIP_METRICS]
+        if other:
+            raise ValueError(f"--metrics {other} score images; a video run's clips are scored on "
+                             f"{', '.join(CLIP_METRICS)}.")
+        if "adherence" in metrics and manifest["dataset"] != "moving_fashion":
+            raise ValueError(f"--metrics=adherence judges Fashion-MNIST items (moving_fashion); this run's clips "
+                             f"are {manifest['dataset']}: use motion,consistency.")
+        return
+    clip_only = sorted({"motion", "consistency"} & set(metrics))
+    if clip_only:
+        raise ValueError(f"--metrics {clip_only} score clips; this run's data ({manifest['dataset']}) are images.")
     if "control" in metrics:
         if not controlnet:
             raise ValueError("--metrics=control scores a ControlNet run: pass the workdir of one (its "
@@ -162,7 +182,7 @@ def check_metrics(metrics, manifest, clip_model, controlnet=None):
     if manifest["space"] != "pixel" and {"fid", "retrieval"} & set(metrics):
         raise ValueError("fid and retrieval need pixel-space prepared data for their reference images; this "
                          "run's data are VAE latents.")
-    if "adherence" in metrics and manifest["dataset"] != "fashion_mnist":
+    if "adherence" in metrics and manifest["dataset"] != "fashion_mnist":  # (clips: moving_fashion, above)
         raise ValueError("--metrics=adherence has a classifier for fashion_mnist only; use retrieval or clip.")
     if "clip" in metrics and not clip_model:
         raise ValueError("--metrics=clip needs --clip_model (a local directory or hub id).")
@@ -272,7 +292,11 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
                 sampling.write_npz(npz, images, captions, model_labels, resolved)
         if jax.process_index():
             continue
-        captioned_grid(images[:32], captions[:32], columns=8).save(os.path.join(out, f"{tag}.png"))
+        if images.ndim == 5:  # clips: a frame strip each, and the first 8 as a GIF
+            video.strip_grid(images[:16], captions[:16]).save(os.path.join(out, f"{tag}.png"))
+            video.save_clips(os.path.join(out, f"{tag}.gif"), images[:8], captions[:8])
+        else:
+            captioned_grid(images[:32], captions[:32], columns=8).save(os.path.join(out, f"{tag}.png"))
         controlled = dict(control_scale=control_scale, null_control=null_control) if controls else {}
         result = dict(sampler=name, steps=steps, spacing=resolved.spacing, eta=resolved.eta, cfg_scale=cfg_scale,
                       **guided, **controlled, **(dict(guidance=guidance) if guidance else {}),
@@ -296,17 +320,18 @@ def saved_samples(npz, captions, settings):
     return None
 
 
-def reference_features(manifest, indices, features, chunk=500):
-    """Inception features of prepared examples, cached beside the data so each is computed once, ever."""
-    path = os.path.join(manifest["dir"], "fid_inception")
+def reference_features(manifest, indices, features, chunk=500, name="fid_inception", width=2048):
+    """Inception features of prepared examples (or any `width` figures of each, `features` of their images), cached
+    beside the data under `name` so each is computed once, ever."""
+    path = os.path.join(manifest["dir"], name)
     if not os.path.exists(path + "_done.npy"):
-        np.lib.format.open_memmap(path + ".npy", "w+", np.float32, (manifest["examples"], 2048)).flush()
+        np.lib.format.open_memmap(path + ".npy", "w+", np.float32, (manifest["examples"], width)).flush()
         np.save(path + "_done.npy", np.zeros(manifest["examples"], bool))
     cache, done = np.load(path + ".npy", mmap_mode="r+"), np.load(path + "_done.npy")
     indices = np.asarray(indices, int)
     todo = indices[~done[indices]]
     if len(todo):
-        print(f"Inception features of {len(todo)} reference images (cached in {path}.npy).", flush=True)
+        print(f"{name} of {len(todo)} reference examples (cached in {path}.npy).", flush=True)
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         cache[part] = features(np.stack([e["image"] for e in pipeline.read_prepared(manifest, part)]))
@@ -346,6 +371,8 @@ class Judge:
             self.style_lib = style
             self.style_judge, self.style_accuracy = style.load_or_train(data_dir, manifest["resolution"],
                                                                         manifest["source_dir"])
+        if set(CLIP_METRICS) & set(metrics) and manifest.get("frames"):
+            self.clip_judge(metrics, manifest, indices)
         if "retrieval" in metrics:
             by_caption, n = {}, manifest["examples"]
             for start in range(0, n, 1000):  # in chunks: decoded records hold their text embeddings
@@ -356,7 +383,42 @@ class Judge:
             self.targets = [by_caption[caption] for caption in captions]
             self.gallery = reference_features(manifest, range(manifest["examples"]), self.features)
 
+    def clip_judge(self, metrics, manifest, indices):
+        """What a video run's clips are held against: each example's motion and, for consistency, the real
+        clips' own figure (cached beside the data)."""
+        from dit_jax.evaluation import motion  # pylint: disable=import-outside-toplevel
+        self.motion_lib = motion
+        self.motions = [int(e["label_motion"]) for e in pipeline.read_prepared(manifest, indices)]
+        if "consistency" in metrics:
+            from dit_jax.evaluation import inception  # pylint: disable=import-outside-toplevel
+            network = inception.load_fid_inception()
+            self.frame_features = lambda frames: network(np.clip(np.round((frames + 1) * 127.5), 0, 255))
+            per_clip = lambda clips: motion.clip_consistency(clips, self.frame_features)[:, None]
+            self.real_consistency = float(reference_features(manifest, indices, per_clip, chunk=100,
+                                                             name="frame_consistency", width=1).mean())
+
+    def clip_scores(self, clips, labels):
+        """motion, consistency and per-frame adherence of clips (N, T, H, W, C) uint8."""
+        motion, result = self.motion_lib, {}
+        if "motion" in self.metrics:
+            result.update(motion.motion_adherence(clips, self.motions))
+        if "consistency" in self.metrics:
+            ours = motion.frame_consistency(clips, self.frame_features)
+            result.update(frame_consistency=ours, frame_consistency_real=self.real_consistency,
+                          frame_consistency_gap=ours - self.real_consistency)
+        if "adherence" in self.metrics:
+            predict = lambda frames: self.classifier_lib.predict(self.classifier, frames)
+            labels = np.asarray(labels)
+            result["adherence"] = motion.class_adherence(clips, labels, predict)
+            result["adherence_per_class"] = {name: motion.class_adherence(clips[labels == i], labels[labels == i],
+                                                                          predict)
+                                             for i, name in enumerate(self.class_names) if i in labels}
+            result["classifier_test_accuracy"] = self.classifier_accuracy
+        return result
+
     def __call__(self, images, captions, labels):
+        if images.ndim == 5:
+            return self.clip_scores(images, labels)
         result, sample_features = {}, None
         if {"fid", "retrieval"} & set(self.metrics):
             sample_features = self.features(images)

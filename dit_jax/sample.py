@@ -12,6 +12,7 @@
   python -m dit_jax.sample --workdir=CONTROLNET_RUN --prompt="red apple" --control_from=photo.png --control_type=canny
   python -m dit_jax.sample --workdir=MULTIVIEW_RUN --prompt="a blue torus" --views=4 --out=torus.gif
   python -m dit_jax.sample --workdir=NOVEL_VIEW_RUN --prompt="a blue torus" --mode=views --image=front.png --out=t.gif
+  python -m dit_jax.sample --workdir=VIDEO_RUN --prompt="a bag moving up" --out=bag.gif
 
 --workdir reads the run's EMA export and run.json, and encodes prompts with
 the encoder its data was prepared with (the manifest under --data_dir).
@@ -44,6 +45,12 @@ A multi-view model (model.multiview) samples each prompt's views together on the
 trained around (--views must be its view count); --out=x.gif writes them as a turntable GIF with x.png, a
 strip a sample. --mode=views gives a novel-view model (model.novel_view) --image as its input view, seen
 from the first camera, and generates the others.
+A video model (model.frames) samples clips with the same samplers:
+--out=bag.gif writes bag.gif (the clips side by side, animated), bag.png
+(a frame strip a clip), bag.mp4 when imageio-ffmpeg is installed, and each
+clip's GIF (bag_0000.gif ...); --image for img2img and inpaint is then a GIF
+or a frame strip of the model's frame count and size (one --mask for all
+frames).
 The work is in dit_jax/sampling.py; this module holds the flags and outputs.
 """
 
@@ -111,8 +118,11 @@ class Options:
     seed: int = option(0, "Random seed.")
     num_images: int = option(4, "Images per prompt or class.")
     batch_size: int = option(32, "Images per sampling call over all devices (a multiple of the device count).")
-    out: str = option(None, "Captioned PNG grid, single images beside it (default samples.png unless --npz).")
-    npz: str = option(None, "Write every sample as uint8 NHWC `arr_0` (with `captions`) for evaluation.")
+    out: str = option(None, "Captioned PNG grid, single images beside it (default samples.png unless --npz). A "
+                      "video model: x.gif (animated), x.png (frame strips) and x.mp4 (with imageio-ffmpeg) for "
+                      "--out=x.gif, .png or .mp4, each clip's GIF beside them (default samples.gif).")
+    npz: str = option(None, "Write every sample as uint8 NHWC `arr_0` (clips: NTHWC) with `captions`, for "
+                      "evaluation.")
     trajectory: str = option(None, "Write x_t and the predicted x0 over the steps of the first image here.")
     text_encoder: str = option(None, "--checkpoint only: clip | t5 | minilm, for text-conditioned models.")
     text_path: str = option("", "--checkpoint only: the text encoder's local directory or hub id.")
@@ -213,6 +223,7 @@ def run(o):
     """Samples as `o` says and writes the outputs; returns the uint8 images (N, H, W, C) and their captions."""
     check_options(o)
     setup = read_setup(o)
+    check_clip_options(o, setup)
     o = with_model_sampler(o, setup)
     prompts = list(o.prompt)
     if o.prompts:
@@ -227,7 +238,7 @@ def run(o):
     inputs = multiview_inputs(o, setup, codec, len(captions))
     image = mask = None
     if o.mode in ("inpaint", "img2img"):
-        image = codec.encode(sampling.read_image(o.image, codec.resolution, codec.pixel_channels))
+        image = codec.encode(read_edited(o, setup, codec))
     if o.mode == "inpaint":
         mask = codec.mask(sampling.read_image(o.mask, codec.resolution, 1)[..., 0] > 127)
     out = sampling.sample_images(setup, o.settings, captions, labels, o.num_images, o.batch_size, codec=codec,
@@ -268,14 +279,52 @@ def multiview_inputs(o, setup, codec, count):
     return {"given": np.broadcast_to(given, (count, *given.shape))}
 
 
+def is_video(setup):
+    """A clip model (a multi-view model's frames are its views, which it samples as a set)."""
+    return bool(setup.model_config.get("frames")) and not setup.model_config.get("multiview")
+
+
+def check_clip_options(o, setup):
+    """Once the model's config is read (JSON only): --out's extension for what it makes (clips: .gif, .mp4,
+    .png; images: an image format), and the flags that make images only, refused for a video model."""
+    if o.out:
+        video.check_out(o.out, clips=bool(setup.model_config.get("frames")))
+    if not is_video(setup):
+        return
+    if setup.vae:
+        raise ValueError("A video model samples in pixel space here: the VAE decodes images, not clips.")
+    if o.trajectory:
+        raise ValueError("--trajectory draws an image model's steps; a video model has no trajectory strip.")
+    if o.mode != "sample":  # the clip to edit: its frame count and size are checked before anything loads
+        read_edited(o, setup, None)
+
+
+def read_edited(o, setup, codec):
+    """The image (uint8 (H, W, C)) or, for a video model, the clip (T, H, W, C) that --image names."""
+    if is_video(setup):
+        c = setup.model_config
+        return video.read_clip(o.image, c["frames"], c["input_size"], c["in_channels"])
+    return sampling.read_image(o.image, codec.resolution, codec.pixel_channels)
+
+
+def write_clips(o, out, path):
+    """A video model's samples: path's .gif, .png (frame strips) and .mp4 (with imageio-ffmpeg) of the first
+    GRID_MAX, and every clip's own GIF stem_0000.gif ..."""
+    written = video.save_clips(path, out.images[:GRID_MAX], out.captions[:GRID_MAX],
+                               columns=min(o.num_images if o.num_images > 1 else len(out.images), 8))
+    stem = os.path.splitext(path)[0]
+    for i, clip in enumerate(out.images):
+        video.write_gif(f"{stem}_{i:04d}.gif", clip)
+    print(f"Wrote {', '.join(written)} and {len(out.images)} clips {stem}_0000.gif ...", flush=True)
+
+
 def write_outputs(o, out, settings, controls=()):
     images, captions = out.images, out.captions
-    path = o.out if o.out is not None else (None if o.npz else "samples.png")
-    if path and images.ndim == 5:  # sets of views (a multi-view model): a turntable GIF and strips
-        written = video.save_clips(path, images, captions)
-        print(f"Wrote {', '.join(written)}", flush=True)
-        path = None
-    if path:
+    clips = images.ndim == 5
+    path = o.out if o.out is not None else (None if o.npz else "samples.gif" if clips else "samples.png")
+    if path and clips:
+        write_clips(o, out, path)
+    elif path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         layout = [parse_box(b) for b in o.boxes]  # drawn on the grid's pictures; the single images stay clean
         if controls:

@@ -155,13 +155,19 @@ def motion_adherence(clips, motions):
     return out
 
 
-def frame_consistency(clips, features):
-    """Mean cosine similarity of adjacent frames' features. features: (M, H, W, C) [-1, 1] floats -> (M, D)."""
+def clip_consistency(clips, features):
+    """Each clip's mean cosine similarity of adjacent frames' features (N,). features: (M, H, W, C) [-1, 1]
+    floats -> (M, D)."""
     x = as_floats(clips, min_frames=2)
     n, t = x.shape[:2]
     f = np.asarray(features(x.reshape(n * t, *x.shape[2:])), np.float64).reshape(n, t, -1)
     f /= np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
-    return float((f[:, 1:] * f[:, :-1]).sum(-1).mean())
+    return (f[:, 1:] * f[:, :-1]).sum(-1).mean(1)
+
+
+def frame_consistency(clips, features):
+    """Mean cosine similarity of adjacent frames' features, over all clips (`clip_consistency`)."""
+    return float(clip_consistency(clips, features).mean())
 
 
 def inception_features(path=None, batch_size=100):

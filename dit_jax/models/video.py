@@ -50,6 +50,9 @@ def check_video(frames, t_patch=1, video_blocks="alternating", temporal_pos="att
         raise ValueError(f"model.frames must be a positive frame count, got {frames!r}: set --config.model.frames.")
     if not isinstance(t_patch, int) or t_patch < 1:
         raise ValueError(f"model.t_patch must be a positive integer (1: per-frame patches), got {t_patch!r}.")
+    if frames < t_patch:
+        raise ValueError(f"model.frames={frames} is shorter than one tubelet (model.t_patch={t_patch} frames): use "
+                         f"clips of at least {t_patch} frames, or a smaller t_patch.")
     if frames % t_patch:
         raise ValueError(f"model.frames={frames} is not a multiple of model.t_patch={t_patch}: each tubelet takes "
                          f"t_patch frames; use a frame count divisible by {t_patch} or t_patch=1.")
@@ -213,6 +216,9 @@ class VideoDiT(nnx.Module):
             raise ValueError(f"A video model takes clips (B, T, H, W, C); got an array of shape {tuple(x.shape)}.")
         _, t, h, w, c = x.shape
         size = self.input_size if isinstance(self.input_size, (tuple, list)) else (self.input_size,) * 2
+        if t < self.t_patch:
+            raise ValueError(f"A clip of {t} frames is shorter than one tubelet of t_patch={self.t_patch} frames: give "
+                             f"clips of {self.frames} frames.")
         if t % self.t_patch:
             raise ValueError(f"A clip of {t} frames does not divide into tubelets of t_patch={self.t_patch} frames: "
                              f"give clips of {self.frames} frames.")

@@ -82,6 +82,19 @@ def named(key, check, *args):
         raise ValueError(f"{key}: {e}") from None
 
 
+def check_clip_data(config):
+    """A video model trains on clips of its own frame count: data.name one of the clip builders, whose frame count
+    (data.frames, default 8) and motion words are checked here, before anything is built."""
+    from dit_jax.data.sources import CLIP_DATASETS, moving_options  # pylint: disable=import-outside-toplevel
+    if config.data.name not in CLIP_DATASETS:
+        raise ValueError(f"model.frames={config.model.frames} makes a video model, which trains on clips; "
+                         f"data.name={config.data.name!r} gives images: use one of {CLIP_DATASETS}.")
+    frames = moving_options(config.data)["frames"]
+    if frames != config.model.frames:
+        raise ValueError(f"The {config.data.name} clips have {frames} frames (data.frames) but model.frames="
+                         f"{config.model.frames}: set both to the same count.")
+
+
 def check_task(config):
     """`task`: "diffusion" (the DiT) or "classifier" (a noise-aware classifier for classifier guidance)."""
     task = config.get("task", "diffusion")
@@ -176,6 +189,7 @@ def validate(config):
         multiview.check_config(config)
     if config.model.get("frames"):  # a video DiT (models/video.py)
         video.check_config(config)
+        check_clip_data(config)
     if config.get("init_from"):  # a finished run or an export, whose weights the run starts from
         from dit_jax.training import init_from  # pylint: disable=import-outside-toplevel
         init_from.directory(config.init_from)

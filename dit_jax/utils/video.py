@@ -131,3 +131,27 @@ def save_clips(path, clips, captions=None, fps=FPS, columns=4):
     if write_mp4(stem + ".mp4", grids, fps):
         written.append(stem + ".mp4")
     return written
+
+
+def read_clip(path, frames, size, channels):
+    """A clip file for editing a video model: an animated GIF's frames, or a frame strip (square frames side by
+    side, as the datasets store them) -> uint8 (T, H, W, C). A frame count or frame size other than the
+    model's (frames of size x size) is a one-line ValueError, before anything loads."""
+    mode = "L" if channels == 1 else "RGB"
+    with Image.open(path) as image:
+        stack = []
+        for i in range(getattr(image, "n_frames", 1)):
+            image.seek(i)
+            stack.append(np.asarray(image.convert(mode)))
+    if len(stack) == 1:  # a frame strip: as many square frames as its width holds
+        h, w = stack[0].shape[:2]
+        stack = [stack[0][:, i * h:(i + 1) * h] for i in range(w // h)] if w % h == 0 else []
+        if not stack:
+            raise ValueError(f"{path} ({w}x{h}) is neither an animated GIF nor a strip of square frames; this "
+                             f"model takes {frames} frames of {size}x{size} ({frames * size}x{size} as a strip).")
+    clip = np.stack(stack)
+    if clip.shape[:3] != (frames, size, size):
+        raise ValueError(f"{path} holds {len(clip)} frames of {clip.shape[2]}x{clip.shape[1]}; this model was "
+                         f"trained on {frames} frames of {size}x{size}: give a GIF or a frame strip "
+                         f"({frames * size}x{size}) of that.")
+    return clip[..., None] if clip.ndim == 3 else clip
