@@ -8,6 +8,8 @@ In a multi-process job (jax.distributed: --coordinator_address, a TPU pod,
 SLURM) every process writes its share of the shards (i, i + count, ...) into
 the shared data_dir, process 0 having built the raw dataset first; process 0
 writes the manifest once all are done. The files are those of one process.
+An Apache Beam pipeline (dit_jax/data/beam_prepare.py) writes the same shards
+through the same Preparer.prepare_shard, in its workers.
 An unreadable image is skipped and counted; the run goes on.
 
 With `data.controls` (e.g. ("canny", "silhouette")) every record also holds
