@@ -65,6 +65,18 @@ def pipeline_options(runner, options=""):
     return PipelineOptions([f"--runner={runner}", *shlex.split(options)])
 
 
+def local_runner(options):
+    """Beam's FnApiRunner, which DirectRunner runs when it does not first fetch and start its Go runner (Prism, a
+    download from GitHub that an offline machine cannot make): it honours --direct_num_workers and
+    --direct_running_mode=multi_processing, so DirectRunner means the same on and off line."""
+    from apache_beam.portability.api import beam_provision_api_pb2  # pylint: disable=import-outside-toplevel
+    from apache_beam.runners.portability import portable_runner  # pylint: disable=import-outside-toplevel
+    from apache_beam.runners.portability.fn_api_runner import fn_runner  # pylint: disable=import-outside-toplevel
+    encoded = portable_runner.JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
 def run(config, data_dir, runner, options=""):
     """Prepares the dataset `config` names under data_dir with Beam's `runner`; returns the manifest."""
     folder = prepare.prepared_dir(config, data_dir)  # a bad control setting fails here, in one line
@@ -73,7 +85,9 @@ def run(config, data_dir, runner, options=""):
     prepare.check_clips(config)
     source = prepare.load_source(config, data_dir)  # built once here; the workers only open it
     num_shards = prepare.num_shards(config, len(source))
-    with beam.Pipeline(options=pipeline_options(runner, options)) as pipeline:
+    options = pipeline_options(runner, options)
+    with beam.Pipeline(runner=local_runner(options) if runner == "DirectRunner" else None,
+                       options=options) as pipeline:
         _ = (pipeline
              | "Shards" >> beam.Create(range(num_shards))
              | "Spread" >> beam.Reshuffle()
