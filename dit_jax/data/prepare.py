@@ -8,6 +8,8 @@ In a multi-process job (jax.distributed: --coordinator_address, a TPU pod,
 SLURM) every process writes its share of the shards (i, i + count, ...) into
 the shared data_dir, process 0 having built the raw dataset first; process 0
 writes the manifest once all are done. The files are those of one process.
+An Apache Beam pipeline (dit_jax/data/beam_prepare.py) writes the same shards
+through the same Preparer.prepare_shard, in its workers.
 An unreadable image is skipped and counted; the run goes on.
 
 With `data.controls` (e.g. ("canny", "silhouette")) every record also holds
@@ -170,10 +172,39 @@ class Preparer:
         return os.path.join(self.out, f"data.array_record-{i:05d}-of-{num_shards:05d}")
 
     def shard_size(self):
-        return self.config.data.get("shard_size") or SHARD_SIZE  # data.shard_size=0: SHARD_SIZE
+        return shard_size(self.config)
+
+    def num_shards(self):
+        return num_shards(self.config, len(self.source))
+
+    def prepare_shard(self, i):
+        """Writes shard i unless an earlier run finished it (its summary is there); the in-process run and a Beam
+        worker (dit_jax/data/beam_prepare.py) both write through it."""
+        num_shards_ = self.num_shards()
+        if not os.path.exists(self.shard_path(i, num_shards_) + ".json"):
+            self.write_shard(i, num_shards_)
+
+    def read_summaries(self):
+        """Every shard's summary, in order; one that is missing (written where this process does not see) fails in
+        one line."""
+        summaries = [self.shard_path(i, self.num_shards()) + ".json" for i in range(self.num_shards())]
+        missing = [path for path in summaries if not os.path.exists(path)]
+        if missing:
+            raise ValueError(f"{missing[0]} is missing once every process is done: in a multi-process job "
+                             "--data_dir must be a folder every process sees (and every Beam worker): a shared "
+                             "filesystem or bucket.")
+        shards = []
+        for path in summaries:
+            with open(path) as f:
+                shards.append(json.load(f))
+        return shards
+
+    def write_manifest(self, shards):
+        _write_json(os.path.join(self.out, MANIFEST), self.manifest(shards))
 
     def write_shard(self, i, num_shards):
         """Encodes examples [i*shard_size, ...) into shard i; returns its summary."""
+        os.makedirs(self.out, exist_ok=True)
         path = self.shard_path(i, num_shards)
         size = self.shard_size()
         start, stop = i * size, min((i + 1) * size, self.count)
@@ -309,28 +340,17 @@ class Preparer:
     def run(self, index=0, count=1):
         """Writes shards index, index + count, ... that an earlier run did not finish; the manifest is written by
         process 0 once every process has written its share."""
-        os.makedirs(self.out, exist_ok=True)
         name = os.path.basename(self.out)
-        num_shards = max(1, math.ceil(self.count / self.shard_size()))
-        mine = range(index, num_shards, count)
+        mine = range(index, self.num_shards(), count)
         if count > 1:
-            logging.info("Process %d of %d prepares shards %s of %d.", index, count, list(mine), num_shards)
+            logging.info("Process %d of %d prepares shards %s of %d.", index, count, list(mine), self.num_shards())
         for i in tqdm.tqdm(mine, desc=f"prepare {name}", unit="shard"):
-            if not os.path.exists(self.shard_path(i, num_shards) + ".json"):  # else finished by an earlier run
-                self.write_shard(i, num_shards)
+            self.prepare_shard(i)
         if count > 1:
             distributed.barrier(f"prepare {name}: shards")
-        summaries = [self.shard_path(i, num_shards) + ".json" for i in range(num_shards)]
-        missing = [path for path in summaries if not os.path.exists(path)]
-        if missing:  # written by other processes to folders this one does not see: each process stops here
-            raise ValueError(f"{missing[0]} is missing once every process is done: in a multi-process job "
-                             "--data_dir must be a folder every process sees (a shared filesystem or bucket).")
+        shards = self.read_summaries()  # every process checks: one that does not see the others' shards stops
         if index == 0:
-            shards = []
-            for path in summaries:
-                with open(path) as f:
-                    shards.append(json.load(f))
-            _write_json(os.path.join(self.out, MANIFEST), self.manifest(shards))
+            self.write_manifest(shards)
         if count > 1:
             distributed.barrier(f"prepare {name}: manifest")
 
@@ -363,6 +383,16 @@ class Preparer:
             "repa": self.repa,
             "shards": [{k: s[k] for k in ("file", "count", "sha256")} for s in shards],
         }
+
+
+def shard_size(config):
+    return config.data.get("shard_size") or SHARD_SIZE  # data.shard_size=0: SHARD_SIZE
+
+
+def num_shards(config, num_source):
+    """How many shards the first data.max_examples (0: all) of num_source examples fill."""
+    count = min(num_source, config.data.max_examples) if config.data.max_examples else num_source
+    return max(1, math.ceil(count / shard_size(config)))
 
 
 def load_source(config, data_dir):
