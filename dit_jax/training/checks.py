@@ -189,7 +189,8 @@ def validate(config):
         multiview.check_config(config)
     if config.model.get("frames"):  # a video DiT (models/video.py)
         video.check_config(config)
-        check_clip_data(config)
+        if not config.model.get("multiview"):
+            check_clip_data(config)
     if config.get("init_from"):  # a finished run or an export, whose weights the run starts from
         from dit_jax.training import init_from  # pylint: disable=import-outside-toplevel
         init_from.directory(config.init_from)
