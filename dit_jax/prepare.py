@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dit_jax.data import prepare
-from dit_jax.utils import distributed
+from dit_jax.utils import distributed, paths
 
 
 def define_flags():
@@ -26,6 +26,7 @@ def define_flags():
 def main(argv):
     del argv
     try:
+        paths.check(flags.FLAGS.data_dir, "--data_dir")
         manifest = prepare.prepare(flags.FLAGS.config, flags.FLAGS.data_dir)
     except ValueError as e:  # bad settings (an unknown motion word, a control the data cannot have): one line
         raise SystemExit(f"prepare: {e}") from None
