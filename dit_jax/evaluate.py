@@ -250,7 +250,8 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
                 controls_lib.control_fn(control_type, **options)  # a depth model that does not load fails here
         controls = [sampling.Control(paths.join(workdir, sampling.CONTROLNET_EXPORT),
                                      sampling.control_input(pixels, sampling.Codec(setup)), control_scale, pixels)]
-    judge = Judge(metrics, manifest, data_dir, chosen, captions, clip_model) if jax.process_index() == 0 else None
+    judge = (Judge(metrics, manifest, paths.local_dir(data_dir), chosen, captions, clip_model)  # caches: local
+             if jax.process_index() == 0 else None)
     if judge is not None and controls:
         judge.controls, judge.control_type, judge.control_options = controls[0].pixels, control_type, options
     if judge is not None and "colours" in metrics:  # the prompted colours: the circle's (label) and background's

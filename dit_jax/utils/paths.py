@@ -117,6 +117,11 @@ def mirror(p):
     return os.path.join(CACHE, "remote", f"{scheme(p)}_{digest}", posixpath.basename(os.fspath(p).rstrip("/")))
 
 
+def local_dir(p):
+    """`p` user-expanded when local, else its mirror: where caches go that libraries keep on local disk."""
+    return mirror(p) if is_remote(p) else os.path.expanduser(os.fspath(p))
+
+
 def download(src, dst, last=None):
     """Copies the files of directory `src` (remote) into local directory `dst`, the tree kept; `last` as in
     upload."""
