@@ -13,7 +13,6 @@ import importlib.util
 import io
 import json
 import os
-import posixpath
 import tempfile
 
 import fsspec
@@ -29,14 +28,14 @@ PACKAGES = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "s3a": "s3fs", "az": "a
 CACHE = os.environ.get("DIT_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "dit_jax"))
 
 
-def scheme(path):
+def scheme(p):
     """'gs' for 'gs://b/x'; None for a local path."""
-    text = os.fspath(path) if not isinstance(path, str) else path
+    text = os.fspath(p)
     return text.split("://", 1)[0] if "://" in text else None
 
 
-def is_remote(path):
-    return scheme(path) not in (None, *LOCAL_SCHEMES)
+def is_remote(p):
+    return scheme(p) not in (None, *LOCAL_SCHEMES)
 
 
 def path(p):
@@ -57,8 +56,10 @@ def absolute(p):
 def check(p, what):
     """A one-line ValueError, before any work, when the filesystem of `p`'s scheme is not installed."""
     s = scheme(p)
-    if s is None or s in LOCAL_SCHEMES:
+    if s is None:
         return
+    if s in LOCAL_SCHEMES:
+        raise ValueError(f"{what}={p}: give a local path without {s}://.")
     if s == "gs" and importlib.util.find_spec("tensorflow") is not None:
         return  # epath then writes gs:// through TensorFlow's gfile
     try:
@@ -107,14 +108,14 @@ def save_image(image, p):
         image.save(p)
         return
     buffer = io.BytesIO()
-    image.save(buffer, format=posixpath.splitext(p)[1][1:].upper().replace("JPG", "JPEG"))
+    image.save(buffer, format=path(p).suffix[1:].upper().replace("JPG", "JPEG"))
     path(p).write_bytes(buffer.getvalue())
 
 
 def mirror(p):
     """The local directory that stands for remote directory `p` where a library reads local files only."""
-    digest = hashlib.sha1(os.fspath(p).encode()).hexdigest()[:12]
-    return os.path.join(CACHE, "remote", f"{scheme(p)}_{digest}", posixpath.basename(os.fspath(p).rstrip("/")))
+    digest = hashlib.sha1(os.fspath(path(p)).encode()).hexdigest()[:12]
+    return os.path.join(CACHE, "remote", f"{scheme(p)}_{digest}", path(p).name)
 
 
 def local_dir(p):

@@ -28,7 +28,7 @@ def check_out(path, clips=None):
     clips (clips=True), images (False) or either (None: the model is not known yet)."""
     allowed = {True: CLIP_EXTENSIONS, False: IMAGE_EXTENSIONS, None: tuple(dict.fromkeys(IMAGE_EXTENSIONS +
                                                                                       CLIP_EXTENSIONS))}[clips]
-    ext = os.path.splitext(path)[1].lower()
+    ext = paths.path(path).suffix.lower()
     if ext not in allowed:
         what = f"the unknown extension {ext}" if ext else "no extension"
         raise ValueError(f"--out={path} has {what}; use one of {', '.join(allowed)}"
