@@ -14,7 +14,7 @@ eps 1e-5), and --numerics=dit or =diffusers picks one explicitly. --from=latte r
 LatteTransformer3DModel (safetensors only) into the video DiT (models/latte.py).
 """
 
-import os
+import io
 
 import numpy as np
 from absl import app, flags
@@ -28,6 +28,7 @@ from dit_jax.models.pretrained import (
     save_pretrained,
 )
 from dit_jax.sampling import CHECKPOINT_DEFAULTS, converted_record, write_sampling_record
+from dit_jax.utils import paths
 
 
 def define_flags():
@@ -87,18 +88,22 @@ def export_dit(src, out):
     classifier.refuse(config, "convert --from=dit_jax")  # DiT's format has no classifier
     import torch
     state_dict = convert.to_dit(flat_weights(model), config)
-    torch.save({k: torch.tensor(np.array(v)) for k, v in state_dict.items()}, out + ".tmp")
-    os.replace(out + ".tmp", out)
+    buffer = io.BytesIO()
+    torch.save({k: torch.tensor(np.array(v)) for k, v in state_dict.items()}, buffer)
+    paths.write_bytes(out, buffer.getvalue())
 
 
 def main(argv):
     del argv
     source = getattr(FLAGS, "from")
     try:
+        paths.check(FLAGS.src, "--src")
+        paths.check(FLAGS.out, "--out")
         if source == "dit_jax":
             export_dit(FLAGS.src, FLAGS.out)
         else:
-            convert_to_dir(source, FLAGS.src, FLAGS.out, FLAGS.numerics, FLAGS.num_heads, FLAGS.text_len)
+            with paths.local_copy(FLAGS.src) as src:  # the torch and diffusers readers read local files
+                convert_to_dir(source, src, FLAGS.out, FLAGS.numerics, FLAGS.num_heads, FLAGS.text_len)
     except (FileNotFoundError, ValueError) as e:  # bad input: one line, no traceback
         raise SystemExit(f"convert: {e}") from None
     print(f"Wrote {FLAGS.out}")

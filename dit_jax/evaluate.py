@@ -46,8 +46,9 @@ several scales OUT/fid_vs_scale.png).
 """
 
 import dataclasses
-import json
+import io
 import os
+import json
 
 import jax
 import numpy as np
@@ -59,7 +60,7 @@ from dit_jax.data import controls as controls_lib, pipeline, prepare
 from dit_jax.diffusion import SPACINGS
 from dit_jax.diffusion.generate import DDIM_SAMPLERS, SAMPLER, STEPS, check_sampler
 from dit_jax.models import classifier
-from dit_jax.utils import distributed, video
+from dit_jax.utils import distributed, paths, video
 from dit_jax.utils.visualization import captioned_grid, line_plot, sampler_comparison
 
 METRICS = ("fid", "adherence", "retrieval", "clip", "layout", "style", "control", "colours", "motion", "consistency")
@@ -194,10 +195,9 @@ def check_metrics(metrics, manifest, clip_model, controlnet=None):
 
 def run_manifest(workdir, data_dir):
     """The prepared dataset the run trained on (evaluation needs its captions and images)."""
-    with open(os.path.join(workdir, "run.json")) as f:
-        config = ConfigDict(json.load(f)["config"])
+    config = ConfigDict(paths.read_json(paths.join(workdir, "run.json"))["config"])
     folder = prepare.prepared_dir(config, data_dir)
-    if not os.path.exists(os.path.join(folder, prepare.MANIFEST)):
+    if not paths.path(folder).joinpath(prepare.MANIFEST).exists():
         raise FileNotFoundError(f"No prepared data at {folder}: pass the --data_dir the run was trained with.")
     return config, prepare.read_manifest(folder)
 
@@ -208,17 +208,19 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
              null_control="blank", guidance=None):
     """Generates and scores samples for each (sampler, steps) and classifier scale; returns one result dict each.
     samplers None: the run's own sampler (sampling.model_sampler) at STEPS steps."""
+    for name, path in (("--workdir", workdir), ("--data_dir", data_dir), ("--out", out)):
+        if path:
+            paths.check(path, name)
     controlnet = None
     if sampling.is_controlnet_run(workdir):  # its base's export is elsewhere; the ControlNet's is here
-        controlnet = sampling.controlnet_config(os.path.join(workdir, sampling.CONTROLNET_EXPORT))
-    exported = () if controlnet else (os.path.join(workdir, "export", "config.json"),)
-    for path in (workdir, os.path.join(workdir, "run.json")) + exported:
-        if not os.path.exists(path):
+        controlnet = sampling.controlnet_config(paths.join(workdir, sampling.CONTROLNET_EXPORT))
+    exported = () if controlnet else (paths.join(workdir, "export", "config.json"),)
+    for path in (workdir, paths.join(workdir, "run.json")) + exported:
+        if not paths.path(path).exists():
             raise FileNotFoundError(f"{path} not found: --workdir must be a training run that has exported weights.")
     config, manifest = run_manifest(workdir, data_dir)
     if not controlnet:
-        with open(os.path.join(workdir, "export", "config.json")) as f:
-            classifier.refuse(json.load(f), "evaluate")
+        classifier.refuse(paths.read_json(paths.join(workdir, "export", "config.json")), "evaluate")
     metrics = list(metrics) if metrics else default_metrics(manifest, clip_model, controlnet)
     check_metrics(metrics, manifest, clip_model, controlnet)
     if null_control not in sampling.NULL_CONTROLS:
@@ -242,8 +244,8 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
     for settings in plan:
         sampling.check_settings(settings, objective=setup.objective)
     guide = sampling.read_classifier(classifier_path, setup) if classifier_path else None
-    out = out or os.path.join(workdir, "eval")
-    os.makedirs(out, exist_ok=True)
+    out = out or paths.join(workdir, "eval")
+    paths.path(out).mkdir(parents=True, exist_ok=True)
 
     chosen = np.sort(np.random.default_rng(seed).choice(manifest["examples"], num_samples, replace=False))
     examples = pipeline.read_prepared(manifest, chosen)
@@ -266,9 +268,10 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
             options = controls_lib.options_from_config(config.get("controls"), control_type)
             if "control" in metrics:
                 controls_lib.control_fn(control_type, **options)  # a depth model that does not load fails here
-        controls = [sampling.Control(os.path.join(workdir, sampling.CONTROLNET_EXPORT),
+        controls = [sampling.Control(paths.join(workdir, sampling.CONTROLNET_EXPORT),
                                      sampling.control_input(pixels, sampling.Codec(setup)), control_scale, pixels)]
-    judge = Judge(metrics, manifest, data_dir, chosen, captions, clip_model) if jax.process_index() == 0 else None
+    judge = (Judge(metrics, manifest, paths.local_dir(data_dir), chosen, captions, clip_model)  # caches: local
+             if jax.process_index() == 0 else None)
     if judge is not None and controls:
         judge.controls, judge.control_type, judge.control_options = controls[0].pixels, control_type, options
     if judge is not None and "colours" in metrics:  # the prompted colours: the circle's (label) and background's
@@ -282,7 +285,7 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
         resolved = setup.resolve(settings)
         guided = dict(classifier=classifier_path, classifier_scale=settings.classifier_scale) if guide else {}
         tag = run_name(dict(sampler=name, steps=steps, **guided))
-        npz = os.path.join(out, f"{tag}.npz")
+        npz = paths.join(out, f"{tag}.npz")
         images = saved_samples(npz, captions, resolved) if reuse_samples else None
         if images is None:
             steer = dict(controls=controls, null_control=null_control) if controls else {}
@@ -293,10 +296,10 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
         if jax.process_index():
             continue
         if images.ndim == 5:  # clips: a frame strip each, and the first 8 as a GIF
-            video.strip_grid(images[:16], captions[:16]).save(os.path.join(out, f"{tag}.png"))
-            video.save_clips(os.path.join(out, f"{tag}.gif"), images[:8], captions[:8])
+            paths.save_image(video.strip_grid(images[:16], captions[:16]), paths.join(out, f"{tag}.png"))
+            video.save_clips(paths.join(out, f"{tag}.gif"), images[:8], captions[:8])
         else:
-            captioned_grid(images[:32], captions[:32], columns=8).save(os.path.join(out, f"{tag}.png"))
+            paths.save_image(captioned_grid(images[:32], captions[:32], columns=8), paths.join(out, f"{tag}.png"))
         controlled = dict(control_scale=control_scale, null_control=null_control) if controls else {}
         result = dict(sampler=name, steps=steps, spacing=resolved.spacing, eta=resolved.eta, cfg_scale=cfg_scale,
                       **guided, **controlled, **(dict(guidance=guidance) if guidance else {}),
@@ -309,9 +312,9 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
 
 def saved_samples(npz, captions, settings):
     """The images of an earlier run's npz when it holds exactly these captions, sampled so, else None."""
-    if not os.path.exists(npz):
+    if not paths.path(npz).exists():
         return None
-    with np.load(npz) as saved:
+    with np.load(io.BytesIO(paths.path(npz).read_bytes())) as saved:
         same = "captions" in saved and [str(c) for c in saved["captions"]] == captions
         if same and "settings" in saved and json.loads(str(saved["settings"])) == dataclasses.asdict(settings):
             print(f"Reusing the samples in {npz}.", flush=True)
@@ -460,11 +463,8 @@ class Judge:
 
 def write_results(out, results, step):
     """metrics.json holds every result so far; TensorBoard gets the newest."""
-    with open(os.path.join(out, "metrics.json.tmp"), "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(os.path.join(out, "metrics.json.tmp"), os.path.join(out, "metrics.json"))
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    with SummaryWriter(os.path.join(out, "tensorboard")) as writer:
+    paths.write_json(paths.join(out, "metrics.json"), results, indent=1)
+    with paths.summary_writer(paths.join(out, "tensorboard")) as writer:
         r = results[-1]
         for key, value in r.items():
             if isinstance(value, float) and key not in ("cfg_scale", "eta", "classifier_test_accuracy",
@@ -479,11 +479,11 @@ def write_results(out, results, step):
             if r.get("classifier"):
                 by_scale.setdefault(f"{r['sampler']}:{r['steps']}", {})[r["classifier_scale"]] = fid
     if len({(r["sampler"], r["steps"]) for r in results}) > 1 and any(fids.values()):
-        sampler_comparison({k: v for k, v in fids.items() if v}).save(os.path.join(out, "fid_vs_steps.png"))
+        paths.save_image(sampler_comparison({k: v for k, v in fids.items() if v}), paths.join(out, "fid_vs_steps.png"))
     if any(len(v) > 1 for v in by_scale.values()):
         series = {k: (sorted(v), [v[s] for s in sorted(v)]) for k, v in by_scale.items()}
-        line_plot(series, "FID against classifier scale", "classifier scale", "FID").save(
-            os.path.join(out, "fid_vs_scale.png"))
+        paths.save_image(line_plot(series, "FID against classifier scale", "classifier scale", "FID"),
+                         paths.join(out, "fid_vs_scale.png"))
     print(f"Wrote {out}/metrics.json", flush=True)
 
 

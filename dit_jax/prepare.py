@@ -19,7 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dit_jax.data import prepare
-from dit_jax.utils import distributed
+from dit_jax.utils import distributed, paths
 
 # Apache Beam runners that --runner names.
 RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
@@ -62,6 +62,7 @@ def main(argv):
     # take most of a GPU's memory up front, as it would by default.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
+        paths.check(flags.FLAGS.data_dir, "--data_dir")
         if flags.FLAGS.runner:  # Beam spreads the work; this process only launches the pipeline
             from dit_jax.data import beam_prepare  # pylint: disable=import-outside-toplevel
             manifest = beam_prepare.run(flags.FLAGS.config, flags.FLAGS.data_dir, flags.FLAGS.runner,

@@ -55,7 +55,6 @@ The work is in dit_jax/sampling.py; this module holds the flags and outputs.
 """
 
 import dataclasses
-import os
 
 import jax
 import numpy as np
@@ -69,7 +68,7 @@ from dit_jax.diffusion.flow import FLOW_SAMPLERS
 from dit_jax.diffusion.generate import CFG_SCALE, SAMPLER, SAMPLERS, STEPS
 from dit_jax.models import classifier
 from dit_jax.models.layout import parse_box
-from dit_jax.utils import distributed, video
+from dit_jax.utils import distributed, paths, video
 from dit_jax.utils.visualization import captioned_grid, trajectory_strip
 
 MODES = ("sample", "inpaint", "img2img", "views")
@@ -182,8 +181,11 @@ def check_options(o):
         raise ValueError(f"--mode={o.mode} needs --image.")
     if o.mode == "inpaint" and not o.mask:
         raise ValueError("--mode=inpaint needs --mask (white = regenerate).")
+    for name in ("workdir", "checkpoint", "data_dir", "out", "npz", "trajectory", "image", "mask", "prompts"):
+        if getattr(o, name):
+            paths.check(getattr(o, name), f"--{name}")
     for path in (o.image, o.mask, o.prompts):
-        if path and not os.path.isfile(path):
+        if path and not paths.path(path).is_file():
             raise FileNotFoundError(f"{path} not found.")
     if o.views < 0:
         raise ValueError(f"--views must be a view count (0: the model's), got {o.views}.")
@@ -227,8 +229,7 @@ def run(o):
     o = with_model_sampler(o, setup)
     prompts = list(o.prompt)
     if o.prompts:
-        with open(o.prompts) as f:
-            prompts += [line.strip() for line in f if line.strip()]
+        prompts += [line.strip() for line in paths.path(o.prompts).read_text().splitlines() if line.strip()]
     guide = sampling.read_classifier(o.classifier, setup) if o.classifier else None
     captions, labels = sampling.read_conditions(setup, prompts, o.classes, guide and guide[1])
     composition = sampling.read_composition(setup, captions if prompts else [], o.style,
@@ -325,23 +326,25 @@ def write_outputs(o, out, settings, controls=()):
     if path and clips:
         write_clips(o, out, path)
     elif path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        paths.path(paths.absolute(path)).parent.mkdir(parents=True, exist_ok=True)
         layout = [parse_box(b) for b in o.boxes]  # drawn on the grid's pictures; the single images stay clean
         if controls:
-            control_grid(images[:GRID_MAX], captions[:GRID_MAX], controls).save(path)
+            grid = control_grid(images[:GRID_MAX], captions[:GRID_MAX], controls)
         else:
             columns = min(o.num_images if o.num_images > 1 else len(images), 8)
-            captioned_grid(images[:GRID_MAX], captions[:GRID_MAX], columns=columns,
-                           boxes=[layout] * len(images[:GRID_MAX]) if layout else None).save(path)
-        stem = os.path.splitext(path)[0]
+            grid = captioned_grid(images[:GRID_MAX], captions[:GRID_MAX], columns=columns,
+                                  boxes=[layout] * len(images[:GRID_MAX]) if layout else None)
+        paths.save_image(grid, path)
+        stem = path[:-len(paths.path(path).suffix) or None]
         for i, image in enumerate(images):
-            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(f"{stem}_{i:04d}.png")
+            paths.save_image(Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image),
+                             f"{stem}_{i:04d}.png")
         print(f"Wrote {path} and {len(images)} images {stem}_0000.png ...", flush=True)
     if o.npz:
         sampling.write_npz(o.npz, images, captions, out.labels, settings)
         print(f"Wrote {o.npz}: arr_0 {images.shape} uint8", flush=True)
     if out.trajectory is not None:
-        trajectory_strip(out.trajectory).save(o.trajectory)
+        paths.save_image(trajectory_strip(out.trajectory), o.trajectory)
         print(f"Wrote {o.trajectory}", flush=True)
 
 
@@ -355,7 +358,7 @@ def parse_control_scales(o):
 def check_control_options(o):
     """One-line errors for the control flags, before anything loads."""
     for path in o.control + o.control_from:
-        if not os.path.isfile(path):
+        if not paths.path(path).is_file():
             raise FileNotFoundError(f"Control image {path} not found.")
     if o.control_type and not o.control_from:
         raise ValueError("--control_type says how to compute each --control_from image; --control images are "
@@ -376,10 +379,8 @@ def check_control_options(o):
 def control_options(o, name):
     """The settings `name` was computed with in training: the run's `controls.*` (--checkpoint: the defaults)."""
     config = {}
-    if o.workdir and os.path.isfile(os.path.join(o.workdir, "run.json")):
-        import json  # pylint: disable=import-outside-toplevel
-        with open(os.path.join(o.workdir, "run.json")) as f:
-            config = json.load(f)["config"].get("controls") or {}
+    if o.workdir and paths.path(o.workdir).joinpath("run.json").is_file():
+        config = paths.read_json(paths.join(o.workdir, "run.json"))["config"].get("controls") or {}
     elif o.control_model_path:
         config = dict(model_path=o.control_model_path)
     return controls_lib.options_from_config(config, name) if name != "outline" else {}
@@ -420,14 +421,13 @@ def read_controls(o, setup, codec):
         size = [s * codec.factor for s in config["control_size"]]
         channels = config["control_channels"] if codec.vae is None else 3
         if kind == "file":
-            with open(path, "rb") as f:
-                pixels = np.asarray(images_lib.decode(f.read(), 1 if channels == 1 else 3))
+            pixels = np.asarray(images_lib.decode(paths.path(path).read_bytes(), 1 if channels == 1 else 3))
             pixels = pixels[..., None] if pixels.ndim == 2 else pixels
         else:
             options = control_options(o, name)
             photo = sampling.read_image(path, codec.resolution, codec.pixel_channels)
             pixels = compute_control(name, photo, options)
-        pixels = sampling.fit_control(pixels, size, channels, what=f"control {os.path.basename(path)}")
+        pixels = sampling.fit_control(pixels, size, channels, what=f"control {paths.path(path).name}")
         out.append(sampling.Control(directory, sampling.control_input(pixels, codec), scale, pixels))
     return out
 

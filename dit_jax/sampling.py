@@ -14,8 +14,8 @@ sampler settings.
 """
 
 import dataclasses
+import io
 import json
-import os
 from typing import NamedTuple
 
 import jax
@@ -36,6 +36,7 @@ from dit_jax.models.layout import check_layout
 from dit_jax.models.pretrained import load_pretrained
 from dit_jax.models.video import sample_shape
 from dit_jax.training import sharding
+from dit_jax.utils import paths
 from dit_jax.utils.visualization import to_uint8, trajectory_frames
 
 SAMPLING_FILE = "sampling.json"  # beside config.json: the diffusion a checkpoint was trained with, how it samples
@@ -80,7 +81,7 @@ def check_settings(settings, inpaint=False, objective=None):
         raise ValueError("classifier_scale was given without a classifier: pass --classifier (its directory).")
     if settings.guidance:
         parse_guidance(settings.guidance)
-    if settings.classifier and not os.path.exists(settings.classifier):
+    if settings.classifier and not paths.path(settings.classifier).exists():
         raise FileNotFoundError(f"Classifier {settings.classifier} not found: pass the workdir of one trained by "
                                 "`python -m dit_jax.train` with a classifier config (configs/classifier_*.py).")
 
@@ -179,10 +180,10 @@ def read_setup(workdir=None, checkpoint=None, data_dir="~/.cache/dit_jax", *, te
     if bool(workdir) == bool(checkpoint):
         raise ValueError("Pass exactly one of --workdir (a training run) and --checkpoint (a weights directory).")
     if checkpoint:
-        config = _read_json(os.path.join(checkpoint, "config.json"), "--checkpoint needs config.json + "
+        config = _read_json(paths.join(checkpoint, "config.json"), "--checkpoint needs config.json + "
                             "model.safetensors (written by `python -m dit_jax.convert` or exported by training)")
-        path = os.path.join(checkpoint, SAMPLING_FILE)
-        recorded = _read_json(path, "") if os.path.isfile(path) else {}
+        path = paths.join(checkpoint, SAMPLING_FILE)
+        recorded = _read_json(path, "") if paths.path(path).is_file() else {}
         given = dict(schedule=schedule, timesteps=timesteps, prediction=prediction)
         d = {**CHECKPOINT_DEFAULTS, **recorded, **{k: v for k, v in given.items() if v is not None}}
         text = None
@@ -202,23 +203,23 @@ def read_setup(workdir=None, checkpoint=None, data_dir="~/.cache/dit_jax", *, te
                      spacing=d["spacing"], guidance_channels=d["guidance_channels"], **flow_defaults,
                      sampler=model_sampler(flow_defaults["objective"], d.get("sampler")))
 
-    if not os.path.isdir(workdir):
+    if not paths.path(workdir).is_dir():
         raise FileNotFoundError(f"Workdir {workdir} does not exist.")
-    export = os.path.join(workdir, "export")
+    export = paths.join(workdir, "export")
     own_controlnets = ()
-    if not os.path.isfile(os.path.join(export, "config.json")) and is_controlnet_run(workdir):
-        own_controlnets = (os.path.join(workdir, CONTROLNET_EXPORT),)
+    if not paths.path(export).joinpath("config.json").is_file() and is_controlnet_run(workdir):
+        own_controlnets = (paths.join(workdir, CONTROLNET_EXPORT),)
         export = controlnet_config(own_controlnets[0])["base"]  # a ControlNet run samples its base with it
-    model_config = _read_json(os.path.join(export, "config.json"), f"{workdir} has no exported weights yet: "
+    model_config = _read_json(paths.join(export, "config.json"), f"{workdir} has no exported weights yet: "
                               "training exports them when it reaches config.steps (or pass --checkpoint)")
-    run = _read_json(os.path.join(workdir, "run.json"), f"{workdir} has no run.json: is it a training workdir?")
+    run = _read_json(paths.join(workdir, "run.json"), f"{workdir} has no run.json: is it a training workdir?")
     from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
     from dit_jax.data import prepare  # pylint: disable=import-outside-toplevel
     config = ConfigDict(run["config"])
-    folder = prepare.prepared_dir(config, os.path.expanduser(data_dir))
+    folder = prepare.prepared_dir(config, data_dir)
     manifest = None
-    if os.path.exists(os.path.join(folder, prepare.MANIFEST)):
-        manifest = prepare.read_manifest(folder)
+    if paths.path(folder).joinpath(prepare.MANIFEST).exists():
+        manifest = prepare.read_manifest(folder, shards=False)
     else:
         print(f"No prepared data at {folder} (see --data_dir): text and VAE settings from run.json.", flush=True)
     return dataclasses.replace(run_setup(config, manifest, model_config, export), controlnets=own_controlnets)
@@ -239,17 +240,13 @@ def run_record(config):
 
 
 def write_sampling_record(directory, record):
-    path = os.path.join(directory, SAMPLING_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    paths.write_json(paths.join(directory, SAMPLING_FILE), record, indent=2, sort_keys=True)
 
 
 def _read_json(path, howto):
-    if not os.path.isfile(path):
+    if not paths.path(path).is_file():
         raise FileNotFoundError(f"{path} not found: {howto}.")
-    with open(path) as f:
-        return json.load(f)
+    return paths.read_json(path)
 
 
 def read_classifier(path, setup):
@@ -495,8 +492,7 @@ class Codec:
 def read_image(path, resolution, channels):
     """An image file fitted to the model's pixel resolution, uint8 (H, W, C)."""
     from dit_jax.data import images  # pylint: disable=import-outside-toplevel
-    with open(path, "rb") as f:
-        return images.fit(images.decode(f.read(), channels), resolution)
+    return images.fit(images.decode(paths.path(path).read_bytes(), channels), resolution)
 
 
 def initial_noise(seed, ids, shape):
@@ -643,13 +639,15 @@ def sample_images(setup, settings, captions, labels, num_images=1, batch_size=32
 def write_npz(path, images, captions, labels=None, settings=None):
     """The samples as DiT's sample_ddp.py writes them (uint8 NHWC `arr_0`), with captions, labels and the
     resolved sampler settings (JSON) beside them."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    paths.path(paths.absolute(path)).parent.mkdir(parents=True, exist_ok=True)
     arrays = dict(arr_0=images, captions=np.asarray(captions))
     if labels is not None:
         arrays["labels"] = np.asarray(labels, np.int32)
     if settings is not None:
         arrays["settings"] = np.asarray(json.dumps(dataclasses.asdict(settings), sort_keys=True))
-    np.savez(path, **arrays)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    paths.write_bytes(path if str(path).endswith(".npz") else f"{path}.npz", buffer.getvalue())  # as np.savez names it
 
 
 # ---------------------------------------------------------------------------------------------------- ControlNet
@@ -669,16 +667,16 @@ class Control:
 
 
 def is_controlnet_run(workdir):
-    return os.path.isfile(os.path.join(workdir, CONTROLNET_EXPORT, "config.json"))
+    return paths.path(workdir).joinpath(CONTROLNET_EXPORT, "config.json").is_file()
 
 
 def controlnet_config(directory):
     """A ControlNet export's config.json (num_blocks, control_type, control_size, control_channels, base), its
     base checked to hold weights; one line otherwise."""
-    config = _read_json(os.path.join(directory, "config.json"), "pass a ControlNet run's workdir or its "
+    config = _read_json(paths.join(directory, "config.json"), "pass a ControlNet run's workdir or its "
                         f"{CONTROLNET_EXPORT} directory (training writes it when it reaches config.steps)")
     base = config.get("base", "")
-    if not os.path.isfile(os.path.join(base, "config.json")):
+    if not paths.path(base).joinpath("config.json").is_file():
         raise FileNotFoundError(f"The ControlNet in {directory} was trained on the base {base!r}, which is gone: "
                                 "restore that run's export/ (or retrain the ControlNet).")
     return config
@@ -686,7 +684,7 @@ def controlnet_config(directory):
 
 def controlnet_directory(path):
     """A ControlNet run's workdir or its export -> the export directory."""
-    return os.path.join(path, CONTROLNET_EXPORT) if is_controlnet_run(path) else path
+    return paths.join(path, CONTROLNET_EXPORT) if is_controlnet_run(path) else path
 
 
 def control_input(pixels, codec):

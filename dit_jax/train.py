@@ -36,7 +36,7 @@ from dit_jax.training import sharding, trainer as trainer_lib
 from dit_jax.training.checks import validate
 from dit_jax.training.checkpoint import Checkpointer
 from dit_jax.training.writers import MetricWriter, Progress, check_trackers
-from dit_jax.utils import distributed
+from dit_jax.utils import distributed, paths
 from dit_jax.models.variants import train_flops_per_image
 from dit_jax.utils.flops import device_peak_flops
 from dit_jax.utils.video import sample_grid
@@ -71,8 +71,7 @@ def write_run_info(workdir, config):
     info = dict(config=config.to_dict(), versions=versions, git_commit=commit or None,
                 devices=[str(d) for d in jax.devices()[:1]], device_count=jax.device_count(),
                 process_count=jax.process_count(), argv=sys.argv)
-    with open(os.path.join(workdir, "run.json"), "w") as f:
-        json.dump(info, f, indent=2, default=str)
+    paths.path(workdir).joinpath("run.json").write_text(json.dumps(info, indent=2, default=str))
 
 
 class SampleGrid:
@@ -93,9 +92,9 @@ class SampleGrid:
         samples = np.asarray(multihost_utils.process_allgather(self.sample(ema), tiled=True))
         grid = sample_grid(to_uint8(self.codec.decode(samples)), self.captions)  # frame strips for clips
         if jax.process_index() == 0:
-            path = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            grid.save(path)
+            folder = paths.path(self.workdir).joinpath("samples")
+            folder.mkdir(parents=True, exist_ok=True)
+            paths.save_image(grid, os.fspath(folder / f"step_{step:08d}.png"))
             writer.image(step, "samples", grid)
         return grid
 
@@ -142,10 +141,11 @@ def export_ema(trainer, state, model_kwargs, workdir, classifier_metadata=None):
     if jax.process_index() == 0:
         model = trainer.model(jax.tree.map(jnp.asarray, ema))
         config = {k: (str(jnp.dtype(v)) if k.endswith("dtype") else v) for k, v in model_kwargs.items()}
-        save_pretrained(model, config, os.path.join(workdir, "export"))
-        sampling.write_sampling_record(os.path.join(workdir, "export"), sampling.run_record(trainer.config))
+        export = paths.join(workdir, "export")
+        save_pretrained(model, config, export)
+        sampling.write_sampling_record(export, sampling.run_record(trainer.config))
         if classifier_metadata is not None:
-            classifier.write_metadata(os.path.join(workdir, "export"), classifier_metadata)
+            classifier.write_metadata(export, classifier_metadata)
 
 
 def controlnet_from_data(config, manifest):
@@ -166,9 +166,11 @@ def train(config, workdir, data_dir):
     """The training loop; returns the final state."""
     mesh = validate(config)
     check_trackers(config.log)  # a tracker turned on but not installed fails here, not after the data and compile
-    workdir, data_dir = os.path.abspath(workdir), os.path.expanduser(data_dir)
+    paths.check(workdir, "--workdir")
+    paths.check(data_dir, "--data_dir")
+    workdir, data_dir = paths.absolute(workdir), os.fspath(paths.path(data_dir))
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
+    paths.path(workdir).mkdir(parents=True, exist_ok=True)
 
     manifest = pipeline.ensure_prepared(config, data_dir)
     is_classifier = config.get("task", "diffusion") == "classifier"
@@ -268,7 +270,7 @@ def train(config, workdir, data_dir):
             ema = multihost_utils.process_allgather(state["ema"], tiled=True)
             if is_main:
                 model = trainer.model(jax.tree.map(jnp.asarray, ema), state["frozen"])
-                save_controlnet(model.controlnets[0], trainer.controlnet, os.path.join(workdir, "controlnet_export"))
+                save_controlnet(model.controlnets[0], trainer.controlnet, paths.join(workdir, "controlnet_export"))
         else:
             export_ema(trainer, state, model_kwargs, workdir, classifier_meta)
         if samples and config.steps % config.sample.every:

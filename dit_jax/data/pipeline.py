@@ -44,13 +44,14 @@ import jax
 import numpy as np
 
 from dit_jax.data import augment, prepare, records, repa
+from dit_jax.utils import paths
 from dit_jax.data.prepare import prepared_dir  # pylint: disable=unused-import  # part of this interface
 
 
 def ensure_prepared(config, data_dir):
     """The manifest of the prepared data for `config`, preparing it first when missing (single process)."""
     folder = prepared_dir(config, data_dir)
-    if not os.path.exists(os.path.join(folder, prepare.MANIFEST)) and jax.process_count() > 1:
+    if not paths.path(folder).joinpath(prepare.MANIFEST).exists() and jax.process_count() > 1:
         raise ValueError(f"No prepared data in {folder}; run `python -m dit_jax.prepare --config=...` "
                          "once before a multi-process run.")
     return prepare.prepare(config, data_dir)

@@ -45,6 +45,7 @@ from PIL import Image
 
 from dit_jax.data import controls, images, moving, records, repa, sources
 from dit_jax.utils import distributed
+from dit_jax.utils import paths as epaths  # `paths` names a local in prepared_dir
 
 SHARD_SIZE = 1024
 BATCH = 64
@@ -123,7 +124,7 @@ def prepared_dir(config, data_dir):
         paths += "|" + json.dumps(extra, sort_keys=True)
     if paths.strip("|"):
         parts.append(sources.short_hash(paths))
-    return os.path.join(os.path.expanduser(data_dir), "prepared", "_".join(parts))
+    return epaths.join(data_dir, "prepared", "_".join(parts))
 
 
 def _sha256(path):
@@ -147,6 +148,8 @@ class Preparer:
         from dit_jax.data import latents  # pylint: disable=import-outside-toplevel
         from dit_jax.text import encoders  # pylint: disable=import-outside-toplevel
         self.config, self.out = config, prepared_dir(config, data_dir)
+        if epaths.is_remote(self.out):  # ArrayRecord writes local files: prepared in a mirror that prepare() copies up
+            self.out, data_dir = epaths.mirror(self.out), epaths.mirror(data_dir)
         self.control_settings = control_settings(config)
         check_clips(config)
         # Models first: a missing control model, encoder or VAE fails before any data work.
@@ -419,10 +422,16 @@ def check_clips(config):
                          "controls: set vae.path='' and data.controls=().")
 
 
-def read_manifest(folder):
-    with open(os.path.join(folder, MANIFEST)) as f:
-        manifest = json.load(f)
-    manifest["dir"] = folder
+def read_manifest(folder, shards=True):
+    """The manifest in `folder`, its "dir" where the shards read: `folder`, or for a remote folder its local
+    mirror (ArrayRecord reads local files), copied down when it differs; shards=False: the manifest alone."""
+    manifest = epaths.read_json(epaths.join(folder, MANIFEST))
+    local = epaths.mirror(folder) if epaths.is_remote(folder) and shards else folder
+    if local != folder:
+        mirrored = os.path.join(local, MANIFEST)
+        if not os.path.exists(mirrored) or epaths.read_json(mirrored) != manifest:
+            epaths.download(folder, local, last=MANIFEST)
+    manifest["dir"] = local
     return manifest
 
 
@@ -430,7 +439,13 @@ def prepare(config, data_dir):
     """Prepares the dataset `config` names under data_dir (resuming a killed run); returns the manifest. In a
     multi-process job every process calls it and writes its share."""
     folder = prepared_dir(config, data_dir)
-    if os.path.exists(os.path.join(folder, MANIFEST)):
+    if epaths.path(folder).joinpath(MANIFEST).exists():
         return read_manifest(folder)
-    Preparer(config, data_dir).run(*distributed.process_index_count())
+    index, count = distributed.process_index_count()
+    if count > 1 and epaths.is_remote(folder):
+        raise ValueError(f"--data_dir={data_dir} is remote: a multi-process prepare writes into one shared folder; "
+                         "prepare with one process (or --runner=...), or onto a mount every host shares.")
+    Preparer(config, data_dir).run(index, count)
+    if epaths.is_remote(folder):
+        epaths.upload(epaths.mirror(folder), folder, last=MANIFEST)
     return read_manifest(folder)

@@ -17,9 +17,6 @@ model's space, latents for a latent model), `latent` (bool), `num_classes`,
 `class_names`, and the diffusion it was trained on (`schedule`, `timesteps`).
 """
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -28,6 +25,7 @@ from dit_jax.models import variants
 from dit_jax.models.dit import (REMAT_POLICIES, Attention, DiT, DiTBlock, check_model, init_weights, layer_norm,
                                 materialize_grad, modulate)
 from dit_jax.models.embeddings import PatchEmbed, TimestepEmbedder, linear, param, sincos_2d
+from dit_jax.utils import paths
 
 KIND = "classifier"            # the `model` entry of its config.json: build_model builds a Classifier from it
 METADATA_FILE = "classifier.json"  # beside config.json in the export: what load_classifier returns as metadata
@@ -167,15 +165,12 @@ def run_metadata(config, manifest, model_kwargs):
 
 
 def write_metadata(directory, metadata):
-    path = os.path.join(directory, METADATA_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(metadata, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    paths.write_json(paths.join(directory, METADATA_FILE), metadata, indent=2, sort_keys=True)
 
 
 def export_dir(path):
     """A training workdir's export/, or `path` itself when it is an export (config.json + weights)."""
-    return os.path.join(path, "export") if os.path.isfile(os.path.join(path, "run.json")) else path
+    return paths.join(path, "export") if paths.path(path).joinpath("run.json").is_file() else path
 
 
 def refuse(model_config, command):
@@ -194,18 +189,16 @@ def load_classifier(path, **overrides):
     """
     from dit_jax.models.pretrained import CONFIG_FILE, load_pretrained  # pylint: disable=import-outside-toplevel
     export = export_dir(path)
-    config_path, metadata_path = os.path.join(export, CONFIG_FILE), os.path.join(export, METADATA_FILE)
-    if not os.path.isfile(config_path):
+    config_path, metadata_path = paths.join(export, CONFIG_FILE), paths.join(export, METADATA_FILE)
+    if not paths.path(config_path).is_file():
         raise FileNotFoundError(f"{config_path} not found: pass a classifier run's workdir (trained to its last "
                                 "step, which exports it) or its export/ directory.")
-    with open(config_path) as f:
-        if not is_classifier(json.load(f)):
-            raise ValueError(f"{path} holds a diffusion model, not a classifier: pass a run trained with "
-                             "--config.task=classifier (e.g. configs/classifier_fashion.py).")
-    if not os.path.isfile(metadata_path):
+    if not is_classifier(paths.read_json(config_path)):
+        raise ValueError(f"{path} holds a diffusion model, not a classifier: pass a run trained with "
+                         "--config.task=classifier (e.g. configs/classifier_fashion.py).")
+    if not paths.path(metadata_path).is_file():
         raise FileNotFoundError(f"{metadata_path} not found: the classifier export is incomplete; train it again "
                                 "to its last step to export it.")
-    with open(metadata_path) as f:
-        metadata = json.load(f)
+    metadata = paths.read_json(metadata_path)
     model, _ = load_pretrained(export, **overrides)
     return model, metadata

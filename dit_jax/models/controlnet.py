@@ -12,8 +12,6 @@ Several ControlNets steer one base at once, each with its own scale: base
 block i gets sum_j scale_j * residual_j[i] (diffusers' MultiControlNet).
 """
 
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +20,7 @@ from flax import nnx
 from dit_jax.models.dit import DiT, REMAT_POLICIES, materialize_grad
 from dit_jax.models.embeddings import PatchEmbed, linear
 from dit_jax.models.pretrained import CONFIG_FILE, WEIGHTS_FILE, export_directory, first_difference
+from dit_jax.utils import paths
 
 # The parameters a ControlNet run trains: everything under ControlledDiT.controlnets; the base is frozen.
 TRAINABLE = nnx.All(nnx.Param, nnx.PathContains("controlnets"))
@@ -153,8 +152,7 @@ def base_directory(path):
 def base_model_kwargs(path, model_kwargs):
     """The base's DiT kwargs with this run's run-time options; a ValueError naming the first key where this
     run's model config disagrees with the base's (data sizes, width, depth, text or label conditioning...)."""
-    with open(os.path.join(base_directory(path), CONFIG_FILE)) as f:
-        base = json.load(f)
+    base = paths.read_json(paths.join(base_directory(path), CONFIG_FILE))
     diff = first_difference(model_kwargs, base, keys=model_kwargs, skip=RUNTIME_KEYS)
     if diff:
         key, value, theirs = diff
@@ -199,23 +197,21 @@ def save_controlnet(net: ControlNet, cfg, directory):
     from dit_jax.models.pretrained import save_pretrained
 
     config = dict(num_blocks=net.num_blocks, control_channels=net.control_channels, control_size=net.control_size,
-                  control_type=cfg.control_type, base=os.path.abspath(base_directory(cfg.base)))
+                  control_type=cfg.control_type, base=paths.absolute(base_directory(cfg.base)))
     save_pretrained(net, config, directory)
 
 
 def load_controlnet(directory, base: DiT):
     """A ControlNet saved by `save_controlnet`, attached to `base` (which must be its base's architecture)."""
-    from safetensors.numpy import load_file
     from dit_jax.models.pretrained import load_flat_weights
 
-    path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = paths.join(directory, CONFIG_FILE)
+    if not paths.path(path).is_file():
         raise FileNotFoundError(f"{path} not found: pass the controlnet_export directory of a ControlNet run.")
-    with open(path) as f:
-        config = json.load(f)
+    config = paths.read_json(path)
     net = nnx.eval_shape(lambda: ControlNet(base, config["num_blocks"], config["control_channels"],
                                             config["control_size"], rngs=nnx.Rngs(0)))
-    return load_flat_weights(net, load_file(os.path.join(directory, WEIGHTS_FILE))), config
+    return load_flat_weights(net, paths.load_safetensors(paths.join(directory, WEIGHTS_FILE))), config
 
 
 def check_config(cfg):

@@ -5,16 +5,14 @@ safetensors are read, so loading never executes code from the file.
 """
 
 import inspect
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
 
 from dit_jax.models.dit import DiT
+from dit_jax.utils import paths
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
@@ -25,9 +23,9 @@ CONDITION_KEYS = ("num_styles", "style_dropout_prob", "layout_max_boxes", "layou
 def export_directory(path, key):
     """The export directory of a finished run (RUN/export) or an export itself; a one-line error naming the
     config `key` that gave `path` otherwise."""
-    path = os.path.expanduser(str(path))
-    for directory in (os.path.join(path, "export"), path):
-        if all(os.path.isfile(os.path.join(directory, f)) for f in (CONFIG_FILE, WEIGHTS_FILE)):
+    path = str(path)
+    for directory in (paths.join(path, "export"), paths.join(path)):
+        if all(paths.path(directory).joinpath(f).is_file() for f in (CONFIG_FILE, WEIGHTS_FILE)):
             return directory
     raise FileNotFoundError(f"{key}={path!r} holds no {CONFIG_FILE} + {WEIGHTS_FILE} (nor under export/): "
                             "pass a finished training workdir or an export directory.")
@@ -132,27 +130,21 @@ def load_matching_weights(model, weights):
 
 
 def save_pretrained(model, config, directory):
-    """Writes config.json and model.safetensors, each atomically (temp file, then rename)."""
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, WEIGHTS_FILE)
-    save_file(flat_weights(model), path + ".tmp")
-    os.replace(path + ".tmp", path)
-    path = os.path.join(directory, CONFIG_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    """Writes config.json and model.safetensors, each whole (paths.write_bytes); `directory` may be remote."""
+    paths.path(directory).mkdir(parents=True, exist_ok=True)
+    paths.save_safetensors(flat_weights(model), paths.join(directory, WEIGHTS_FILE))
+    paths.write_json(paths.join(directory, CONFIG_FILE), config, indent=2, sort_keys=True)
 
 
 def load_pretrained(directory, **overrides):
     """The model saved in directory; overrides change run-time options (dtype, attention, remat)."""
-    config_path, weights_path = (os.path.join(directory, f) for f in (CONFIG_FILE, WEIGHTS_FILE))
+    config_path, weights_path = (paths.join(directory, f) for f in (CONFIG_FILE, WEIGHTS_FILE))
     for path in (config_path, weights_path):
-        if not os.path.isfile(path):
+        if not paths.path(path).is_file():
             raise FileNotFoundError(
                 f"{path} not found: pass a directory written by `python -m dit_jax.convert` "
                 "or exported by training."
             )
-    with open(config_path) as f:
-        config = json.load(f)
+    config = paths.read_json(config_path)
     model = nnx.eval_shape(lambda: build_model(config, **overrides))
-    return load_flat_weights(model, load_file(weights_path)), config
+    return load_flat_weights(model, paths.load_safetensors(weights_path)), config

@@ -5,9 +5,14 @@ process has finished, so a run killed mid-save leaves the previous checkpoint
 as the latest complete one; `cleanup_tmp_directories` removes the leftovers.
 A complete checkpoint can still be damaged later (a truncated copy, a bad
 disk): restoring reports it in one line and falls back to the one before.
+
+The workdir may be remote. Orbax writes gs:// itself (TensorStore's GCS driver); TensorStore writes no other
+remote scheme, so there the steps are saved (synchronously) into a local mirror and copied up after each save,
+and the remote ones copied down before a restore.
 """
 
 import os
+import shutil
 import sys
 import warnings
 
@@ -16,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from dit_jax.utils import paths
 
 
 @jax.jit
@@ -70,12 +77,23 @@ class Checkpointer:
     `restore_step` (0: the newest that reads)."""
 
     def __init__(self, workdir, cfg):
+        self.directory = paths.join(paths.absolute(workdir), "checkpoints")
+        self.mirrored = paths.is_remote(self.directory) and paths.scheme(self.directory) != "gs"
+        local = self.directory
+        if self.mirrored:
+            if jax.process_count() > 1:
+                raise ValueError(f"Checkpoints on {paths.scheme(workdir)}:// are staged through one host's disk, "
+                                 "which a multi-process run cannot share: put the workdir on gs:// or a shared mount.")
+            local = paths.mirror(self.directory)
+            shutil.rmtree(local, ignore_errors=True)  # the remote steps are the truth
+            if paths.path(self.directory).exists():
+                paths.download(self.directory, local)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep, keep_period=cfg.keep_every or None, create=True,
-            cleanup_tmp_directories=True, enable_async_checkpointing=True)
+            cleanup_tmp_directories=True, enable_async_checkpointing=not self.mirrored)
         self.every, self.restore_step = cfg.every, cfg.get("restore_step", 0)
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+        self.manager = ocp.CheckpointManager(local, options=options, item_names=("state", "data"))
+        self.local = local
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -96,6 +114,17 @@ class Checkpointer:
         # force: orbax would skip a step below its newest, which a run restored from an earlier one must save.
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+        if self.mirrored:
+            self._upload(step)
+
+    def _upload(self, step):
+        """Copies the finished step up and removes the remote steps the manager no longer keeps."""
+        remote, kept = paths.path(self.directory), {str(s) for s in self.manager.all_steps()}
+        if remote.exists():
+            for child in remote.iterdir():
+                if child.name.isdigit() and (child.name not in kept or child.name == str(step)):
+                    child.rmtree()
+        paths.upload(os.path.join(self.local, str(step)), paths.join(self.directory, str(step)))
 
     def restore(self, abstract_state):
         """(step, state, data_state) of `restore_step`, else of the newest checkpoint that reads; None if

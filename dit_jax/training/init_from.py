@@ -12,15 +12,13 @@ text conditioning, the block options, tubelets) is a one-line error before
 anything is compiled.
 """
 
-import json
-import os
 
 from flax import nnx
-from safetensors.numpy import load_file
 
 from dit_jax.models.controlnet import RUNTIME_KEYS
 from dit_jax.models.pretrained import (CONDITION_KEYS, CONFIG_FILE, WEIGHTS_FILE, export_directory,
                                        first_difference)
+from dit_jax.utils import paths
 
 # Names of the parameters that may start fresh: the video model's temporal layers, the style and layout paths.
 FRESH = ("temporal_blocks.", ".temporal_attn.", "style_embedder.", "grounding.", ".fuser.")
@@ -33,8 +31,7 @@ def directory(path):
 
 def check_config(path, model_kwargs):
     """One line naming the first architecture key where this run's model differs from init_from's."""
-    with open(os.path.join(directory(path), CONFIG_FILE)) as f:
-        source = json.load(f)
+    source = paths.read_json(paths.join(directory(path), CONFIG_FILE))
     if source.get("model", "dit") != "dit":
         raise ValueError(f"init_from={path!r} is a {source['model']}, not a diffusion model.")
     diff = first_difference(model_kwargs, source, skip=RUNTIME_KEYS + CONDITION_KEYS)
@@ -48,7 +45,7 @@ def check_config(path, model_kwargs):
 def read(path, model_kwargs):
     """init_from's weights (host arrays by name), its config checked against this run's."""
     check_config(path, model_kwargs)
-    return load_file(os.path.join(directory(path), WEIGHTS_FILE))
+    return paths.load_safetensors(paths.join(directory(path), WEIGHTS_FILE))
 
 
 def check_weights(path, abstract_model, weights):

@@ -12,6 +12,8 @@ import time
 import numpy as np
 import tqdm
 
+from dit_jax.utils import paths
+
 # What each tracker needs installed, and the extra of setup.py that installs it.
 TRACKERS = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
 MLFLOW_RUN_FILE = "mlflow_run_id"  # in the workdir: a restarted run logs to the same MLflow run
@@ -28,8 +30,8 @@ def check_trackers(cfg):
 def wandb_id(workdir):
     """The W&B run id of a workdir: its name and a hash of its path, so a resumed run continues its own run and
     two workdirs of the same name do not share one."""
-    path = os.path.abspath(workdir)
-    return f"{os.path.basename(path.rstrip('/'))}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+    path = paths.absolute(workdir)
+    return f"{paths.path(path).name}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
 
 
 def flat_config(config, prefix=""):
@@ -52,19 +54,19 @@ class MetricWriter:
         if not active:
             return
         check_trackers(cfg)
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self.jsonl = paths.append_file(paths.join(workdir, "metrics.jsonl"))
         config_text = json.dumps(config_dict, indent=2, sort_keys=True, default=str)
         if cfg.tensorboard:
-            from tensorboardX import SummaryWriter
-            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self.tensorboard = paths.summary_writer(paths.join(workdir, "tensorboard"))
             self.tensorboard.add_text("config", "\n".join("    " + line for line in config_text.splitlines()), 0)
             self.writers.append("tensorboard")
         if cfg.wandb:
             import wandb
             # WANDB_MODE=offline writes the run under WANDB_DIR (default: the workdir) for `wandb sync` later.
-            self.wandb = wandb.init(dir=os.environ.get("WANDB_DIR", workdir), config=config_dict,
+            local = paths.mirror(workdir) if paths.is_remote(workdir) else workdir  # W&B writes local files
+            self.wandb = wandb.init(dir=os.environ.get("WANDB_DIR", local), config=config_dict,
                                     project=os.environ.get("WANDB_PROJECT", "dit_jax"), id=wandb_id(workdir),
-                                    name=os.path.basename(workdir.rstrip("/")), resume="allow")
+                                    name=paths.path(workdir).name, resume="allow")
             self.writers.append("wandb")
         if cfg.mlflow:
             self._start_mlflow(workdir, config_dict, config_text)
@@ -75,6 +77,9 @@ class MetricWriter:
         experiment, else dit_jax. A restarted run continues the MLflow run whose id the workdir keeps."""
         from mlflow import MlflowClient
         uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri and paths.is_remote(workdir):
+            raise ValueError(f"log.mlflow with the workdir on {paths.scheme(workdir)}:// needs MLFLOW_TRACKING_URI "
+                             "(a server or database): MLflow's file store is local.")
         if not uri:  # MLflow 3 keeps its file store only on request; a local run without a server is one
             uri = "file://" + os.path.join(os.path.abspath(workdir), "mlruns")
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -82,18 +87,16 @@ class MetricWriter:
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "dit_jax")
         experiment = client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
-        path, run = os.path.join(workdir, MLFLOW_RUN_FILE), None
-        if os.path.isfile(path):
-            with open(path) as f:
-                run_id = f.read().strip()
+        path, run = paths.path(workdir).joinpath(MLFLOW_RUN_FILE), None
+        if path.is_file():
+            run_id = path.read_text().strip()
             try:
                 run = client.get_run(run_id)
             except Exception:  # pylint: disable=broad-except  # another store, or deleted: start a new run
                 run = None
         if run is None:
-            run = client.create_run(experiment_id, run_name=os.path.basename(workdir.rstrip("/")))
-            with open(path, "w") as f:
-                f.write(run.info.run_id)
+            run = client.create_run(experiment_id, run_name=paths.path(workdir).name)
+            path.write_text(run.info.run_id)
         else:
             client.update_run(run.info.run_id, status="RUNNING")
         self.mlflow_run = run.info.run_id

@@ -9,10 +9,12 @@ sample, in rows) and x.mp4 when imageio-ffmpeg is there.
 
 import importlib.util
 import os
+import tempfile
 
 import numpy as np
 from PIL import Image
 
+from dit_jax.utils import paths
 from dit_jax.utils.visualization import captioned_grid, to_uint8
 
 CLIP_EXTENSIONS = (".gif", ".mp4", ".png")
@@ -26,7 +28,7 @@ def check_out(path, clips=None):
     clips (clips=True), images (False) or either (None: the model is not known yet)."""
     allowed = {True: CLIP_EXTENSIONS, False: IMAGE_EXTENSIONS, None: tuple(dict.fromkeys(IMAGE_EXTENSIONS +
                                                                                       CLIP_EXTENSIONS))}[clips]
-    ext = os.path.splitext(path)[1].lower()
+    ext = paths.path(path).suffix.lower()
     if ext not in allowed:
         what = f"the unknown extension {ext}" if ext else "no extension"
         raise ValueError(f"--out={path} has {what}; use one of {', '.join(allowed)}"
@@ -120,6 +122,15 @@ def save_clips(path, clips, captions=None, fps=FPS, columns=4):
     """Writes stem.gif (the clips side by side, captioned, animated), stem.png (their frame strips) and
     stem.mp4 (when imageio-ffmpeg is installed), for a path ending in any of the three; returns the paths."""
     check_out(path, clips=True)
+    if paths.is_remote(path):  # GIF, PNG and ffmpeg's MP4 are written locally, then copied up
+        with tempfile.TemporaryDirectory() as local:
+            written = save_clips(os.path.join(local, paths.path(path).name), clips, captions, fps, columns)
+            folder = paths.path(path).parent
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in written:
+                with open(name, "rb") as f:
+                    folder.joinpath(os.path.basename(name)).write_bytes(f.read())
+            return [os.fspath(folder.joinpath(os.path.basename(name))) for name in written]
     clips = _check_clip(as_uint8(clips), ndim=5)
     stem = os.path.splitext(path)[0]
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
