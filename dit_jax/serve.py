@@ -18,7 +18,6 @@ Bad settings come back as messages in the page (gr.Error), never tracebacks.
 
 import dataclasses
 import functools
-import json
 import os
 import queue
 import socket
@@ -40,6 +39,7 @@ from dit_jax.diffusion.flow import FLOW_SAMPLERS, T_SCALE, flow_sigmas  # pylint
 from dit_jax.diffusion.generate import INPAINT_SAMPLERS, SAMPLERS  # pylint: disable=wrong-import-position
 from dit_jax.models import classifier  # pylint: disable=wrong-import-position
 from dit_jax.models.pretrained import load_pretrained  # pylint: disable=wrong-import-position
+from dit_jax.utils import paths  # pylint: disable=wrong-import-position
 from dit_jax.utils.visualization import to_uint8  # pylint: disable=wrong-import-position
 
 PORT, MAX_IMAGES, MAX_STEPS = 7860, 4, 250
@@ -64,9 +64,10 @@ def check_run(workdir):
     """A one-line error for a workdir that cannot be served, before anything loads."""
     if not workdir:
         raise ValueError("Pass --workdir: a training run with exported weights (its export/ folder).")
-    if not os.path.isdir(workdir):
+    paths.check(workdir, "--workdir")
+    if not paths.path(workdir).is_dir():
         raise FileNotFoundError(f"Workdir {workdir} does not exist: pass a training run's --workdir.")
-    if not os.path.isfile(os.path.join(workdir, "export", "config.json")):
+    if not paths.path(paths.join(workdir, "export", "config.json")).is_file():
         raise FileNotFoundError(f"{workdir} has no export (export/config.json): training writes it when it reaches "
                                 "config.steps; serve a finished run, or finish this one.")
 
@@ -80,9 +81,9 @@ class Demo:
             raise ValueError(f"--max_images must be at least 1, got {max_images}.")
         self.setup = sampling.read_setup(workdir=workdir, data_dir=data_dir)
         classifier.refuse(self.setup.model_config, "serve")
-        with open(os.path.join(workdir, "run.json")) as f:
-            self.defaults = sampling.run_settings(_Config(json.load(f)["config"]["sample"]))
-        self.name, self.max_images = os.path.basename(os.path.normpath(workdir)), max_images
+        run = paths.read_json(paths.join(workdir, "run.json"))
+        self.defaults = sampling.run_settings(_Config(run["config"]["sample"]))
+        self.name, self.max_images = paths.path(workdir).name, max_images
         self.codec = sampling.Codec(self.setup)
         self.encoder = None
         if self.setup.text:

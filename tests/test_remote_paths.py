@@ -108,6 +108,10 @@ def test_remote_export_loads_and_samples_and_evaluation_results_write(remote_run
     with paths.local_copy(RUN + "/export") as local:  # what convert reads a remote --src through
         assert json.load(open(os.path.join(local, "config.json")))["hidden_size"] == 32
     assert not os.path.exists(local)
+    from dit_jax import serve
+    serve.check_run(RUN)  # the demo serves a remote run
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        serve.check_run("memory://remote-paths/missing")
     assert os.listdir(cwd) == []
 
 
