@@ -55,6 +55,7 @@ The work is in dit_jax/sampling.py; this module holds the flags and outputs.
 """
 
 import dataclasses
+import os
 
 import jax
 import numpy as np

@@ -8,6 +8,7 @@ sample, in rows) and x.mp4 when imageio-ffmpeg is there.
 """
 
 import importlib.util
+import io
 import os
 import tempfile
 
@@ -70,8 +71,10 @@ def write_gif(path, frames, fps=FPS, scale=None):
     if not isinstance(frames, list):
         frames = [Image.fromarray(f) for f in enlarge(frames, scale)]
     frames = [f.convert("RGB") for f in frames]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0,
+    data = io.BytesIO()  # encoded in memory, then written whole, locally or to a remote path
+    frames[0].save(data, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0,
                    optimize=False, disposal=1)
+    paths.write_bytes(path, data.getvalue())
     return path
 
 
