@@ -12,7 +12,6 @@ checkpoint in the workdir, saves on SIGTERM/SIGINT, and leaves TensorBoard
 logs, sample grids and an EMA export (safetensors) in the workdir.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -71,7 +70,7 @@ def write_run_info(workdir, config):
     info = dict(config=config.to_dict(), versions=versions, git_commit=commit or None,
                 devices=[str(d) for d in jax.devices()[:1]], device_count=jax.device_count(),
                 process_count=jax.process_count(), argv=sys.argv)
-    paths.path(workdir).joinpath("run.json").write_text(json.dumps(info, indent=2, default=str))
+    paths.write_json(paths.join(workdir, "run.json"), info, indent=2, default=str)
 
 
 class SampleGrid:

@@ -135,12 +135,6 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def _write_json(path, value):
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
 class Preparer:
     """Holds the encoder, the optional VAE and the source while shards are written."""
 
@@ -203,7 +197,7 @@ class Preparer:
         return shards
 
     def write_manifest(self, shards):
-        _write_json(os.path.join(self.out, MANIFEST), self.manifest(shards))
+        epaths.write_json(os.path.join(self.out, MANIFEST), self.manifest(shards), indent=1)
 
     def write_shard(self, i, num_shards):
         """Encodes examples [i*shard_size, ...) into shard i; returns its summary."""
@@ -232,7 +226,7 @@ class Preparer:
         os.replace(path + ".tmp", path)
         summary = {"file": os.path.basename(path), "count": stop - start - len(skipped), "skipped": skipped,
                    "sha256": _sha256(path)}
-        _write_json(path + ".json", summary)
+        epaths.write_json(path + ".json", summary, indent=1)
         return summary
 
     def fit(self, image):
