@@ -281,17 +281,12 @@ def multiview_inputs(o, setup, codec, count):
     return {"given": np.broadcast_to(given, (count, *given.shape))}
 
 
-def is_video(setup):
-    """A clip model (a multi-view model's frames are its views, which it samples as a set)."""
-    return bool(setup.model_config.get("frames")) and not setup.model_config.get("multiview")
-
-
 def check_clip_options(o, setup):
     """Once the model's config is read (JSON only): --out's extension for what it makes (clips: .gif, .mp4,
     .png; images: an image format), and the flags that make images only, refused for a video model."""
     if o.out:
         video.check_out(o.out, clips=bool(setup.model_config.get("frames")))
-    if not is_video(setup):
+    if not sampling.is_video(setup):
         return
     if setup.vae:
         raise ValueError("A video model samples in pixel space here: the VAE decodes images, not clips.")
@@ -303,7 +298,7 @@ def check_clip_options(o, setup):
 
 def read_edited(o, setup, codec):
     """The image (uint8 (H, W, C)) or, for a video model, the clip (T, H, W, C) that --image names."""
-    if is_video(setup):
+    if sampling.is_video(setup):
         c = setup.model_config
         return video.read_clip(o.image, c["frames"], c["input_size"], c["in_channels"])
     return sampling.read_image(o.image, codec.resolution, codec.pixel_channels)
@@ -379,20 +374,10 @@ def check_control_options(o):
 
 def control_options(o, name):
     """The settings `name` was computed with in training: the run's `controls.*` (--checkpoint: the defaults)."""
-    config = {}
+    config = None
     if o.workdir and paths.path(o.workdir).joinpath("run.json").is_file():
         config = paths.read_json(paths.join(o.workdir, "run.json"))["config"].get("controls") or {}
-    elif o.control_model_path:
-        config = dict(model_path=o.control_model_path)
-    return controls_lib.options_from_config(config, name) if name != "outline" else {}
-
-
-def compute_control(name, image, options):
-    """The `name` control of a uint8 image; `outline` (circles'): the one-pixel ring of its foreground."""
-    if name == "outline":
-        from dit_jax.data.circles import outline  # pylint: disable=import-outside-toplevel
-        return (outline(controls_lib.silhouette(image)[..., 0] > 0) * np.uint8(255))[..., None]
-    return controls_lib.control_fn(name, **options)(image)
+    return sampling.control_options(config, name, o.control_model_path)
 
 
 def read_controls(o, setup, codec):
@@ -419,17 +404,15 @@ def read_controls(o, setup, codec):
         if name and name != trained:
             raise ValueError(f"--control_type={name} but the ControlNet {directory} was trained on {trained!r} "
                              f"controls: pass --control_type={trained}.")
-        size = [s * codec.factor for s in config["control_size"]]
-        channels = config["control_channels"] if codec.vae is None else 3
         if kind == "file":
+            channels = sampling.control_channels(config, codec)
             pixels = np.asarray(images_lib.decode(paths.path(path).read_bytes(), 1 if channels == 1 else 3))
             pixels = pixels[..., None] if pixels.ndim == 2 else pixels
         else:
-            options = control_options(o, name)
             photo = sampling.read_image(path, codec.resolution, codec.pixel_channels)
-            pixels = compute_control(name, photo, options)
-        pixels = sampling.fit_control(pixels, size, channels, what=f"control {paths.path(path).name}")
-        out.append(sampling.Control(directory, sampling.control_input(pixels, codec), scale, pixels))
+            pixels = sampling.compute_control(name, photo, control_options(o, name))
+        out.append(sampling.make_control(directory, config, codec, pixels, scale,
+                                         what=f"control {paths.path(path).name}"))
     return out
 
 

@@ -408,12 +408,13 @@ def example_conditions(setup, examples):
     return out
 
 
-def encode_conditions(setup, captions, labels, composition=None, inputs=None):
+def encode_conditions(setup, captions, labels, composition=None, inputs=None, encoder=None):
     """Per-condition model inputs (numpy, leading axis = condition): text embeddings and/or labels `y`, and for
     a model with style or layout paths its `style` and layout_* inputs (the nulls unless `composition` sets
     them). With composable guidance each caption's " AND " parts are encoded on axis 1 with `text_parts`.
     `inputs` (e.g. `example_conditions`) gives each condition its own style and layout_* (leading axis =
-    len(captions)) in place of the composition's one for all."""
+    len(captions)) in place of the composition's one for all. `encoder`: the text encoder, loaded once by a
+    caller that encodes often (serve); None loads it here."""
     cond, c = {}, setup.model_config
     composition = composition or Composition()
     if setup.text:
@@ -422,11 +423,11 @@ def encode_conditions(setup, captions, labels, composition=None, inputs=None):
             parts = [split_prompt(caption) for caption in captions]
             width = max(map(len, parts))
             padded = [p + [p[-1]] * (width - len(p)) for p in parts]  # padding parts get weight 0
-            flat = encoders.text_conditions(setup.text, [q for p in padded for q in p])
+            flat = encoders.text_conditions(setup.text, [q for p in padded for q in p], encoder)
             cond.update({k: v.reshape(len(captions), width, *v.shape[1:]) for k, v in flat.items()})
             cond["text_parts"] = np.arange(width)[None] < np.array([len(p) for p in parts])[:, None]
         else:
-            cond.update(encoders.text_conditions(setup.text, captions))
+            cond.update(encoders.text_conditions(setup.text, captions, encoder))
     if labels is not None and c.get("num_classes"):
         cond["y"] = np.asarray(labels, np.int32)
     n = len(captions)
@@ -440,7 +441,8 @@ def encode_conditions(setup, captions, labels, composition=None, inputs=None):
             from dit_jax.text import encoders  # pylint: disable=import-outside-toplevel
             layout_boxes[:, :len(boxes)] = [box for box, _ in boxes]
             mask[:, :len(boxes)] = True
-            embeddings[:, :len(boxes)] = encoders.text_conditions(setup.text, [p for _, p in boxes])["pooled"]
+            embeddings[:, :len(boxes)] = encoders.text_conditions(setup.text, [p for _, p in boxes],
+                                                                  encoder)["pooled"]
         cond.update(layout_boxes=layout_boxes, layout_mask=mask, layout_embeddings=embeddings)
     if c.get("multiview"):  # each view's camera: the ring the model was trained around (models/multiview.py)
         from dit_jax.models.multiview import sample_cameras  # pylint: disable=import-outside-toplevel
@@ -502,17 +504,19 @@ def initial_noise(seed, ids, shape):
 
 
 def generate_batch(model, setup, settings, cond, ids, *, return_trajectory=False, image=None, mask=None,
-                   strength=1.0, resample=1, classifier=None, targets=None):
+                   strength=1.0, resample=1, classifier=None, targets=None, guidance=None):
     """`generate` for images `ids` under `cond` (leading axis = len(ids)), as `setup` and `settings` say.
 
     The starting noise is `initial_noise`; the step noise of ddpm, ddim with
     eta > 0 and inpainting is drawn per batch from the seed and its first index.
     `classifier(x, t) -> logits` guides each image toward its class in `targets`
-    with weight settings.classifier_scale.
+    with weight settings.classifier_scale. `guidance` {condition: weight} (numbers, or traced scalars so that
+    changing them does not recompile) replaces settings.guidance's weights.
     """
     s = setup.resolve(settings)
     c = setup.model_config
-    guidance = parse_guidance(s.guidance) if s.guidance else None
+    if guidance is None:
+        guidance = parse_guidance(s.guidance) if s.guidance else None
     x_T = initial_noise(s.seed, ids, sample_shape(c))  # (H, W, C), or (T, H, W, C) for a video model
     key = jax.random.fold_in(jax.random.split(jax.random.PRNGKey(s.seed))[1], ids[0])
     if setup.objective == "flow":
@@ -526,6 +530,11 @@ def generate_batch(model, setup, settings, cond, ids, *, return_trajectory=False
                     prediction=setup.prediction, learn_sigma=c.get("learn_sigma", True), clip_x0=setup.clip_x0,
                     return_trajectory=return_trajectory, image=image, mask=mask, strength=strength,
                     resample=resample, x_T=x_T, cond_fn=cond_fn, guidance=guidance)
+
+
+def is_video(setup):
+    """A clip model (a multi-view model's frames are its views, which it samples as a set)."""
+    return bool(setup.model_config.get("frames")) and not setup.model_config.get("multiview")
 
 
 def sampled_timesteps(setup, settings):
@@ -725,6 +734,38 @@ def fit_control(pixels, size, channels, what="control"):
     return pixels
 
 
+def control_channels(config, codec):
+    """The channels of the control pixels `config`'s ControlNet takes (in latent space: RGB, for the VAE)."""
+    return config["control_channels"] if codec.vae is None else 3
+
+
+def make_control(directory, config, codec, pixels, scale=1.0, what="control"):
+    """The Control of `directory`'s ControlNet (`config`: its controlnet_config) from uint8 control pixels
+    (H, W, C) of any size, fitted to what it was trained on (`fit_control`)."""
+    size = [s * codec.factor for s in config["control_size"]]
+    pixels = fit_control(pixels, size, control_channels(config, codec), what=what)
+    return Control(directory, control_input(pixels, codec), scale, pixels)
+
+
+def control_options(controls_config, name, model_path=""):
+    """The detector settings `name` was computed with in training: a run's `controls.*` (None: the defaults,
+    with `model_path` for the depth and pose models)."""
+    from dit_jax.data import controls as controls_lib  # pylint: disable=import-outside-toplevel
+    if name == "outline":
+        return {}
+    config = controls_config if controls_config is not None else dict(model_path=model_path) if model_path else {}
+    return controls_lib.options_from_config(config, name)
+
+
+def compute_control(name, image, options):
+    """The `name` control of a uint8 image; `outline` (circles'): the one-pixel ring of its foreground."""
+    from dit_jax.data import controls as controls_lib  # pylint: disable=import-outside-toplevel
+    if name == "outline":
+        from dit_jax.data.circles import outline  # pylint: disable=import-outside-toplevel
+        return (outline(controls_lib.silhouette(image)[..., 0] > 0) * np.uint8(255))[..., None]
+    return controls_lib.control_fn(name, **options)(image)
+
+
 def controlled_model(base, controls):
     """The base DiT with the ControlNet of each Control attached, at its scale."""
     from dit_jax.models.controlnet import ControlledDiT, load_controlnet  # pylint: disable=import-outside-toplevel
@@ -747,8 +788,9 @@ def control_conditions(controls, num_conditions):
     return out
 
 
-def with_controls(model, count, null_control="blank"):
-    """`fn(x, t, **cond)` for `generate`: the ControlledDiT under the cond's `control_<j>` inputs.
+def with_controls(model, count, null_control="blank", scales=None):
+    """`fn(x, t, **cond)` for `generate`: the ControlledDiT under the cond's `control_<j>` inputs, at `scales`
+    (one per ControlNet, traced ones too; None: the model's own).
 
     null_control "blank": where the condition is dropped (guidance's null half) the controls are zeros too,
     what control dropout trained as "no control", so guidance pushes toward the control as it does toward the
@@ -761,5 +803,5 @@ def with_controls(model, count, null_control="blank"):
         controls = [cond.pop(f"control_{j}") for j in range(count)]
         if null_control == "blank" and drop is not None:
             controls = [jnp.where(drop.reshape((-1,) + (1,) * (c.ndim - 1)), 0.0, c) for c in controls]
-        return model(x, t, drop=drop, controls=controls, **cond)
+        return model(x, t, drop=drop, controls=controls, scales=scales, **cond)
     return fn

@@ -1,17 +1,25 @@
-"""A browser demo of a trained run: text (or class) to image, inpainting and image-to-image.
+"""A browser demo of a trained run: text (or class) to image, inpainting, image-to-image, and the controls,
+layouts, clips or views the run makes.
 
   python -m dit_jax.serve --workdir=RUN [--port=7860] [--host=127.0.0.1] [--max_images=4]
 
 A Gradio Blocks app over dit_jax/sampling.py, the module behind `sample`:
 the same Setup, conditions, starting noise and samplers, so a seed gives
-the images `sample` gives for one prompt. The weights load once, and the
-sampler is compiled at start-up for the page's defaults (each tab), so the
-first click is fast; another sampler, step count, strength or number of
-images compiles once on first use. The seed and the guidance scale are
-inputs of the compiled program, not constants, so changing them does not
-recompile. Requests queue and run one at a time. The progress bar follows
-the sampler's steps as they run: the model reports each call's timestep to
-the host (jax.debug.callback) while a worker thread runs it, and the request
+the images `sample` gives for one prompt. The tabs are those the run
+supports: Generate, Inpaint and Image to image for an image model; Control
+for a ControlNet run (its base under its ControlNet, the control uploaded
+or computed from a photo); Layout & style for a model with style labels or
+layout boxes (composable guidance, one weight a condition); Video for a
+clip model and Views for a multi-view one (an animated GIF and frame
+strips; a novel-view model's views of an uploaded image). The weights load
+once, and the sampler is compiled at start-up for each tab's defaults, so
+the first click is fast; another sampler, step count, strength or number of
+images compiles once on first use. The seed, the guidance scale, the
+composable guidance weights and the control scale are inputs of the
+compiled program, not constants, so changing them does not recompile.
+Requests queue and run one at a time. The progress bar follows the
+sampler's steps as they run: the model reports each call's timestep to the
+host (jax.debug.callback) while a worker thread runs it, and the request
 shows each step as it is reached.
 Bad settings come back as messages in the page (gr.Error), never tracebacks.
 """
@@ -21,6 +29,7 @@ import functools
 import os
 import queue
 import socket
+import tempfile
 import threading
 import time
 
@@ -35,16 +44,21 @@ from PIL import Image  # pylint: disable=wrong-import-position
 
 from dit_jax import sampling  # pylint: disable=wrong-import-position
 from dit_jax.data import images as image_io  # pylint: disable=wrong-import-position
+from dit_jax.diffusion.composition import model_conditions  # pylint: disable=wrong-import-position
 from dit_jax.diffusion.flow import FLOW_SAMPLERS, T_SCALE, flow_sigmas  # pylint: disable=wrong-import-position
 from dit_jax.diffusion.generate import INPAINT_SAMPLERS, SAMPLERS  # pylint: disable=wrong-import-position
 from dit_jax.models import classifier  # pylint: disable=wrong-import-position
+from dit_jax.models.layout import parse_box  # pylint: disable=wrong-import-position
 from dit_jax.models.pretrained import load_pretrained  # pylint: disable=wrong-import-position
-from dit_jax.utils import paths  # pylint: disable=wrong-import-position
-from dit_jax.utils.visualization import to_uint8  # pylint: disable=wrong-import-position
+from dit_jax.utils import paths, video  # pylint: disable=wrong-import-position
+from dit_jax.utils.visualization import captioned_grid, to_uint8  # pylint: disable=wrong-import-position
 
 PORT, MAX_IMAGES, MAX_STEPS = 7860, 4, 250
-MODES = ("generate", "inpaint", "img2img")
+MODES = ("generate", "inpaint", "img2img", "control", "layout", "video", "views")  # one tab each
 STRENGTH = 0.6  # img2img's default, as sample's
+WEIGHTS = {"text": 4.0, "style": 3.0, "layout": 2.0, "class": 2.0}  # the Layout tab's guidance defaults
+AS_IS = "as is"  # the Control tab's upload is the control image itself
+NO_STYLE = "none"
 
 
 def check_port(host, port):
@@ -67,13 +81,16 @@ def check_run(workdir):
     paths.check(workdir, "--workdir")
     if not paths.path(workdir).is_dir():
         raise FileNotFoundError(f"Workdir {workdir} does not exist: pass a training run's --workdir.")
-    if not paths.path(paths.join(workdir, "export", "config.json")).is_file():
-        raise FileNotFoundError(f"{workdir} has no export (export/config.json): training writes it when it reaches "
-                                "config.steps; serve a finished run, or finish this one.")
+    if not (paths.path(paths.join(workdir, "export", "config.json")).is_file() or
+            sampling.is_controlnet_run(workdir)):
+        raise FileNotFoundError(f"{workdir} has no export (export/config.json, or a ControlNet run's "
+                                f"{sampling.CONTROLNET_EXPORT}/): training writes it when it reaches config.steps; "
+                                "serve a finished run, or finish this one.")
 
 
 class Demo:
-    """A run's model loaded once, with one compiled sampler per (mode, sampler, steps, strength, images, guided)."""
+    """A run's model loaded once, with one compiled sampler per set of static choices (sampler, steps, strength,
+    images, guided, guidance terms, control)."""
 
     def __init__(self, workdir, data_dir="~/.cache/dit_jax", max_images=MAX_IMAGES):
         check_run(workdir)
@@ -81,6 +98,8 @@ class Demo:
             raise ValueError(f"--max_images must be at least 1, got {max_images}.")
         self.setup = sampling.read_setup(workdir=workdir, data_dir=data_dir)
         classifier.refuse(self.setup.model_config, "serve")
+        if self.setup.model_config.get("frames") and self.setup.vae:
+            raise ValueError("A video or multi-view model is served in pixel space: the VAE decodes images.")
         run = paths.read_json(paths.join(workdir, "run.json"))
         self.defaults = sampling.run_settings(_Config(run["config"]["sample"]))
         self.name, self.max_images = paths.path(workdir).name, max_images
@@ -91,11 +110,18 @@ class Demo:
             t = self.setup.text
             self.encoder = encoders.load(t["encoder"], t.get("source", ""), t["max_length"], t["layer"])
         model, _ = load_pretrained(self.setup.export)
+        self.controlnet = None  # a ControlNet run: (its export directory, its config.json, the run's controls.*)
+        if self.setup.controlnets:
+            directory = self.setup.controlnets[0]
+            self.controlnet = (directory, sampling.controlnet_config(directory), run["config"].get("controls") or {})
+            model = sampling.controlled_model(model, [sampling.Control(directory, None)])  # the base under it
         self.graphdef, state = nnx.split(model)
         self.device = jax.devices()[0]
         self.state = jax.device_put(state, self.device)
         self.compiled = {}
         self.reached = queue.Queue()  # timesteps the running sampler has reached (one request runs at a time)
+        self.outdir = tempfile.mkdtemp(prefix="dit_jax_serve_")  # the GIFs of clips and views
+        self.made = 0
 
     # What the model takes.
     @property
@@ -108,6 +134,16 @@ class Demo:
         return [names[i] if i < len(names) else str(i) for i in range(self.num_classes)]
 
     @property
+    def style_choices(self):
+        names, count = self.setup.style_names, self.setup.model_config.get("num_styles", 0)
+        return [names[i] if i < len(names) else str(i) for i in range(count)]
+
+    @property
+    def conditions_guided(self):
+        """The conditions composable guidance weighs on this model (the Layout tab's weights)."""
+        return model_conditions(self.setup.model_config)
+
+    @property
     def samplers(self):
         return FLOW_SAMPLERS if self.setup.objective == "flow" else SAMPLERS
 
@@ -115,13 +151,50 @@ class Demo:
     def inpaint_samplers(self):
         return FLOW_SAMPLERS if self.setup.objective == "flow" else INPAINT_SAMPLERS
 
+    @property
+    def tabs(self):
+        """The modes (MODES) this run supports, one tab each."""
+        c = self.setup.model_config
+        if c.get("multiview"):
+            return ("views",)
+        if sampling.is_video(self.setup):
+            return ("video",)
+        tabs = ["generate", "inpaint", "img2img"]
+        if self.controlnet:
+            tabs.append("control")
+        if c.get("num_styles") or c.get("layout_max_boxes"):
+            tabs.append("layout")
+        return tuple(tabs)
+
+    @property
+    def views(self):
+        """A multi-view model's view count (its ring of cameras), else 0."""
+        c = self.setup.model_config
+        return c["frames"] if c.get("multiview") else 0
+
+    @property
+    def novel_view(self):
+        return bool(self.setup.model_config.get("novel_view"))
+
     def describe(self):
         c = self.setup.model_config
-        takes = [w for w, on in (("text", self.setup.text), ("class labels", self.num_classes)) if on]
+        takes = [w for w, on in (("text", self.setup.text), ("class labels", self.num_classes),
+                                 ("a style", c.get("num_styles")), ("layout boxes", c.get("layout_max_boxes")))
+                 if on]
         space = "VAE latents" if self.setup.vae else "pixels"
+        r = self.codec.resolution
+        makes = f"{r}x{r} images"
+        if self.views:
+            makes = (f"{self.views} views ({r}x{r}) of an object on a ring of cameras"
+                     + (", the first one given" if self.novel_view else ""))
+        elif "video" in self.tabs:
+            makes = f"clips of {c['frames']} frames of {r}x{r}"
+        net = ""
+        if self.controlnet:
+            net = f" A ControlNet steers it with {self.controlnet[1]['control_type']} controls."
         return (f"**{self.name}**: a DiT ({c['hidden_size']} wide, {c['depth']} blocks, patch {c['patch_size']}) "
-                f"trained with {self.setup.objective} on {space}; it makes {self.codec.resolution}x"
-                f"{self.codec.resolution} images from {' and '.join(takes) or 'nothing (unconditional)'}.")
+                f"trained with {self.setup.objective} on {space}; it makes {makes} from "
+                f"{', '.join(takes) or 'nothing (unconditional)'}.{net}")
 
     # Requests.
     def settings(self, sampler, steps, cfg_scale, seed, num_images, mode):
@@ -142,8 +215,9 @@ class Demo:
         sampling.check_settings(settings, inpaint=mode == "inpaint", objective=self.setup.objective)
         return settings
 
-    def conditions(self, prompt, class_name):
-        """Model inputs for one prompt and/or class, numpy with a leading axis of 1."""
+    def conditions(self, prompt, class_name, composition=None, inputs=None):
+        """Model inputs for one prompt and/or class (and a composition, per-condition inputs), numpy with a
+        leading axis of 1."""
         prompt = (prompt or "").strip()
         if self.setup.text and not prompt:
             raise ValueError("Type a prompt: this model draws from text.")
@@ -155,13 +229,39 @@ class Demo:
                 raise ValueError("Pick a class: this model is class-conditional.")
             labels = [self.class_choices.index(class_name) if class_name in self.class_choices
                       else sampling._class_index(class_name, self.num_classes, self.setup.class_names)]  # pylint: disable=protected-access
-        cond = {}
-        if self.encoder is not None:
-            tokens, mask, pooled = self.encoder.encode([prompt])
-            cond = dict(text=tokens.astype(np.float32), text_mask=mask, pooled=pooled.astype(np.float32))
-        if labels is not None:
-            cond["y"] = np.asarray(labels, np.int32)
-        return cond
+        return sampling.encode_conditions(self.setup, [prompt], labels, composition, inputs, self.encoder)
+
+    def composition(self, prompt, style, boxes, weights):
+        """The Layout tab's style name (or NO_STYLE), boxes (one `x0,y0,x1,y1:phrase` a line) and guidance
+        weights {condition: weight}, checked as `sample --style --box --guidance` are."""
+        for name, w in weights.items():
+            if w is None or not np.isfinite(w):
+                raise ValueError(f"The {name} guidance weight must be a number, got {w!r}.")
+        parsed = []
+        for line in (boxes or "").splitlines():
+            if line.strip():
+                parsed.append(parse_box(line.strip()))
+        spec = ",".join(f"{name}={weights[name]!r}" for name in self.conditions_guided)
+        return sampling.read_composition(self.setup, [(prompt or "").strip()],
+                                         None if style in (None, "", NO_STYLE) else style, parsed, spec or None)
+
+    def control(self, image, kind, scale):
+        """The Control tab's Control: the uploaded image as the control (AS_IS), or its `kind` control computed
+        as the run's data computed them (`sample --control_from`)."""
+        directory, config, options = self.controlnet
+        if image is None:
+            raise ValueError("Upload a control image, or a picture to compute the control from.")
+        if scale is None or not np.isfinite(scale):
+            raise ValueError(f"The control scale must be a number, got {scale!r}.")
+        pixels = np.asarray(image, np.uint8)
+        pixels = pixels[..., None] if pixels.ndim == 2 else pixels[..., :3]
+        if kind != AS_IS:
+            if kind != config["control_type"]:
+                raise ValueError(f"This ControlNet was trained on {config['control_type']!r} controls, not "
+                                 f"{kind!r}: pick {config['control_type']} or {AS_IS!r}.")
+            photo = self.fit(image, "a picture to compute the control from")
+            pixels = sampling.compute_control(kind, photo, sampling.control_options(options, kind))
+        return sampling.make_control(directory, config, self.codec, pixels, float(scale))
 
     def fit(self, array, what):
         """An uploaded image (H, W[, C]) uint8 fitted to the model's resolution; too small ones are refused."""
@@ -173,7 +273,9 @@ class Demo:
             raise ValueError(f"The image is {w}x{h} pixels but this model makes {r}x{r}: upload one at least {r} "
                              "pixels on each side.")
         mode = "L" if self.codec.pixel_channels == 1 else "RGB"
-        return image_io.fit(Image.fromarray(np.asarray(array, np.uint8)).convert(mode), r)
+        array = np.asarray(array, np.uint8)
+        array = array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array
+        return image_io.fit(Image.fromarray(array).convert(mode), r)
 
     def visited(self, settings, mode, strength):
         """The model timesteps the sampler will call the model at, in order (what the progress bar counts)."""
@@ -185,20 +287,23 @@ class Demo:
             return flow_sigmas(kept, self.setup.shift, start=strength)[:-1] * T_SCALE
         return full[len(full) - kept:]
 
-    def program(self, mode, settings, strength, num_images):
-        """The compiled sampler for these static choices (built on first use, then reused)."""
+    def program(self, settings, strength, num_images, terms=(), controlled=False):
+        """The compiled sampler for these static choices (built on first use, then reused): `terms` the
+        conditions composable guidance weighs (their weights are inputs), `controlled` under the ControlNet."""
         guided = settings.cfg_scale != 1
-        key = (mode, settings.sampler, settings.steps, strength, num_images, guided)
+        key = (settings.sampler, settings.steps, strength, num_images, guided, terms, controlled)
         if key in self.compiled:
             return self.compiled[key]
-        setup, graphdef, reached = self.setup, self.graphdef, self.reached
+        setup, graphdef, reached, has_net = self.setup, self.graphdef, self.reached, bool(self.controlnet)
 
         def report(t):
             reached.put(float(t))
 
         @jax.jit
-        def run(state, cond, seed, cfg_scale, edit):
+        def run(state, cond, seed, cfg_scale, edit, weights, control_scale):
             model = nnx.merge(graphdef, state)
+            if has_net:  # the ControlledDiT: under its ControlNet at the request's scale, or its base alone
+                model = sampling.with_controls(model, 1, scales=[control_scale]) if controlled else model.base
 
             def reporting_model(x, t, **kwargs):
                 jax.debug.callback(report, t[0])
@@ -206,14 +311,18 @@ class Demo:
 
             s = dataclasses.replace(settings, seed=seed, cfg_scale=cfg_scale if guided else 1.0)
             return sampling.generate_batch(reporting_model, setup, s, cond, jnp.arange(num_images, dtype=jnp.int32),
-                                           strength=strength, **edit)
+                                           strength=strength, guidance=weights or None, **edit)
 
         self.compiled[key] = run
         return run
 
     def sample(self, mode, prompt, class_name, sampler, steps, cfg_scale, seed, num_images, image=None, mask=None,
-               strength=1.0, progress=None):
-        """uint8 images (N, H, W[, C]) for one request; `progress(fraction, desc)` is told each step reached."""
+               strength=1.0, progress=None, *, composition=None, control=None, given=None):
+        """uint8 images (N, H, W[, C]), or clips and views (N, T, H, W, C), for one request; `progress(fraction,
+        desc)` is told each step reached. `composition` (read_composition) for the Layout tab, `control` (a
+        sampling.Control) for the Control tab, `given` (uint8, fitted) a novel-view model's input view."""
+        if mode not in self.tabs:
+            raise ValueError(f"This run has no {mode} tab; it has {', '.join(self.tabs)}.")
         settings = self.settings(sampler, steps, cfg_scale, seed, num_images, mode)
         n = int(num_images)
         if mode == "img2img":
@@ -223,25 +332,32 @@ class Demo:
             if strength == 0:
                 raise ValueError(f"At strength below {0.5 / settings.steps:.3g} no step of {settings.steps} runs: "
                                  "raise the strength or the steps.")
-        cond = self.conditions(prompt, class_name)
+        if mode == "views" and self.novel_view and given is None:
+            raise ValueError("Upload the view to start from: this novel-view model makes the other views of it.")
+        inputs = {"given": self.codec.encode(given)[None]} if given is not None else None
+        cond = self.conditions(prompt, class_name, composition, inputs)
+        if control is not None:
+            cond.update(sampling.control_conditions([control], 1))
         cond = {k: jax.device_put(np.repeat(v, n, axis=0), self.device) for k, v in cond.items()}
         edit = {}
         if image is not None:
             edit["image"] = jax.device_put(self.codec.encode(image), self.device)
         if mask is not None:
             edit["mask"] = jax.device_put(self.codec.mask(mask), self.device)
+        weights = dict((composition.guidance if composition else None) or {})
         visited = self.visited(settings, mode, strength)
-        run = self.program(mode, settings, strength, n)
+        run = self.program(settings, strength, n, tuple(weights), control is not None)
         while not self.reached.empty():
             self.reached.get_nowait()
         # The sampler runs in a thread (on CPU the call returns only when it is done) while this one shows the
         # steps it reaches.
         result = {}
+        args = (self.state, cond, jnp.int32(settings.seed), jnp.float32(settings.cfg_scale), edit,
+                {k: jnp.float32(w) for k, w in weights.items()}, jnp.float32(control.scale if control else 1.0))
 
         def work():
             try:
-                result["x"] = np.asarray(run(self.state, cond, jnp.int32(settings.seed),
-                                             jnp.float32(settings.cfg_scale), edit))
+                result["x"] = np.asarray(run(*args))
             except Exception as e:  # pylint: disable=broad-except  # raised again in the request's thread
                 result["error"] = e
 
@@ -262,6 +378,12 @@ class Demo:
             raise result["error"]
         return to_uint8(self.codec.decode(result["x"]))
 
+    def animation(self, clips, captions):
+        """A GIF file of clips or views (N, T, H, W, C), each frame the N side by side (a turntable for views)."""
+        self.made += 1
+        path = os.path.join(self.outdir, f"{self.tabs[0]}_{self.made:05d}.gif")
+        return video.write_gif(path, video.grid_frames(clips, captions))
+
     def warm_up(self):
         """Compiles (and runs once) each tab's default request, so the first click does not wait for XLA."""
         started = time.time()
@@ -271,15 +393,32 @@ class Demo:
         half[:, r // 2:] = True
         args = dict(prompt="warm-up" if self.setup.text else "", class_name=(self.class_choices or [None])[0],
                     steps=d.steps, cfg_scale=d.cfg_scale, seed=0, num_images=min(MAX_IMAGES, self.max_images))
-        self.sample("generate", sampler=self.default_sampler, **args)
-        self.sample("inpaint", sampler=self.inpaint_samplers[-1] if self.setup.objective != "flow"
-                    else self.default_sampler, image=blank, mask=half, **args)
-        self.sample("img2img", sampler=self.default_sampler, image=blank, strength=STRENGTH, **args)
+        for mode in self.tabs:
+            extra = {}
+            if mode == "inpaint":
+                extra = dict(image=blank, mask=half, sampler=self.default_inpaint_sampler)
+            elif mode == "img2img":
+                extra = dict(image=blank, strength=STRENGTH)
+            elif mode == "control":
+                extra = dict(control=self.control(blank, AS_IS, 1.0))
+            elif mode == "layout":
+                extra = dict(composition=self.composition(args["prompt"], NO_STYLE, "", self.default_weights))
+            elif mode == "views" and self.novel_view:
+                extra = dict(given=blank)
+            self.sample(mode, **{"sampler": self.default_sampler, **args, **extra})
         return time.time() - started
 
     @property
     def default_sampler(self):
         return self.defaults.sampler if self.defaults.sampler in self.samplers else self.samplers[-1]
+
+    @property
+    def default_inpaint_sampler(self):
+        return self.inpaint_samplers[-1] if self.setup.objective != "flow" else self.default_sampler
+
+    @property
+    def default_weights(self):
+        return {name: WEIGHTS[name] for name in self.conditions_guided}
 
 
 class _Config(dict):
@@ -296,10 +435,10 @@ def mask_of(editor):
 
 
 def build(demo):
-    """The Gradio Blocks page of `demo`: shared controls, three tabs, one gallery."""
+    """The Gradio Blocks page of `demo`: shared controls, a tab for each mode the run supports, one gallery."""
     import gradio as gr  # pylint: disable=import-outside-toplevel
 
-    d = demo.defaults
+    d, c = demo.defaults, demo.setup.model_config
 
     def handle(fn):
         """Runs fn, turning the errors a request can make into messages in the page. fn's signature stays visible
@@ -312,8 +451,11 @@ def build(demo):
                 raise gr.Error(str(e), print_exception=False) from None
         return wrapped
 
+    def picture(image):
+        return image.squeeze(-1) if image.shape[-1] == 1 else image
+
     def gallery(images, caption):
-        return [(image.squeeze(-1) if image.shape[-1] == 1 else image, caption) for image in images]
+        return [(picture(image), caption) for image in images]
 
     def caption_of(prompt, class_name):
         return " / ".join(str(x) for x in (prompt, class_name) if x)
@@ -344,7 +486,48 @@ def build(demo):
                              image=demo.fit(image, "an image to start from"), strength=strength, progress=progress)
         return gallery(images, caption_of(prompt, class_name))
 
+    def control(prompt, class_name, sampler, steps, cfg_scale, seed, num_images, control_image, control_kind,
+                control_scale, progress=gr.Progress()):
+        made = demo.control(control_image, control_kind, control_scale)
+        images = demo.sample("control", prompt, class_name, sampler, steps, cfg_scale, seed, num_images,
+                             control=made, progress=progress)
+        return [(picture(made.pixels), f"control (x{made.scale:g})")] + gallery(images, caption_of(prompt, class_name))
+
+    def layout(prompt, class_name, sampler, steps, cfg_scale, seed, num_images, style, boxes, text_weight,
+               style_weight, layout_weight, class_weight, progress=gr.Progress()):
+        given = {"text": text_weight, "style": style_weight, "layout": layout_weight, "class": class_weight}
+        composition = demo.composition(prompt, style, boxes, {k: given[k] for k in demo.conditions_guided})
+        images = demo.sample("layout", prompt, class_name, sampler, steps, cfg_scale, seed, num_images,
+                             composition=composition, progress=progress)
+        caption = caption_of(prompt, class_name) + ("" if style in (None, "", NO_STYLE) else f" [{style}]")
+        out = gallery(images, caption)
+        if composition.boxes:  # the boxes drawn over the first image (the images themselves stay clean)
+            drawn = captioned_grid(images[:1], None, columns=1, boxes=[composition.boxes])
+            out.append((np.asarray(drawn), "layout"))
+        return out
+
+    def clips(mode):
+        def make(prompt, class_name, sampler, steps, cfg_scale, seed, num_images, given=None, progress=None):
+            if given is not None:
+                given = demo.fit(given, "the view to start from")
+            made = demo.sample(mode, prompt, class_name, sampler, steps, cfg_scale, seed, num_images, given=given,
+                               progress=progress)
+            caption = caption_of(prompt, class_name)
+            return (demo.animation(made, [caption] * len(made)),
+                    [(picture(video.frame_strip(clip)), caption) for clip in made])
+        return make
+
+    def make_video(prompt, class_name, sampler, steps, cfg_scale, seed, num_images, progress=gr.Progress()):
+        return clips("video")(prompt, class_name, sampler, steps, cfg_scale, seed, num_images, progress=progress)
+
+    def make_views(prompt, class_name, sampler, steps, cfg_scale, seed, num_images, view, progress=gr.Progress()):
+        if demo.novel_view and view is None:
+            raise ValueError("Upload the view to start from: this novel-view model makes the other views of it.")
+        return clips("views")(prompt, class_name, sampler, steps, cfg_scale, seed, num_images,
+                              view if demo.novel_view else None, progress=progress)
+
     mode = "L" if demo.codec.pixel_channels == 1 else "RGB"
+    tabs = demo.tabs
     with gr.Blocks(title=f"dit_jax: {demo.name}") as page:
         gr.Markdown(f"# dit_jax demo\n{demo.describe()}")
         with gr.Row():
@@ -359,32 +542,83 @@ def build(demo):
             cfg_scale = gr.Slider(0, 15, value=d.cfg_scale, step=0.1, label="Guidance scale (1: none)")
             seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
             num_images = gr.Slider(1, demo.max_images, value=min(MAX_IMAGES, demo.max_images), step=1,
-                                   label="Images")
+                                   label="Images" if "video" not in tabs and "views" not in tabs else "Samples")
         common = [prompt, class_name]
         settings = [steps, cfg_scale, seed, num_images]
+        buttons = {}  # mode: (button, handler, inputs)
         with gr.Tabs():
-            with gr.Tab("Generate"):
-                generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
-            with gr.Tab("Inpaint"):
-                editor = gr.ImageMask(label="Image: paint over what to regenerate", type="numpy",
-                                      image_mode="RGBA", layers=False, transforms=(), elem_id="inpaint_image")
-                inpaint_sampler = gr.Dropdown(list(demo.inpaint_samplers), value=demo.inpaint_samplers[-1]
-                                              if demo.setup.objective != "flow" else demo.default_sampler,
-                                              label="Inpainting sampler")
-                inpaint_button = gr.Button("Inpaint", variant="primary", elem_id="inpaint")
-            with gr.Tab("Image to image"):
-                source = gr.Image(label="Start from", type="numpy", image_mode=mode, elem_id="img2img_image")
-                strength = gr.Slider(0, 1, value=STRENGTH, step=0.05,
-                                     label="Strength (0: keep the image, 1: ignore it)")
-                img2img_button = gr.Button("Transform", variant="primary", elem_id="img2img")
-        images = gr.Gallery(label="Images", format="png", columns=4, object_fit="contain", height=360,
-                            buttons=["download", "download_all", "fullscreen"], elem_id="gallery")
+            if "generate" in tabs:
+                with gr.Tab("Generate"):
+                    buttons["generate"] = (gr.Button("Generate", variant="primary", elem_id="generate"), generate,
+                                           common + [sampler] + settings)
+            if "inpaint" in tabs:
+                with gr.Tab("Inpaint"):
+                    editor = gr.ImageMask(label="Image: paint over what to regenerate", type="numpy",
+                                          image_mode="RGBA", layers=False, transforms=(), elem_id="inpaint_image")
+                    inpaint_sampler = gr.Dropdown(list(demo.inpaint_samplers), value=demo.default_inpaint_sampler,
+                                                  label="Inpainting sampler")
+                    buttons["inpaint"] = (gr.Button("Inpaint", variant="primary", elem_id="inpaint"), inpaint,
+                                          common + settings + [editor, inpaint_sampler])
+            if "img2img" in tabs:
+                with gr.Tab("Image to image"):
+                    source = gr.Image(label="Start from", type="numpy", image_mode=mode, elem_id="img2img_image")
+                    strength = gr.Slider(0, 1, value=STRENGTH, step=0.05,
+                                         label="Strength (0: keep the image, 1: ignore it)")
+                    buttons["img2img"] = (gr.Button("Transform", variant="primary", elem_id="img2img"), img2img,
+                                          common + [sampler] + settings + [source, strength])
+            if "control" in tabs:
+                trained = demo.controlnet[1]["control_type"]
+                with gr.Tab("Control"):
+                    gr.Markdown(f"The ControlNet was trained on **{trained}** controls: upload a picture to compute "
+                                f"them from (as the run's data did), or a ready control image ({AS_IS}).")
+                    control_image = gr.Image(label="Picture or control image", type="numpy", image_mode="RGB",
+                                             elem_id="control_image")
+                    with gr.Row():
+                        control_kind = gr.Dropdown([trained, AS_IS], value=trained, label="Control")
+                        control_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Control scale (0: none)")
+                    buttons["control"] = (gr.Button("Generate under the control", variant="primary",
+                                                    elem_id="control"), control,
+                                          common + [sampler] + settings + [control_image, control_kind, control_scale])
+            if "layout" in tabs:
+                with gr.Tab("Layout & style"):
+                    gr.Markdown("Composable guidance: one weight a condition (the guidance scale above is unused "
+                                "here); a prompt's ' AND ' parts are terms of their own.")
+                    styles = [NO_STYLE] + demo.style_choices
+                    style = gr.Dropdown(styles, value=NO_STYLE, label="Style", visible=bool(c.get("num_styles")))
+                    boxes = gr.Textbox(label=f"Boxes (up to {c.get('layout_max_boxes', 0)}, one a line: "
+                                             "x0,y0,x1,y1:phrase, coordinates in [0, 1])", lines=3,
+                                       placeholder="0.05,0.3,0.45,0.7:a sneaker",
+                                       visible=bool(c.get("layout_max_boxes")), elem_id="boxes")
+                    with gr.Row():
+                        weights = [gr.Slider(-5, 15, value=WEIGHTS[name], step=0.1, label=f"{name} weight",
+                                             visible=name in demo.conditions_guided) for name in WEIGHTS]
+                    buttons["layout"] = (gr.Button("Compose", variant="primary", elem_id="layout"), layout,
+                                         common + [sampler] + settings + [style, boxes] + weights)
+            animation = None
+            if "video" in tabs:
+                with gr.Tab("Video"):
+                    buttons["video"] = (gr.Button("Make clips", variant="primary", elem_id="video"), make_video,
+                                        common + [sampler] + settings)
+                    animation = gr.Image(label="Clips", type="filepath", elem_id="animation")
+            if "views" in tabs:
+                with gr.Tab("Views"):
+                    r = demo.codec.resolution
+                    gr.Markdown(f"{demo.views} views on the ring of cameras the model was trained around (its "
+                                "view count is fixed by training): a turntable GIF and a strip a sample."
+                                + (" Upload the first camera's view: the model makes the others." if demo.novel_view
+                                   else ""))
+                    view = gr.Image(label=f"The view to start from (fitted to {r}x{r})", type="numpy",
+                                    image_mode=mode, visible=demo.novel_view, elem_id="view_image")
+                    buttons["views"] = (gr.Button("Make views", variant="primary", elem_id="views"), make_views,
+                                        common + [sampler] + settings + [view])
+                    animation = gr.Image(label="Turntable", type="filepath", elem_id="animation")
+        images = gr.Gallery(label="Images" if animation is None else "Frame strips", format="png", columns=4,
+                            object_fit="contain", height=360, buttons=["download", "download_all", "fullscreen"],
+                            elem_id="gallery")
         queue = dict(concurrency_id="sampler", concurrency_limit=1)  # one sampler: requests wait their turn
-        generate_button.click(handle(generate), common + [sampler] + settings, images, api_name="generate", **queue)
-        inpaint_button.click(handle(inpaint), common + settings + [editor, inpaint_sampler], images,
-                             api_name="inpaint", **queue)
-        img2img_button.click(handle(img2img), common + [sampler] + settings + [source, strength], images,
-                             api_name="img2img", **queue)
+        for name, (button, fn, inputs) in buttons.items():
+            outputs = [animation, images] if name in ("video", "views") else images
+            button.click(handle(fn), inputs, outputs, api_name=name, **queue)
     return page.queue(max_size=64, default_concurrency_limit=1)
 
 

@@ -182,7 +182,7 @@ def test_bad_control_input_fails_in_one_line(exports, tmp_path):
     with pytest.raises(ValueError, match="0 ControlNets"):
         sample.read_controls(o, setup, codec)
     with pytest.raises(ValueError, match="depth model"):  # a depth model path that does not load
-        sample.compute_control("depth", np.zeros((8, 8, 3), np.uint8), sample.control_options(o, "depth"))
+        sampling.compute_control("depth", np.zeros((8, 8, 3), np.uint8), sample.control_options(o, "depth"))
     # A ControlNet whose base is gone, and a workdir that is no ControlNet run.
     moved = tmp_path / "cn"
     os.makedirs(moved)

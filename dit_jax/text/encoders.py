@@ -139,11 +139,12 @@ def load(kind, path="", max_length=77, layer="last", device=None):
     return TextEncoder(kind, source, tokenizer, model.eval().to(device), max_length, layer, device)
 
 
-def text_conditions(text, captions):
-    """Model inputs for new captions, encoded as a prepared dataset's manifest["text"] says.
+def text_conditions(text, captions, encoder=None):
+    """Model inputs for new captions, encoded as a prepared dataset's manifest["text"] says (by `encoder`, that
+    one loaded already; None: loaded here).
 
     {"text": (B, L, D) float32, "text_mask": (B, L) bool, "pooled": (B, D) float32}, numpy.
     """
-    encoder = load(text["encoder"], text.get("source", ""), text["max_length"], text["layer"])
+    encoder = encoder or load(text["encoder"], text.get("source", ""), text["max_length"], text["layer"])
     tokens, mask, pooled = encoder.encode(list(captions))
     return dict(text=tokens.astype(np.float32), text_mask=mask, pooled=pooled.astype(np.float32))

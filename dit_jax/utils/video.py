@@ -121,6 +121,13 @@ def sample_grid(samples, captions=None):
     return strip_grid(samples, captions) if samples.ndim == 5 else captioned_grid(samples, captions)
 
 
+def grid_frames(clips, captions=None, columns=4):
+    """(N, T, H, W, C) clips -> T PIL images, frame t of every clip side by side and captioned: what
+    `write_gif` animates to show the clips together."""
+    clips = _check_clip(as_uint8(clips), ndim=5)
+    return [captioned_grid(clips[:, t], captions, columns=min(columns, len(clips))) for t in range(clips.shape[1])]
+
+
 def save_clips(path, clips, captions=None, fps=FPS, columns=4):
     """Writes stem.gif (the clips side by side, captioned, animated), stem.png (their frame strips) and
     stem.mp4 (when imageio-ffmpeg is installed), for a path ending in any of the three; returns the paths."""
@@ -137,8 +144,7 @@ def save_clips(path, clips, captions=None, fps=FPS, columns=4):
     clips = _check_clip(as_uint8(clips), ndim=5)
     stem = os.path.splitext(path)[0]
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-    columns = min(columns, len(clips))
-    grids = [captioned_grid(clips[:, t], captions, columns=columns) for t in range(clips.shape[1])]
+    grids = grid_frames(clips, captions, columns)
     written = [write_gif(stem + ".gif", grids, fps)]
     strip_grid(clips, captions).save(stem + ".png")
     written.append(stem + ".png")
