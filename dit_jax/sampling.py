@@ -803,5 +803,7 @@ def with_controls(model, count, null_control="blank", scales=None):
         controls = [cond.pop(f"control_{j}") for j in range(count)]
         if null_control == "blank" and drop is not None:
             controls = [jnp.where(drop.reshape((-1,) + (1,) * (c.ndim - 1)), 0.0, c) for c in controls]
-        return model(x, t, drop=drop, controls=controls, scales=scales, **cond)
+        if scales is not None:
+            cond["scales"] = scales
+        return model(x, t, drop=drop, controls=controls, **cond)
     return fn

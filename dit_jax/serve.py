@@ -384,8 +384,9 @@ class Demo:
         path = os.path.join(self.outdir, f"{self.tabs[0]}_{self.made:05d}.gif")
         return video.write_gif(path, video.grid_frames(clips, captions))
 
-    def warm_up(self):
-        """Compiles (and runs once) each tab's default request, so the first click does not wait for XLA."""
+    def warm_up(self, tabs=None):
+        """Compiles (and runs once) the default request of each tab (or of `tabs`), so the first click does not
+        wait for XLA."""
         started = time.time()
         d, r = self.defaults, self.codec.resolution
         blank = np.zeros((r, r, self.codec.pixel_channels), np.uint8)
@@ -393,7 +394,7 @@ class Demo:
         half[:, r // 2:] = True
         args = dict(prompt="warm-up" if self.setup.text else "", class_name=(self.class_choices or [None])[0],
                     steps=d.steps, cfg_scale=d.cfg_scale, seed=0, num_images=min(MAX_IMAGES, self.max_images))
-        for mode in self.tabs:
+        for mode in tabs or self.tabs:
             extra = {}
             if mode == "inpaint":
                 extra = dict(image=blank, mask=half, sampler=self.default_inpaint_sampler)

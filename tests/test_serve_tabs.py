@@ -19,6 +19,7 @@ from dit_jax.data import circles, prepare
 from dit_jax.models import controlnet
 from dit_jax.models.layout import parse_box
 from dit_jax.models.pretrained import abstract_model, build_model, save_pretrained
+from dit_jax.text import encoders
 from dit_jax.text.encoders import resolve
 from dit_jax.training.recipe import base_config, emoji_minilm
 from test_controlnet_cli import TOY as BASE, random_weights
@@ -34,10 +35,13 @@ NOVEL = dict(multiview=True, frames=2, novel_view=True, input_size=8, patch_size
              depth=1, num_heads=2, num_classes=3)
 
 
-def serving(workdir, data_dir):
-    """Starts `workdir`'s app as the command does; yields (demo, client), closes it after the module."""
+def serving(workdir, data_dir, tab):
+    """Starts `workdir`'s app as the command does, but compiles only `tab`'s default request (the image tabs'
+    are test_serve.py's); yields (demo, client), closes it after the module."""
     port = free_port()
-    demo, page = serve.start(workdir, port, data_dir=data_dir, max_images=2)
+    demo = serve.Demo(workdir, data_dir, max_images=2)
+    demo.warm_up(tabs=(tab,))
+    page = serve.build(demo)
     serve.launch(page, port=port, block=False)
     yield demo, gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
     page.close()
@@ -60,7 +64,7 @@ def control_app(tmp_path_factory):
                                str(workdir / sampling.CONTROLNET_EXPORT))
     config = sample_config(controlnet_circles.get_config("runlocal"), cfg_scale=1.0)
     (workdir / "run.json").write_text(json.dumps({"config": config}))
-    yield from serving(str(workdir), str(root / "data"))
+    yield from serving(str(workdir), str(root / "data"), "control")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +80,7 @@ def layout_app(tmp_path_factory):
     text = dict(encoder="minilm", source=resolve("minilm", ""), dim=384, max_length=16, layer="last")
     with open(os.path.join(folder, prepare.MANIFEST), "w") as f:
         json.dump(dict(text=text, space="pixel", vae=None, image_shape=[8, 8, 3], class_names=[], styles=STYLES), f)
-    yield from serving(str(workdir), str(data_dir))
+    yield from serving(str(workdir), str(data_dir), "layout")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +91,7 @@ def video_app(tmp_path_factory):
     run = json.loads((root / "run.json").read_text())
     run["config"]["sample"].update(steps=2, sampler="ddim", cfg_scale=2.0)
     (root / "run.json").write_text(json.dumps(run))
-    yield from serving(workdir, str(root / "data"))
+    yield from serving(workdir, str(root / "data"), "video")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +102,7 @@ def views_app(tmp_path_factory):
     save_pretrained(randomize(abstract_model(NOVEL), 7), NOVEL, str(workdir / "export"))
     config = emoji_minilm(base_config(), resolution=8)
     (workdir / "run.json").write_text(json.dumps({"config": sample_config(config, cfg_scale=2.0)}))
-    yield from serving(str(workdir), str(root / "data"))
+    yield from serving(str(workdir), str(root / "data"), "views")
 
 
 def endpoints(client):
@@ -116,9 +120,10 @@ def test_control_is_the_librarys_sample_under_the_control_shown_beside_it(contro
     demo, client = control_app
     assert endpoints(client) == {"/generate", "/inpaint", "/img2img", "/control"}
     photo, outline = circles.example(0, 3, size=16)[:2]
-    args = ("", None, "ddim", 2, 1.0, 4, 2)
+    args = ("", None, "ddim", 2, 1.0, 4, 2)  # the run's sample block: what start-up compiled
     got = read(client.predict(*args, gradio_client.handle_file(png(tmp_path, "photo.png", photo)), "outline", 0.8,
                               api_name="/control"))
+    assert list(demo.compiled) == [("ddim", 2, 1.0, 2, False, (), True)]  # the scale is an input: no compile
     assert len(got) == 3 and got[1].shape == (8, 8, 3) and not np.array_equal(got[1], got[2])
     # The control computed from the photo as `sample --control_from --control_type=outline` does.
     setup = demo.setup
@@ -130,12 +135,11 @@ def test_control_is_the_librarys_sample_under_the_control_shown_beside_it(contro
     want = sampling.sample_images(setup, sampling.Settings(sampler="ddim", steps=2, cfg_scale=1.0, seed=4), [""],
                                   None, num_images=2, controls=[control], verbose=False).images
     np.testing.assert_array_equal(np.stack(got[1:]), want)
-    # A ready control image as is; scale 0 is the base alone, which /generate samples.
+    # A ready control image, as is (resized, kept binary).
     ready = gradio_client.handle_file(png(tmp_path, "outline.png", outline[..., 0]))
     unsteered = read(client.predict(*args, ready, serve.AS_IS, 0.0, api_name="/control"))
     np.testing.assert_array_equal(unsteered[0], sampling.fit_control(outline, (8, 8), 1)[..., 0])
-    np.testing.assert_array_equal(np.stack(unsteered[1:]), np.stack(read(client.predict(*args,
-                                                                                         api_name="/generate"))))
+    assert not np.array_equal(unsteered[1], got[1]) and len(demo.compiled) == 1
 
 
 @pytest.mark.parametrize("change, message", [
@@ -154,8 +158,9 @@ def test_bad_control_requests_are_messages(control_app, tmp_path, change, messag
 
 # ------------------------------------------------------------------------------------------ Layout & style
 
-def test_layout_and_style_is_the_librarys_composition(layout_app):
+def test_layout_and_style_is_the_librarys_composition(layout_app, monkeypatch):
     demo, client = layout_app
+    monkeypatch.setattr(encoders, "load", lambda *args, **kwargs: demo.encoder)  # the library's, loaded once
     assert endpoints(client) == {"/generate", "/inpaint", "/img2img", "/layout"}
     boxes = "0.1,0.2,0.5,0.9:a sneaker\n0.5,0,1,0.5: a bag"
     got = read(client.predict("a sneaker AND a bag", None, "ddim", 2, 3.0, 1, 2, "inverted", boxes, 4.0, 3.0, 2.0,
@@ -169,11 +174,11 @@ def test_layout_and_style_is_the_librarys_composition(layout_app):
                                   ["a sneaker AND a bag"], None, num_images=2, composition=composition,
                                   verbose=False).images
     np.testing.assert_array_equal(np.stack(got[:2]), want)
-    # Other weights are inputs of the same program: no compile.
-    compiled = len(demo.compiled)
+    # Start-up compiled the tab's default request; other weights, boxes and styles are inputs of that program.
     other = read(client.predict("a bag", None, "ddim", 2, 3.0, 1, 2, "none", "", 6.0, -1.0, 0.0, 0.0,
                                 api_name="/layout"))
-    assert len(other) == 2 and len(demo.compiled) == compiled and not np.array_equal(other[0], got[0])
+    assert len(other) == 2 and not np.array_equal(other[0], got[0])
+    assert list(demo.compiled) == [("ddim", 2, 1.0, 2, True, ("text", "style", "layout"), False)]
 
 
 @pytest.mark.parametrize("style, boxes, message", [
@@ -195,6 +200,7 @@ def test_video_gives_the_librarys_clips_as_a_gif_and_frame_strips(video_app):
     demo, client = video_app
     assert endpoints(client) == {"/video"}
     animation, strips = client.predict("", "3", "ddim", 2, 2.0, 5, 2, api_name="/video")
+    assert len(demo.compiled) == 1  # start-up's
     want = sampling.sample_images(demo.setup, sampling.Settings(sampler="ddim", steps=2, cfg_scale=2.0, seed=5),
                                   ["3"], [3], num_images=2, verbose=False).images
     assert want.shape == (2, 4, 8, 8, 1)
@@ -211,12 +217,13 @@ def test_views_of_an_uploaded_image_are_the_librarys(views_app, tmp_path):
     assert endpoints(client) == {"/views"}
     front = np.random.default_rng(1).integers(0, 256, (16, 16, 3), np.uint8)
     upload = gradio_client.handle_file(png(tmp_path, "front.png", front))
-    animation, strips = client.predict("", "1", "ddim", 2, 2.0, 3, 1, upload, api_name="/views")
+    animation, strips = client.predict("", "1", "ddim", 2, 2.0, 3, 2, upload, api_name="/views")
+    assert len(demo.compiled) == 1  # start-up's
     codec = sampling.Codec(demo.setup)
     given = codec.encode(sampling.read_image(str(tmp_path / "front.png"), 8, 3))
     want = sampling.sample_images(demo.setup, sampling.Settings(sampler="ddim", steps=2, cfg_scale=2.0, seed=3),
-                                  ["1"], [1], num_images=1, inputs={"given": given[None]}, verbose=False).images
-    assert want.shape == (1, 2, 8, 8, 3)
+                                  ["1"], [1], num_images=2, inputs={"given": given[None]}, verbose=False).images
+    assert want.shape == (2, 2, 8, 8, 3) and len(read(strips)) == 2
     np.testing.assert_array_equal(read(strips)[0], np.concatenate([want[0, 0], np.full((8, 1, 3), 255, np.uint8),
                                                                    want[0, 1]], axis=1))
     assert len(gif_frames(animation)) == 2
