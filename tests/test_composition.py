@@ -343,7 +343,7 @@ def test_sample_conditions_read_and_encode(monkeypatch):
         with pytest.raises(ValueError):
             parse_box(spec)
 
-    def fake(text, captions):
+    def fake(text, captions, encoder=None):
         codes = np.array([float(len(c)) for c in captions], np.float32)
         return dict(text=np.broadcast_to(codes[:, None, None], (len(captions), 5, TEXT_DIM)).copy(),
                     text_mask=np.ones((len(captions), 5), bool),
