@@ -229,3 +229,17 @@ def test_views_of_an_uploaded_image_are_the_librarys(views_app, tmp_path):
     assert len(gif_frames(animation)) == 2
     with pytest.raises(gradio_client.exceptions.AppError, match="Upload the view to start from"):
         client.predict("", "1", "ddim", 2, 2.0, 3, 1, None, api_name="/views")
+
+
+def test_a_text_to_views_model_has_only_the_views_tab_and_needs_no_upload(tmp_path):
+    """Without the app (its requests are test_views_...'s): the tabs, and the views of a class."""
+    config = dict(NOVEL, novel_view=False)
+    save_pretrained(randomize(abstract_model(config), 8), config, str(tmp_path / "run" / "export"))
+    run = {"config": sample_config(emoji_minilm(base_config(), resolution=8), cfg_scale=1.0)}
+    (tmp_path / "run" / "run.json").write_text(json.dumps(run))
+    demo = serve.Demo(str(tmp_path / "run"), str(tmp_path / "data"), max_images=1)
+    assert demo.tabs == ("views",) and not demo.novel_view and "2 views (8x8)" in demo.describe()
+    views = demo.sample("views", "", "2", "ddim", 2, 1.0, 0, 1)
+    assert views.shape == (1, 2, 8, 8, 3) and not np.array_equal(views[0, 0], views[0, 1])
+    with pytest.raises(ValueError, match="This run has no generate tab; it has views"):
+        demo.sample("generate", "", "2", "ddim", 2, 1.0, 0, 1)
