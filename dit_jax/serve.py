@@ -191,7 +191,8 @@ class Demo:
             makes = f"clips of {c['frames']} frames of {r}x{r}"
         net = ""
         if self.controlnet:
-            net = f" A ControlNet steers it with {self.controlnet[1]['control_type']} controls."
+            net = (f" A ControlNet steers it with {self.controlnet[1]['control_type']} controls in the Control tab; "
+                   "the other tabs sample the base alone.")
         return (f"**{self.name}**: a DiT ({c['hidden_size']} wide, {c['depth']} blocks, patch {c['patch_size']}) "
                 f"trained with {self.setup.objective} on {space}; it makes {makes} from "
                 f"{', '.join(takes) or 'nothing (unconditional)'}.{net}")
