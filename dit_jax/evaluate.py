@@ -170,6 +170,9 @@ def check_metrics(metrics, manifest, clip_model, controlnet=None):
         if metrics != ["views"]:
             raise ValueError(f"A multi-view run ({manifest['dataset']}) is scored on its sets of views: pass "
                              f"--metrics=views (got {','.join(metrics)}).")
+        if manifest["space"] != "pixel":
+            raise ValueError("--metrics=views holds the views against the true renders in pixels; this run's data "
+                             "are VAE latents: prepare and train the multi-view run in pixels.")
         return
     if "views" in metrics:
         raise ValueError(f"--metrics=views scores multi-view runs (shapes3d); this run's data is {manifest['dataset']}.")

@@ -163,6 +163,8 @@ def test_multiview_runs_are_scored_on_views():
     assert default_metrics(manifest, None) == ["views"]
     with pytest.raises(ValueError, match="scored on its sets of views: pass --metrics=views"):
         check_metrics(["motion"], manifest, None)
+    with pytest.raises(ValueError, match="are VAE latents"):
+        check_metrics(["views"], dict(manifest, space="latent"), None)
     with pytest.raises(ValueError, match="scores multi-view runs"):
         check_metrics(["views"], dict(manifest, dataset="moving_fashion"), None)
 
