@@ -32,6 +32,14 @@ A video run (moving_fashion, moving_emoji clips) is scored on its clips (dit_jax
   consistency  mean cosine similarity of adjacent frames' FID-Inception features, beside the same figure for
                the chosen examples' real clips (cached beside the data) and their difference.
   adherence    moving_fashion: the share of frames the Fashion judge gives the prompted class.
+A multi-view run (shapes3d) is scored on its sets of views (dit_jax/evaluation/views.py), each set sampled at
+its example's own cameras:
+  views  view consistency (views_agree: the share of sets whose views a shape-and-colour judge, trained on
+         renders and cached, reads as one object; views_match: ... as the prompt's), camera adherence (the
+         share of views an azimuth judge puts in their camera's 45-degree bin), each beside the same figure
+         for the true renders (*_real). A novel-view run is given the first true view of held-out objects
+         (never trained on) and is scored too on the PSNR and SSIM of the other views against the true
+         renders, beside the copy baseline (the given view at every camera).
 --spacing applies to every sampler and --eta to the ddim ones; the spacing
 defaults to the run's config.sample.spacing, else each sampler's own
 (dit_jax/sampling.py does the sampling). Writes OUT/<sampler>_<steps>.npz (with the settings it was
@@ -56,14 +64,15 @@ from absl import app, flags
 from ml_collections import ConfigDict
 
 from dit_jax import sampling
-from dit_jax.data import controls as controls_lib, pipeline, prepare
+from dit_jax.data import controls as controls_lib, pipeline, prepare, sources
 from dit_jax.diffusion import SPACINGS
 from dit_jax.diffusion.generate import DDIM_SAMPLERS, SAMPLER, STEPS, check_sampler
 from dit_jax.models import classifier
 from dit_jax.utils import distributed, paths, video
 from dit_jax.utils.visualization import captioned_grid, line_plot, sampler_comparison
 
-METRICS = ("fid", "adherence", "retrieval", "clip", "layout", "style", "control", "colours", "motion", "consistency")
+METRICS = ("fid", "adherence", "retrieval", "clip", "layout", "style", "control", "colours", "motion", "consistency",
+           "views")
 CLIP_METRICS = ("motion", "consistency", "adherence")  # what a video run (clips: manifest frames) is scored on
 
 
@@ -131,7 +140,9 @@ def parse_samplers(specs):
 
 def default_metrics(manifest, clip_model, controlnet=None):
     """What the data allows: FID on pixel data; a judge of adherence where the project has one; a ControlNet's
-    adherence to its control (and circles' colours)."""
+    adherence to its control (and circles' colours); a multi-view run's views."""
+    if manifest["dataset"] in sources.VIEW_DATASETS:
+        return ["views"]
     if manifest.get("frames"):
         return [m for m in CLIP_METRICS if m != "adherence" or manifest["dataset"] == "moving_fashion"]
     metrics = ["fid"] if manifest["space"] == "pixel" else []
@@ -155,6 +166,16 @@ def check_metrics(metrics, manifest, clip_model, controlnet=None):
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"Unknown --metrics {unknown}; choose from {', '.join(METRICS)}.")
+    if manifest["dataset"] in sources.VIEW_DATASETS:
+        if metrics != ["views"]:
+            raise ValueError(f"A multi-view run ({manifest['dataset']}) is scored on its sets of views: pass "
+                             f"--metrics=views (got {','.join(metrics)}).")
+        if manifest["space"] != "pixel":
+            raise ValueError("--metrics=views holds the views against the true renders in pixels; this run's data "
+                             "are VAE latents: prepare and train the multi-view run in pixels.")
+        return
+    if "views" in metrics:
+        raise ValueError(f"--metrics=views scores multi-view runs (shapes3d); this run's data is {manifest['dataset']}.")
     if manifest.get("frames"):  # clips
         other = [m for m in metrics if m not in CLIP_METRICS]
         if other:
@@ -251,6 +272,11 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
     examples = pipeline.read_prepared(manifest, chosen)
     captions = [str(e["captions"][0]) for e in examples]
     labels = [int(e["label"]) for e in examples]
+    truth, view_inputs = None, {}
+    if "views" in metrics:  # what each set is sampled at and held against
+        truth, view_inputs = multiview_targets(setup, config, manifest, examples)
+        captions = truth["captions"]
+        labels = [manifest["class_names"].index(s) for s in truth["shapes"]]
     prompts = captions if setup.text else []
     classes = labels if setup.model_config.get("num_classes") or guide else []
     model_captions, model_labels = sampling.read_conditions(setup, prompts, classes, guide and guide[1])
@@ -258,6 +284,8 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
     own = {}  # a model with style or layout paths: each example's own style and boxes
     if c.get("num_styles") or c.get("layout_max_boxes"):
         own = dict(inputs=sampling.example_conditions(setup, examples))
+    if view_inputs:
+        own = dict(inputs=view_inputs)
     if not prompts and not classes:
         model_captions = model_captions * num_samples  # an unconditional model: one empty condition a sample
     controls, control_type, options = [], None, {}
@@ -274,6 +302,8 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
              if jax.process_index() == 0 else None)
     if judge is not None and controls:
         judge.controls, judge.control_type, judge.control_options = controls[0].pixels, control_type, options
+    if judge is not None and truth is not None:
+        judge.views_judge(truth, sources.shapes3d_options(config.data), paths.local_dir(data_dir))
     if judge is not None and "colours" in metrics:  # the prompted colours: the circle's (label) and background's
         judge.colour_names = [(manifest["class_names"][int(e["label"])],
                                manifest["extra_labels"]["background"][int(e["label_background"])])
@@ -308,6 +338,32 @@ def evaluate(workdir, data_dir="~/.cache/dit_jax", samplers=None, num_samples=10
         results.append(result)
         write_results(out, results, int(config.steps))
     return results
+
+
+def multiview_targets(setup, config, manifest, examples):
+    """(truth, inputs) for a multi-view run's sets: a text run's are the chosen examples' own (their cameras,
+    prompts and true views); a novel-view run's are as many held-out objects, rendered as the run's data is
+    (views.held_out), the first true view given. truth: {"views", "poses", "shapes", "colours", "captions",
+    "novel"}; inputs: the per-set model inputs (cameras, and the given view)."""
+    from dit_jax.evaluation import views  # pylint: disable=import-outside-toplevel
+    c = setup.model_config
+    if not c.get("multiview"):
+        raise ValueError("--metrics=views scores a multi-view model (model.multiview); this run's is not.")
+    if c.get("novel_view"):
+        truth = views.held_out(sources.shapes3d_options(config.data), len(examples))
+    else:
+        colours = manifest["extra_labels"]["colour"]
+        truth = {"views": np.stack([e["image"] for e in examples]).astype(np.uint8),
+                 "poses": np.stack([e["cameras"] for e in examples]).astype(np.float32),
+                 "shapes": [manifest["class_names"][int(e["label"])] for e in examples],
+                 "colours": [colours[int(e["label_colour"])] for e in examples],
+                 "captions": [str(e["captions"][0]) for e in examples]}
+    truth["novel"] = bool(c.get("novel_view"))
+    inputs = {"cameras": truth["poses"]}
+    if truth["novel"]:
+        codec = sampling.Codec(setup)
+        inputs["given"] = np.stack([codec.encode(v) for v in truth["views"][:, 0]])
+    return truth, inputs
 
 
 def saved_samples(npz, captions, settings):
@@ -400,6 +456,25 @@ class Judge:
             self.real_consistency = float(reference_features(manifest, indices, per_clip, chunk=100,
                                                              name="frame_consistency", width=1).mean())
 
+    def views_judge(self, truth, options, data_dir):
+        """A multi-view run's sets are held against `truth` (evaluate's multiview_targets) by the view judges
+        for the data's resolution and camera ring (trained and cached on first use), whose figures on the true
+        renders themselves are the *_real ones."""
+        from dit_jax.evaluation import views  # pylint: disable=import-outside-toplevel
+        self.views_lib, self.truth = views, truth
+        ring = {k: options[k] for k in ("elevation", "random_elevation", "distance")}
+        self.view_judges = views.load_or_train(data_dir, options["size"], **ring)
+        real = views.set_scores(truth["views"], truth["shapes"], truth["colours"], truth["poses"], self.view_judges)
+        self.views_real = {f"{k}_real": real[k] for k in ("views_agree", "views_match", "camera_adherence")}
+
+    def view_scores(self, sets):
+        views, truth = self.views_lib, self.truth
+        result = views.set_scores(sets, truth["shapes"], truth["colours"], truth["poses"], self.view_judges)
+        result.update(self.views_real)
+        if truth["novel"]:
+            result.update(views.novel_scores(sets, truth["views"]))
+        return result
+
     def clip_scores(self, clips, labels):
         """motion, consistency and per-frame adherence of clips (N, T, H, W, C) uint8."""
         motion, result = self.motion_lib, {}
@@ -421,7 +496,7 @@ class Judge:
 
     def __call__(self, images, captions, labels):
         if images.ndim == 5:
-            return self.clip_scores(images, labels)
+            return self.view_scores(images) if "views" in self.metrics else self.clip_scores(images, labels)
         result, sample_features = {}, None
         if {"fid", "retrieval"} & set(self.metrics):
             sample_features = self.features(images)
@@ -467,8 +542,8 @@ def write_results(out, results, step):
     with paths.summary_writer(paths.join(out, "tensorboard")) as writer:
         r = results[-1]
         for key, value in r.items():
-            if isinstance(value, float) and key not in ("cfg_scale", "eta", "classifier_test_accuracy",
-                                                        "classifier_scale", "style_classifier_test_accuracy"):
+            if isinstance(value, float) and key not in ("cfg_scale", "eta", "classifier_scale") and not key.endswith(
+                    "classifier_test_accuracy"):
                 writer.add_scalar(f"eval/{run_name(r)}/{key}", value, step)
     fids, by_scale = {r["sampler"]: {} for r in results}, {}
     for r in results:

@@ -6,13 +6,18 @@ video model's temporal layers, which the image model lacks, keep their fresh
 initialisation, the identity; so at step 0 every frame is the image model's
 output for that frame. And a style or layout model from a text model: the new
 condition layers start closed (GLIGEN's gates at 0), so the text model's
-output is unchanged. An image DiT from an image DiT (fine-tuning) works the
-same way with every weight loaded. Anything else that differs (a width, the
-text conditioning, the block options, tubelets) is a one-line error before
-anything is compiled.
+output is unchanged. A multi-view DiT (models/multiview.py) from an image DiT:
+its camera MLP starts fresh (its output layer at zero), and a novel-view
+model's patch embedding takes the image model's kernel for the noisy view's
+channels and zeros for the given view's, as its own initialisation has them;
+so at step 0 each view is the image model's, with attention across views. An
+image DiT from an image DiT (fine-tuning) works the same way with every weight
+loaded. Anything else that differs (a width, the text conditioning, the block
+options, tubelets) is a one-line error before anything is compiled.
 """
 
 
+import numpy as np
 from flax import nnx
 
 from dit_jax.models.controlnet import RUNTIME_KEYS
@@ -20,8 +25,10 @@ from dit_jax.models.pretrained import (CONDITION_KEYS, CONFIG_FILE, WEIGHTS_FILE
                                        first_difference)
 from dit_jax.utils import paths
 
-# Names of the parameters that may start fresh: the video model's temporal layers, the style and layout paths.
-FRESH = ("temporal_blocks.", ".temporal_attn.", "style_embedder.", "grounding.", ".fuser.")
+# Names of the parameters that may start fresh: the video model's temporal layers, the style and layout paths,
+# the multi-view model's camera MLP.
+FRESH = ("temporal_blocks.", ".temporal_attn.", "style_embedder.", "grounding.", ".fuser.", "camera_embedder.")
+PATCH_KERNEL = "x_embedder.proj.kernel"
 
 
 def directory(path):
@@ -43,9 +50,14 @@ def check_config(path, model_kwargs):
 
 
 def read(path, model_kwargs):
-    """init_from's weights (host arrays by name), its config checked against this run's."""
+    """init_from's weights (host arrays by name), its config checked against this run's. A novel-view model
+    from a model without the given view's input: the patch kernel's given-view channels are zeros."""
     check_config(path, model_kwargs)
-    return paths.load_safetensors(paths.join(directory(path), WEIGHTS_FILE))
+    weights = paths.load_safetensors(paths.join(directory(path), WEIGHTS_FILE))
+    kernel = weights.get(PATCH_KERNEL)
+    if model_kwargs.get("novel_view") and kernel is not None and kernel.shape[2] == model_kwargs["in_channels"]:
+        weights[PATCH_KERNEL] = np.concatenate([kernel, np.zeros_like(kernel)], axis=2)
+    return weights
 
 
 def check_weights(path, abstract_model, weights):
@@ -61,6 +73,6 @@ def check_weights(path, abstract_model, weights):
                              "model).")
     fresh = sorted(n for n in wanted if n not in weights and not any(f in n or n.startswith(f) for f in FRESH))
     if fresh:
-        raise ValueError(f"init_from={path!r} lacks {fresh[:3]}: only a video model's temporal layers and the style "
-                         "and layout layers may start fresh.")
+        raise ValueError(f"init_from={path!r} lacks {fresh[:3]}: only a video model's temporal layers, the style "
+                         "and layout layers and a multi-view model's camera MLP may start fresh.")
 
