@@ -17,7 +17,9 @@ workdir=$(printf '%s\n' "$@" | sed -n 's/^--workdir=//p' | tail -1)
 : "${workdir:?pass --workdir=DIR (or --data_dir=DIR to prepare)}"
 mkdir -p "$workdir"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$devices"
+# XLA flags of the caller's are kept; the device count is this script's.
+other_flags=$(printf '%s' "${XLA_FLAGS:-}" | sed 's/--xla_force_host_platform_device_count=[0-9]*//g')
+export JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$devices $other_flags"
 pids=()
 for ((i = num - 1; i >= 0; i--)); do
   cmd=("${PYTHON:-python3}" -m "$module" "$@" --coordinator_address="127.0.0.1:$port" --num_processes="$num" --process_id="$i")

@@ -9,6 +9,7 @@ import pytest
 
 from dit_jax import train as train_cli
 from dit_jax.training.checks import validate
+from conftest import FAST_COMPILE_FLAG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,7 +114,7 @@ def test_train_validates_before_any_data_or_model(monkeypatch, tmp_path):
 
 
 def test_cli_reports_a_bad_value_in_one_line_before_any_work(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {FAST_COMPILE_FLAG}")
     result = subprocess.run(
         [sys.executable, "-m", "dit_jax.train", "--config=configs/tiny.py:runlocal", f"--workdir={tmp_path / 'run'}",
          f"--data_dir={tmp_path / 'data'}", "--config.steps=-3"],

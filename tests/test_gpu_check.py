@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import FAST_COMPILE_FLAG
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +35,7 @@ def numbers(value):
 def dry_rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
     env = {**os.environ, "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {FAST_COMPILE_FLAG}"}
     proc = subprocess.run(["bash", "launch/gpu_check.sh", "--dry", f"--out={out}", f"--wheels={out}/none"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

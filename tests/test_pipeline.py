@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dit_jax.data import pipeline, records
 from test_prepare import ROOT, tiny_config
+from conftest import FAST_COMPILE_FLAG
 
 N, BATCH = 64, 16
 
@@ -107,7 +108,7 @@ def test_two_processes_read_disjoint_shares(prepared, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE_FLAG}")
     outs = [str(tmp_path / f"{pid}.npy") for pid in range(2)]
     workers = [subprocess.Popen([sys.executable, "-c", WORKER.format(port=port, pid=pid, n=N, batch=BATCH,
                                                                      data_dir=data_dir, out=outs[pid])],

@@ -23,6 +23,7 @@ from dit_jax.text.encoders import resolve
 from dit_jax.training.recipe import base_config, emoji_minilm
 from dit_jax.utils.visualization import CAPTION_HEIGHT
 from test_schedules import reference_space_timesteps
+from conftest import FAST_COMPILE_FLAG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = dict(input_size=16, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, learn_sigma=True)
@@ -61,7 +62,7 @@ def class_checkpoint(tmp_path_factory):
 
 
 def cli(*args, devices=1):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_FLAG}")
     return subprocess.run([sys.executable, "-m", "dit_jax.sample", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
 

@@ -14,6 +14,8 @@ from dit_jax.training.checkpoint import Checkpointer
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (CPU) devices")
 
 MODEL = dict(input_size=8, in_channels=3, text_dim=12, text_len=6)
+# These toy steps run for milliseconds but take seconds to compile: LLVM's optimisations off halves that.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def toy_config(data=1, fsdp=1, tensor=1, **model):
@@ -37,7 +39,7 @@ def run(config, steps=3):
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:np.prod(list(config.mesh.values()))])
     trainer = trainer_lib.create(config, {**config.model.to_dict(), **MODEL}, mesh)
     state = trainer.init()
-    step = trainer_lib.compile_step(trainer, toy_batch())
+    step = trainer_lib.compile_step(trainer, toy_batch()).lower(state, toy_batch()).compile(FAST_COMPILE)
     losses = []
     for i in range(steps):
         state, metrics = step(state, jax.device_put(toy_batch(i), sharding.batch_sharding(mesh)))
@@ -92,7 +94,7 @@ def test_gradient_accumulation_matches_one_big_batch(monkeypatch):
         keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
         state["params"] = treedef.unflatten([jax.device_put(x + 0.1 * jax.random.normal(key, x.shape), x.sharding)
                                              for x, key in zip(leaves, keys)])
-        state, metrics = trainer_lib.compile_step(trainer, batch)(state, batch)
+        state, metrics = trainer_lib.compile_step(trainer, batch).lower(state, batch).compile(FAST_COMPILE)(state, batch)
         grads = optax.tree_utils.tree_get(state["opt_state"], "mu")
         return flat(grads), flat(state["params"]), metrics
 
@@ -124,7 +126,7 @@ def test_fsdp_divides_state_memory():
         mesh = sharding.make_mesh(config.mesh)
         trainer = trainer_lib.create(config, {**config.model.to_dict(), **MODEL}, mesh)
         batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), toy_batch())
-        compiled = trainer_lib.compile_step(trainer, batch).lower(trainer.abstract_state, batch).compile()
+        compiled = trainer_lib.compile_step(trainer, batch).lower(trainer.abstract_state, batch).compile(FAST_COMPILE)
         return trainer_lib.state_bytes_per_device(compiled)
 
     ratio = state_bytes(1) / state_bytes(8)

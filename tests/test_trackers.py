@@ -162,3 +162,14 @@ def test_a_resumed_run_continues_its_mlflow_run(workdir, tmp_path, monkeypatch):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
     assert run.data.params["steps"] == "3" and run.info.status == "FINISHED"  # MLflow keeps a param's first value
     assert json.loads(open(client.download_artifacts(run.info.run_id, "config.json")).read())["steps"] == 4
+
+
+def test_tensorboard_writer_starts_without_importing_torch(tmp_path):
+    """tensorboardX would import torch (seconds of every run's start-up); the writer hides it, and only then."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    code = ("import sys; from dit_jax.utils import paths; paths.summary_writer(sys.argv[1]).close(); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; import torch; print(torch.tensor(2) * 3)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tb")], capture_output=True, text=True,
+                         check=True, timeout=300).stdout
+    assert out.strip() == "tensor(6)" and glob.glob(str(tmp_path / "tb" / "events.out.tfevents*"))

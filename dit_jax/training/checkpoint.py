@@ -11,6 +11,7 @@ remote scheme, so there the steps are saved (synchronously) into a local mirror 
 and the remote ones copied down before a restore.
 """
 
+import logging
 import os
 import shutil
 import sys
@@ -69,6 +70,10 @@ def quiet_abandoned_reads():
             default_except(kind, error, traceback)
     unraisable_hook.quiet_abandoned_reads = True
     sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
+    # The failed reads whose errors nobody retrieved: asyncio logs each when it collects it (timing-dependent).
+    logging.getLogger("asyncio").addFilter(lambda record: not (
+        record.getMessage().startswith("Task exception was never retrieved")
+        and "async_deserialize" in record.getMessage()))
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
 
 
