@@ -11,8 +11,9 @@ top right"), with MiniLM embeddings of the captions and of each box's phrase.
 64 px rather than 32 so that a garment's box (19 to 53 px on its longer
 side) still holds enough pixels for the Fashion-MNIST judge that scores
 layouts (real test scenes: 88.5% of boxes judged right at 64 px, 77.3% at
-32; BENCHMARKS.md, issue 12); patch 8 keeps DiT-T's 64 tokens, so a step costs about what
-configs/fashion_tiny.py's does. No flips (most captions say left or right).
+32; BENCHMARKS.md, issue 12); patch 8 keeps DiT-T's 64 tokens, at width 192 rather than
+DiT-T's 128 so that a token can hold its patch's 8x8x3 = 192 values (at 128 the samples stayed
+speckled with noise after 3,000 steps). No flips (most captions say left or right).
 The model reads the style label (model.num_styles, from the data's four) and
 the layout's boxes and phrases (model.layout_max_boxes = the data's K = 3),
 each condition dropped on its own in training (the *_dropout_prob keys), and
@@ -34,11 +35,11 @@ def get_config(arg=None):
     c.data.update(name="fashion_scenes", resolution=64, flip=False)
     c.data.fashion_scenes = dict(train_examples=60_000, test_examples=10_000, seed=0)
     c.text.update(encoder="minilm", max_length=32)
-    c.model.update(variant("DiT-T/4"), patch_size=8)
+    c.model.update(variant("DiT-T/4"), patch_size=8, hidden_size=192)
     c.model.update(num_classes=-1, num_styles=4, layout_max_boxes=3,
                    style_dropout_prob=0.1, layout_dropout_prob=0.1)  # class and caption: base_config's 0.1
     c.batch_size = 64
-    c.steps = 3000
+    c.steps = 5000  # about 55 minutes on the idle 2-core CPU (1.5 steps/s; BENCHMARKS.md, issue 12)
     c.optim.warmup_steps = 200
     cosine_restarts(c, epochs=10, mult=2)  # as configs/fashion_tiny.py, whose docstring says why
     c.sample.update(every=1000, prompts=PROMPTS)
