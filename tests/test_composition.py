@@ -122,6 +122,14 @@ def test_closed_gates_change_nothing_and_a_text_model_initialises_a_layout_one(t
             init_from.read(str(tmp_path), other)
 
 
+def test_layout_gates_start_where_the_config_says():
+    """Closed by default (GLIGEN, to add layout to a trained model); layout_gate_init opens them for a DiT
+    trained from scratch."""
+    for init, want in ((None, 0.0), (1.0, 1.0)):
+        model = build_model(FULL if init is None else dict(FULL, layout_gate_init=init))
+        assert [float(block.fuser.alpha[...]) for block in model.blocks] == [want] * FULL["depth"]
+
+
 def test_guidance_knows_the_models_conditions():
     assert composition.CONDITIONS == CONDITIONS
 

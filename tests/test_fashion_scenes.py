@@ -269,8 +269,9 @@ def test_evaluate_judges_layout_and_style_against_each_examples_request(prepared
 
 def test_recipe_loads_and_names_the_conditions():
     c = recipe()
-    assert (c.data.name, c.data.resolution, c.data.flip, c.model.patch_size) == ("fashion_scenes", 64, False, 8)
+    assert (c.data.name, c.data.resolution, c.data.flip, c.model.patch_size) == ("fashion_scenes", 32, False, 4)
     assert (c.model.num_styles, c.model.layout_max_boxes, c.model.num_classes) == (4, 3, -1)
+    assert c.model.layout_gate_init == 1.0  # trained from scratch: the layout path starts open
     assert c.model.style_dropout_prob == c.model.layout_dropout_prob == 0.1
     toy = recipe("runlocal")
     assert (toy.data.resolution, toy.data.max_examples, toy.optim.restart_period) == (32, 512, 160)
@@ -298,7 +299,7 @@ def test_a_toy_run_trains_on_scenes_is_evaluated_and_sampled_with_their_styles_a
     state = train.train(toy, workdir, data_dir)
 
     # The train step's loss reads the batch's layout and style: the grounding tokens' weights get a gradient
-    # (the gates opened in the 2 steps), none when every box is masked; another style changes the loss.
+    # (the gates moved in the 2 steps), none when every box is masked; another style changes the loss.
     trainer = created[0]
     loader = pipeline.make_loader(toy, manifest, global_batch_size=8, seed=0,
                                   sharding=sharding.batch_sharding(trainer.mesh))
@@ -306,7 +307,7 @@ def test_a_toy_run_trains_on_scenes_is_evaluated_and_sampled_with_their_styles_a
     loss_and_grad = jax.jit(jax.value_and_grad(lambda p, b: trainer_lib.loss_fn(trainer, p, b, jax.random.key(1))))
     params = state["params"]
     gates = [v for path, v in jax.tree_util.tree_leaves_with_path(params) if "alpha" in jax.tree_util.keystr(path)]
-    assert gates and all(float(g) != 0 for g in gates)
+    assert gates and all(float(g) != toy.model.layout_gate_init for g in gates)
 
     def grounding_grad_norm(grads):
         return sum(float(jnp.abs(v).sum()) for path, v in jax.tree_util.tree_leaves_with_path(grads)

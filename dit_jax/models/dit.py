@@ -143,10 +143,10 @@ def init_weights(model, rngs, blocks, normal=(), zero=()):
             init(module.scale, nnx.initializers.ones)
         if hasattr(module, "scale_shift_table"):
             init(module.scale_shift_table, nnx.initializers.normal(model.hidden_size**-0.5))
-    # GLIGEN's gates: tanh(0) = 0, so the layout path starts closed.
+    # GLIGEN's gates: tanh(0) = 0, so the layout path starts closed; a DiT trained from scratch may open them.
     for block in blocks:
         if block.fuser is not None:
-            init(block.fuser.alpha, nnx.initializers.zeros)
+            init(block.fuser.alpha, nnx.initializers.constant(model.layout_gate_init))
     for value in normal:
         init(value, std)
     # adaLN-Zero: the modulation of every block and of the final layer, the text cross-attention's output
@@ -386,7 +386,8 @@ class DiT(nnx.Module):
     num_styles > 0 adds a style table (with its null row) to the adaLN
     condition; layout_max_boxes = K > 0 adds GLIGEN's grounding tokens and a
     gated self-attention in every block (models/layout.py; needs text_dim, the
-    width of the phrases' pooled embeddings). Each of class, text, style and
+    width of the phrases' pooled embeddings), its gates starting at
+    tanh(layout_gate_init). Each of class, text, style and
     layout is dropped on its own in training, with its *_dropout_prob.
     """
 
@@ -415,6 +416,7 @@ class DiT(nnx.Module):
         style_dropout_prob=0.1,
         layout_max_boxes=0,
         layout_dropout_prob=0.1,
+        layout_gate_init=0.0,
         dropout=0.0,
         freq_shift=0.0,
         mlp_norm_eps=1e-6,
@@ -437,6 +439,7 @@ class DiT(nnx.Module):
         self.hidden_size, self.num_classes, self.text_dim = hidden_size, num_classes, text_dim
         self.num_styles, self.layout_max_boxes = num_styles, layout_max_boxes
         self.style_dropout_prob, self.layout_dropout_prob = style_dropout_prob, layout_dropout_prob
+        self.layout_gate_init = layout_gate_init
         self.remat, self.scan_blocks = remat, scan_blocks
         self.head_dim, self.rope = hidden_size // num_heads, pos_embed == "rope"
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)

@@ -41,6 +41,7 @@ BOUNDS = (
     ("model.style_dropout_prob", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("model.layout_max_boxes", lambda v: v >= 0 and v == int(v), "0 (none) or a count"),
     ("model.layout_dropout_prob", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model.layout_gate_init", math.isfinite, "a finite number (0: the layout path starts closed)"),
     ("diffusion.timesteps", lambda v: v >= 2, "at least 2"),
     ("diffusion.min_snr_gamma", lambda v: v >= 0, "0 (off) or more"),
     ("diffusion.logit_mean", math.isfinite, "a finite number"),
