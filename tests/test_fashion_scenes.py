@@ -69,6 +69,7 @@ def prepared(tmp_path_factory):
     from dit_jax.text import encoders  # pylint: disable=import-outside-toplevel
     data_dir = str(tmp_path_factory.mktemp("scenes"))
     config = recipe()
+    config.data.resolution = 64  # the builder's default canvas (the recipe trains at 32)
     config.data.fashion_scenes.update(train_examples=24, test_examples=4)
     loaded, load = [], encoders.load
     with pytest.MonkeyPatch.context() as patch:
