@@ -291,7 +291,9 @@ def read_conditions(setup, prompts, classes, classifier=None):
     """The conditions to sample, checked against the model: (captions, labels or None).
 
     `classes` are indices or class names; one class goes with every prompt,
-    or one per prompt. Captions name the classes of a label-only model.
+    or one per prompt; none, for a model that reads text and was trained
+    with class dropout, is the null class (as the style is without --style).
+    Captions name the classes of a label-only model.
     With a `classifier` (its metadata) the classes are also its targets, so
     every model takes them, text-conditioned or unconditional ones too.
     """
@@ -304,7 +306,7 @@ def read_conditions(setup, prompts, classes, classifier=None):
         raise ValueError("--prompt was given but this model reads no text: pass --class.")
     if setup.text and not prompts:
         raise ValueError("This model is text-conditioned: pass --prompt or --prompts.")
-    if num_classes and not classes:
+    if num_classes and not classes and not (setup.text and setup.model_config.get("class_dropout_prob", 0.1) > 0):
         raise ValueError(f"This model is class-conditional: pass --class (0..{num_classes - 1} or a class name).")
     if targets and not classes:
         raise ValueError(f"Classifier guidance steers toward a class: pass --class (0..{targets - 1} or a class "
@@ -428,9 +430,9 @@ def encode_conditions(setup, captions, labels, composition=None, inputs=None, en
             cond["text_parts"] = np.arange(width)[None] < np.array([len(p) for p in parts])[:, None]
         else:
             cond.update(encoders.text_conditions(setup.text, captions, encoder))
-    if labels is not None and c.get("num_classes"):
-        cond["y"] = np.asarray(labels, np.int32)
     n = len(captions)
+    if c.get("num_classes"):  # no labels: the null class (its table row num_classes; read_conditions checks it)
+        cond["y"] = np.full((n,), c["num_classes"], np.int32) if labels is None else np.asarray(labels, np.int32)
     if c.get("num_styles"):
         cond["style"] = np.full((n,), c["num_styles"] if composition.style is None else composition.style, np.int32)
     if c.get("layout_max_boxes"):

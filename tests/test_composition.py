@@ -366,6 +366,11 @@ def test_sample_conditions_read_and_encode(monkeypatch):
     assert cond["layout_embeddings"][0, :, 0].tolist() == [9, 5, 0]  # "a sneaker", "a bag", none
     plain = sampling.encode_conditions(setup, ["a hat"], None)  # no --style or --box: the nulls
     assert plain["style"].tolist() == [S] and not plain["layout_mask"].any() and plain["text"].shape == (1, 5, TEXT_DIM)
+    # No --class for a text model trained with class dropout: the null class, as the style without --style.
+    assert sampling.read_conditions(setup, ["a hat"], []) == (["a hat"], None) and plain["y"].tolist() == [3]
+    no_null = dataclasses.replace(setup, model_config=dict(FULL, class_dropout_prob=0.0))
+    with pytest.raises(ValueError, match="class-conditional: pass --class"):
+        sampling.read_conditions(no_null, ["a hat"], [])
 
 
 def test_init_from_a_text_run_then_a_step_reads_style_and_layout(tmp_path):
