@@ -8,11 +8,12 @@ Data: `fashion_scenes` (dit_jax/data/fashion_scenes.py), 60,000 32x32 RGB
 scenes of 1-3 Fashion-MNIST training garments in boxes, one of four styles
 each, captioned with what is where ("a sneaker on the left and a bag at the
 top right"), with MiniLM embeddings of the captions and of each box's phrase.
-32 px, with DiT-T/4's 64 tokens of 4x4 patches: at 64 px the same 64 tokens need 8x8 patches, and 5,000 steps
-of that (58 minutes, width 192) gave blocky samples whose boxes the judge got
-right 13% of the time, while 4x the tokens ran at 0.5 steps/s (BENCHMARKS.md,
-issue 12). The cost: the judge reads 32 px boxes less well (real test scenes:
-77.3% of boxes judged right at 32 px, 88.5% at 64). No flips (most captions say left or right).
+32 px, with DiT-T/4's 64 tokens of 4x4 patches: at 64 px the same 64 tokens
+need 8x8 patches, and 5,000 steps of that (65 minutes, width 192) gave blocky
+samples whose boxes the judge got right 13% of the time, while 4x the tokens
+ran at 0.5 steps/s (BENCHMARKS.md, issue 12). The cost: the judge reads 32 px
+boxes less well (real test scenes: 77.3% of boxes judged right at 32 px, 88.5%
+at 64). No flips (most captions say left or right).
 The model reads the style label (model.num_styles, from the data's four) and
 the layout's boxes and phrases (model.layout_max_boxes = the data's K = 3),
 each condition dropped on its own in training (the *_dropout_prob keys), and
@@ -41,7 +42,7 @@ def get_config(arg=None):
     # where things go too) and the layout weight moved no metric (BENCHMARKS.md, issue 12).
     c.model.layout_gate_init = 1.0
     c.batch_size = 64
-    c.steps = 7000  # about 55 minutes on the idle 2-core CPU (2.2 steps/s; BENCHMARKS.md, issue 12)
+    c.steps = 7000  # 56 minutes on the idle 2-core CPU (2.1 steps/s; BENCHMARKS.md, issue 12)
     c.optim.warmup_steps = 200
     cosine_restarts(c, epochs=10, mult=2)  # as configs/fashion_tiny.py, whose docstring says why
     c.sample.update(every=1000, prompts=PROMPTS)
