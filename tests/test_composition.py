@@ -17,7 +17,7 @@ from dit_jax.diffusion.flow import T_SCALE
 from dit_jax.diffusion.generate import generate, generate_flow, guided_model
 from dit_jax.diffusion.guidance import composable_guidance
 from dit_jax.models.dit import CONDITIONS
-from dit_jax.models.layout import NUM_FREQS, check_layout
+from dit_jax.models.layout import NUM_FREQS, box_coverage, check_layout, region_tokens
 from dit_jax.models.pretrained import build_model, flat_weights, load_matching_weights, save_pretrained
 from dit_jax.training import init_from
 from dit_jax.training import sharding
@@ -31,7 +31,7 @@ STYLE_ONLY = dict(TEXT, num_styles=S)
 
 def inputs(batch=2):
     keys = jax.random.split(jax.random.PRNGKey(7), 6)
-    boxes = jnp.sort(jax.random.uniform(keys[0], (batch, K, 2, 2)), axis=2).transpose(0, 1, 3, 2)
+    boxes = jnp.sort(jax.random.uniform(keys[0], (batch, K, 2, 2)), axis=2)  # corners (x0, y0) <= (x1, y1)
     return dict(y=jnp.arange(batch) % 3, text=jax.random.normal(keys[1], (batch, 5, TEXT_DIM)),
                 text_mask=jnp.arange(5)[None] < jnp.array([5, 3])[:batch, None],
                 pooled=jax.random.normal(keys[2], (batch, TEXT_DIM)), style=jnp.arange(batch) % S + 1,
@@ -166,6 +166,58 @@ def test_layout_mask_excludes_boxes_and_phrases(full):
     """A masked box's coordinates and phrase (NaN here) do not reach the output."""
     _, out = full
     np.testing.assert_array_equal(out["nan"], out["given"])
+
+
+def test_box_coverage_is_the_share_of_each_patch_a_box_covers():
+    """Against a rasterised oracle: each box drawn on a 240x240 canvas, averaged over every patch of a 4x3 grid;
+    a masked box covers nothing, and a patch under two boxes gets each token by its share."""
+    boxes = np.array([[[0.1, 0.0, 0.55, 0.4], [0.5, 0.3, 1.0, 0.9], [0.0, 0.0, 1.0, 1.0]]], np.float32)
+    keep = np.array([[True, True, False]])
+    got = np.asarray(box_coverage(jnp.asarray(boxes), jnp.asarray(keep), 4, 3))  # 4 rows, 3 columns of patches
+    px = (np.arange(240) + 0.5) / 240
+    want = np.zeros((4 * 3, 3))
+    for k, (x0, y0, x1, y1) in enumerate(boxes[0]):
+        drawn = ((px[:, None] >= y0) & (px[:, None] < y1) & (px[None] >= x0) & (px[None] < x1)) * keep[0, k]
+        want[:, k] = drawn.reshape(4, 60, 3, 80).mean(axis=(1, 3)).reshape(-1)
+    np.testing.assert_allclose(got[0], want, atol=1e-5)
+    tokens = jnp.asarray(np.random.default_rng(0).standard_normal((1, 3, 5)), jnp.float32)
+    regions = np.asarray(region_tokens(jnp.asarray(got), tokens))[0]
+    np.testing.assert_allclose(regions[9], 0.0, atol=1e-7)  # row 3, column 0: outside both boxes
+    assert 0 < want[0, 0] < 1 and want[0, 1] == 0
+    np.testing.assert_allclose(regions[0], want[0, 0] * tokens[0, 0], rtol=1e-5)  # partly under box 0 alone
+    both = want[4, :2] / max(want[4].sum(), 1.0)  # row 1, column 1: under boxes 0 and 1
+    assert both.min() > 0
+    np.testing.assert_allclose(regions[4], both @ np.asarray(tokens[0, :2]), rtol=1e-5)
+
+
+def test_layout_regions_act_only_through_the_layout(full):
+    """layout_regions adds no parameter; with no boxes (the layout dropped) or closed gates the model is the
+    plain layout model's, masked boxes (NaN) still reach nothing, and with boxes it differs;
+    scan_blocks gives the loop's output."""
+    full_model, out = full
+    kw = inputs()
+    nan = dict(kw, layout_boxes=kw["layout_boxes"].at[:, 2].set(jnp.nan),
+               layout_embeddings=kw["layout_embeddings"].at[:, 2].set(jnp.nan))
+    variants = [with_drops(kw), with_drops(kw, ["layout"]), with_drops(nan)]
+    batch = jax.tree.map(lambda *v: jnp.concatenate(v), *variants)
+    models = []
+    for options in (dict(), dict(scan_blocks=True)):
+        model = build_model(dict(FULL, layout_regions=True), **options)
+        nnx.update(model, nnx.state(full_model))
+        models.append(model)
+    closed = nnx.clone(models[0])
+    closed.blocks[0].fuser.alpha.set_value(jnp.asarray(0.0))
+    plain_closed = nnx.clone(full_model)
+    plain_closed.blocks[0].fuser.alpha.set_value(jnp.asarray(0.0))
+    x3, t3 = jnp.concatenate([X] * 3), jnp.concatenate([T] * 3)
+    regions, scanned, closed_out, plain_closed_out = (np.split(np.asarray(o), 3) for o in nnx.jit(
+        lambda ms: [m(x3, t3, **batch) for m in ms])([*models, closed, plain_closed]))
+    # Equal up to the float reordering of another compiled program; the regions' own effect is 1000x that.
+    np.testing.assert_allclose(regions[1], out["drop layout"], atol=1e-6)
+    np.testing.assert_array_equal(regions[2], regions[0])
+    assert np.abs(regions[0] - out["given"]).max() > 1e-3
+    np.testing.assert_allclose(closed_out[0], plain_closed_out[0], atol=1e-6)
+    np.testing.assert_allclose(scanned[0], regions[0], atol=2e-5)
 
 
 def test_parameter_counts(full):

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dit_jax.models.attention import get_attention
-from dit_jax.models.layout import GroundingTokens
+from dit_jax.models.layout import Grounding, GroundingTokens, box_coverage, region_tokens
 from dit_jax.models.embeddings import (
     LabelEmbedder,
     PatchEmbed,
@@ -298,11 +298,12 @@ class GatedSelfAttention(nnx.Module):
                               dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.alpha = param((), (), param_dtype)
 
-    def __call__(self, x, grounding, grounding_mask):
-        """x (N, T, D), grounding tokens (N, K, D) with their key mask (N, K) -> the residual update (N, T, D)."""
+    def __call__(self, x, grounding):
+        """x (N, T, D), a layout.Grounding -> the residual update (N, T, D)."""
         t = x.shape[1]
-        h = self.norm(jnp.concatenate([x, grounding.astype(x.dtype)], axis=1), 1e-6)  # (N, T + K, D)
-        mask = jnp.concatenate([jnp.ones(x.shape[:2], bool), grounding_mask.astype(bool)], axis=1)
+        image = x if grounding.regions is None else x + grounding.regions.astype(x.dtype)
+        h = self.norm(jnp.concatenate([image, grounding.tokens.astype(x.dtype)], axis=1), 1e-6)  # (N, T + K, D)
+        mask = jnp.concatenate([jnp.ones(x.shape[:2], bool), grounding.mask.astype(bool)], axis=1)
         out = self.attn(h, mask=mask)[:, :t]  # the image tokens' outputs
         return jnp.tanh(self.alpha[...]).astype(x.dtype) * out
 
@@ -343,10 +344,9 @@ class DiTBlock(nnx.Module):
         self.adaLN_modulation = linear(hidden_size, 6 * hidden_size, ("embed", "adaln"), **kw)
         self.dropout = nnx.Dropout(dropout)
 
-    def __call__(self, x, c, context=None, context_mask=None, rng=None, rope=None, grounding=None,
-                 grounding_mask=None):
-        """x (N, T, D), condition c (N, D), context (N, L, D) and mask (N, L), rotary (cos, sin), grounding
-        tokens (N, K, D) and mask (N, K) -> (N, T, D)."""
+    def __call__(self, x, c, context=None, context_mask=None, rng=None, rope=None, grounding=None):
+        """x (N, T, D), condition c (N, D), context (N, L, D) and mask (N, L), rotary (cos, sin), a
+        layout.Grounding -> (N, T, D)."""
         mod = self.adaLN_modulation(jax.nn.silu(c))  # (N, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)  # (N, D) each
         keys = jax.random.split(rng, 3) if rng is not None else [None] * 3
@@ -354,7 +354,7 @@ class DiTBlock(nnx.Module):
         h = self.attn(modulate(self.norm(x, 1e-6), shift_msa, scale_msa), rope=rope)  # (N, T, D)
         x = x + gate_msa[:, None] * drop(h, keys[0])
         if self.fuser is not None and grounding is not None:
-            x = x + self.fuser(x, grounding, grounding_mask)  # GLIGEN: after self-, before cross-attention
+            x = x + self.fuser(x, grounding)  # GLIGEN: after self-, before cross-attention
         if self.cross_attn is not None:
             x = x + drop(self.cross_attn(x, context, context_mask), keys[1])  # (N, T, D)
         h = self.mlp(modulate(self.norm(x, self.mlp_norm_eps), shift_mlp, scale_mlp))  # (N, T, D)
@@ -387,7 +387,8 @@ class DiT(nnx.Module):
     condition; layout_max_boxes = K > 0 adds GLIGEN's grounding tokens and a
     gated self-attention in every block (models/layout.py; needs text_dim, the
     width of the phrases' pooled embeddings), its gates starting at
-    tanh(layout_gate_init). Each of class, text, style and
+    tanh(layout_gate_init); layout_regions also gives each image token the
+    tokens of the boxes over it (layout.py). Each of class, text, style and
     layout is dropped on its own in training, with its *_dropout_prob.
     """
 
@@ -417,6 +418,7 @@ class DiT(nnx.Module):
         layout_max_boxes=0,
         layout_dropout_prob=0.1,
         layout_gate_init=0.0,
+        layout_regions=False,
         dropout=0.0,
         freq_shift=0.0,
         mlp_norm_eps=1e-6,
@@ -439,7 +441,7 @@ class DiT(nnx.Module):
         self.hidden_size, self.num_classes, self.text_dim = hidden_size, num_classes, text_dim
         self.num_styles, self.layout_max_boxes = num_styles, layout_max_boxes
         self.style_dropout_prob, self.layout_dropout_prob = style_dropout_prob, layout_dropout_prob
-        self.layout_gate_init = layout_gate_init
+        self.layout_gate_init, self.layout_regions = layout_gate_init, layout_regions
         self.remat, self.scan_blocks = remat, scan_blocks
         self.head_dim, self.rope = hidden_size // num_heads, pos_embed == "rope"
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -495,7 +497,7 @@ class DiT(nnx.Module):
         init_weights(self, rngs, self.blocks)
 
     def scan(self, tokens, c, context, context_mask, keys, residuals, policy, rope=None, grounding=None,
-             grounding_mask=None, blocks=None):
+             blocks=None):
         """The blocks (or a run of them, `blocks`) as one lax.scan over their stacked weights: one compiled block
         body, whatever the depth (faster compiles; on CPU it stops XLA from fusing the backward pass across blocks)."""
         blocks = list(self.blocks) if blocks is None else blocks
@@ -506,8 +508,7 @@ class DiT(nnx.Module):
 
         def body(tokens, per_block):
             block_weights, key, residual = per_block
-            tokens = nnx.merge(graphdef, block_weights)(tokens, c, context, context_mask, key, rope, grounding,
-                                                        grounding_mask)
+            tokens = nnx.merge(graphdef, block_weights)(tokens, c, context, context_mask, key, rope, grounding)
             return (tokens if residual is None else tokens + residual), None
 
         if policy is not None:
@@ -586,7 +587,7 @@ class DiT(nnx.Module):
             if style is None:
                 raise ValueError("This DiT reads a style label (model.num_styles > 0): pass style (N,).")
             c = c + self.style_embedder(style, dropped(self.style_dropout_prob, keys and keys[-2], "style"))
-        grounding = grounding_mask = None
+        grounding = None
         if self.grounding is not None:
             if layout_boxes is None or layout_mask is None or layout_embeddings is None:
                 raise ValueError("This DiT reads a layout (model.layout_max_boxes > 0): pass layout_boxes (N, K, 4), "
@@ -596,7 +597,10 @@ class DiT(nnx.Module):
                                  "4): pad with masked boxes.")
             layout_drop = dropped(self.layout_dropout_prob, keys and keys[-1], "layout")
             grounding_mask = layout_mask.astype(bool) & ~layout_drop[:, None]  # (N, K): dropped = no boxes
-            grounding = self.grounding(layout_boxes, layout_embeddings, grounding_mask)  # (N, K, D)
+            tokens_k = self.grounding(layout_boxes, layout_embeddings, grounding_mask)  # (N, K, D)
+            regions = (region_tokens(box_coverage(layout_boxes, grounding_mask, h // p, w // p), tokens_k)
+                       if self.layout_regions else None)
+            grounding = Grounding(tokens_k, grounding_mask, regions)
         context = context_mask = None
         if self.text_embedder is not None:
             text_drop = dropped(self.text_embedder.dropout_prob, keys and keys[1], "text")
@@ -610,8 +614,8 @@ class DiT(nnx.Module):
                     raise ValueError("This DiT uses a pooled text embedding: pass pooled (B, D).")
                 c = c + self.text_embedder.pooled_embedding(pooled, text_drop)  # (N, D)
 
-        def run_block(block, tokens, c, context, context_mask, key, rope, grounding, grounding_mask):
-            return block(tokens, c, context, context_mask, key, rope, grounding, grounding_mask)
+        def run_block(block, tokens, c, context, context_mask, key, rope, grounding):
+            return block(tokens, c, context, context_mask, key, rope, grounding)
 
         if callable(residuals):
             residuals = residuals(tokens, c, context, context_mask, rope)
@@ -622,7 +626,7 @@ class DiT(nnx.Module):
             for start, stop in ((0, return_block), (return_block, depth)) if return_block else ((0, depth),):
                 if start < stop:
                     tokens = self.scan(tokens, c, context, context_mask, keys and keys[2 + start:2 + stop],
-                                       residuals and residuals[start:stop], policy, rope, grounding, grounding_mask,
+                                       residuals and residuals[start:stop], policy, rope, grounding,
                                        [self.blocks[i] for i in range(start, stop)])
                 if stop == return_block:
                     block_tokens = tokens
@@ -632,7 +636,7 @@ class DiT(nnx.Module):
             for i, block in enumerate(self.blocks):
                 tokens = materialize_grad(tokens)  # the scan's carry does this for scan_blocks
                 tokens = run_block(block, tokens, c, context, context_mask, keys[2 + i] if keys else None, rope,
-                                   grounding, grounding_mask)
+                                   grounding)
                 if residuals is not None and residuals[i] is not None:
                     tokens = tokens + residuals[i]
                 if i + 1 == return_block:

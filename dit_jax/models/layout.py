@@ -8,7 +8,16 @@ these together and adds only the image tokens' outputs, times tanh(alpha) with
 alpha starting at 0, so a trained text model gains the path unchanged. Boxes
 with layout_mask False are left out by the attention's key mask; all of them
 left out is the null layout.
+
+With `layout_regions` (not in GLIGEN) each image token also carries, inside the
+gated attention only, the grounding tokens of the boxes that cover its patch,
+weighted by the share of the patch they cover: the attention then knows which
+tokens a box holds without first learning to match the box's Fourier features
+to the position table, which a small model on a CPU budget did not learn
+(BENCHMARKS.md, issue 12).
 """
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +54,36 @@ class GroundingTokens(nnx.Module):
         h = jnp.concatenate([fourier_features(boxes), phrases.astype(jnp.float32)], axis=-1)
         h = jax.nn.silu(self.fc1(h))
         return self.fc3(jax.nn.silu(self.fc2(h)))
+
+
+class Grounding(NamedTuple):
+    """What every block's gated self-attention reads: the tokens, their key mask, and per image token the
+    region term (None without layout_regions)."""
+    tokens: jax.Array             # (N, K, D)
+    mask: jax.Array               # (N, K) bool
+    regions: jax.Array = None     # (N, T, D)
+
+
+def box_coverage(boxes, keep, grid_h, grid_w):
+    """(N, K, 4) boxes in [0, 1], keep (N, K) -> (N, T, K): the share of each patch (row-major over the
+    grid_h x grid_w token grid) that each kept box covers."""
+    def overlap(lo, hi, cells):  # (N, K) box edges against cells of 1/cells along one axis -> (N, cells, K)
+        edges = jnp.arange(cells + 1, dtype=jnp.float32) / cells
+        left, right = edges[:-1][None, :, None], edges[1:][None, :, None]
+        return jnp.clip(jnp.minimum(right, hi[:, None]) - jnp.maximum(left, lo[:, None]), 0.0, None) * cells
+
+    boxes = jnp.where(keep[..., None], boxes.astype(jnp.float32), 0.0)  # a left-out box's values reach nothing
+    rows = overlap(boxes[..., 1], boxes[..., 3], grid_h)  # (N, H, K)
+    cols = overlap(boxes[..., 0], boxes[..., 2], grid_w)  # (N, W, K)
+    cover = rows[:, :, None] * cols[:, None, :] * keep[:, None, None, :]  # (N, H, W, K)
+    return cover.reshape(boxes.shape[0], grid_h * grid_w, -1)
+
+
+def region_tokens(coverage, tokens):
+    """(N, T, K) coverage, (N, K, D) grounding tokens -> (N, T, D): the covering boxes' tokens, weighted by how
+    much of the patch each covers (overlapping boxes share a patch; an uncovered patch gets zeros)."""
+    weights = coverage / jnp.maximum(coverage.sum(-1, keepdims=True), 1.0)
+    return jnp.einsum("ntk,nkd->ntd", weights, tokens.astype(jnp.float32)).astype(tokens.dtype)
 
 
 def check_layout(boxes, mask, max_boxes):

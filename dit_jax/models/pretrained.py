@@ -17,7 +17,8 @@ from dit_jax.utils import paths
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 # The style and layout paths' model keys (models/dit.py; a video DiT has neither).
-CONDITION_KEYS = ("num_styles", "style_dropout_prob", "layout_max_boxes", "layout_dropout_prob", "layout_gate_init")
+CONDITION_KEYS = ("num_styles", "style_dropout_prob", "layout_max_boxes", "layout_dropout_prob", "layout_gate_init",
+                  "layout_regions")
 
 
 def export_directory(path, key):

@@ -85,8 +85,10 @@ def base_config():
         text_cross_attention=True, text_pooled=True, null_text="learned", caption_dropout_prob=0.1,
         # A style label (num_styles > 0) and a layout of up to layout_max_boxes boxes with phrases (GLIGEN),
         # each dropped alone with its probability (dit_jax/models/dit.py, layout.py); the layout's gates start at
-        # tanh(layout_gate_init): 0 (closed) to add layout to a trained model (init_from), as GLIGEN does.
+        # tanh(layout_gate_init): 0 (closed) to add layout to a trained model (init_from), as GLIGEN does;
+        # layout_regions gives each image token the tokens of the boxes over it (models/layout.py).
         num_styles=0, style_dropout_prob=0.1, layout_max_boxes=0, layout_dropout_prob=0.1, layout_gate_init=0.0,
+        layout_regions=False,
         dropout=0.0, attention="xla", remat="none", scan_blocks=True, dtype="float32",
         norm="layernorm", qk_norm=False, mlp="gelu", pos_embed="sincos",  # DiT's block; see modern_block
     )
