@@ -273,6 +273,7 @@ def test_recipe_loads_and_names_the_conditions():
     assert (c.data.name, c.data.resolution, c.data.flip, c.model.patch_size) == ("fashion_scenes", 32, False, 4)
     assert (c.model.num_styles, c.model.layout_max_boxes, c.model.num_classes) == (4, 3, -1)
     assert c.model.layout_gate_init == 1.0  # trained from scratch: the layout path starts open
+    assert c.model.layout_regions  # each image token also carries the boxes over it (models/layout.py)
     assert c.model.style_dropout_prob == c.model.layout_dropout_prob == 0.1
     toy = recipe("runlocal")
     assert (toy.data.resolution, toy.data.max_examples, toy.optim.restart_period) == (32, 512, 160)
