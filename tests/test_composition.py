@@ -376,6 +376,9 @@ def test_bad_conditions_are_one_line():
     check_layout([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]], None, K)
     with pytest.raises(ValueError, match="layout_max_boxes"):
         build_model(dict(TEXT, text_dim=0, layout_max_boxes=2))
+    with pytest.raises(ValueError, match="layout_regions.*layout_max_boxes > 0") as e:
+        build_model(dict(TEXT, layout_regions=True))
+    assert "\n" not in str(e.value)
 
 
 def test_sample_conditions_read_and_encode(monkeypatch):

@@ -83,7 +83,7 @@ def check_model(hidden_size, num_heads, remat, text_dim=0, text_cross_attention=
 CONDITIONS = ("text", "style", "layout", "class")
 
 
-def check_conditions(num_styles, layout_max_boxes, text_dim):
+def check_conditions(num_styles, layout_max_boxes, text_dim, layout_regions=False):
     """One-line errors for the style and layout options, naming the config key."""
     for key, value in (("num_styles", num_styles), ("layout_max_boxes", layout_max_boxes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -91,6 +91,9 @@ def check_conditions(num_styles, layout_max_boxes, text_dim):
     if layout_max_boxes and not text_dim:
         raise ValueError("model.layout_max_boxes > 0 reads each box's phrase as a pooled text embedding, but this "
                          "model reads no text (text_dim=0): enable model.text_pooled or text_cross_attention.")
+    if layout_regions and not layout_max_boxes:
+        raise ValueError("model.layout_regions acts through the layout path, which this model does not have: set "
+                         "model.layout_max_boxes > 0 or drop layout_regions.")
 
 
 def weight_initializer(rngs):
@@ -435,7 +438,7 @@ class DiT(nnx.Module):
     ):
         check_model(hidden_size, num_heads, remat, text_dim, text_cross_attention, text_pooled, norm=norm,
                     qk_norm=qk_norm, mlp=mlp, pos_embed=pos_embed)
-        check_conditions(num_styles, layout_max_boxes, text_dim)
+        check_conditions(num_styles, layout_max_boxes, text_dim, layout_regions)
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.hidden_size, self.num_classes, self.text_dim = hidden_size, num_classes, text_dim

@@ -72,10 +72,11 @@ def box_coverage(boxes, keep, grid_h, grid_w):
         left, right = edges[:-1][None, :, None], edges[1:][None, :, None]
         return jnp.clip(jnp.minimum(right, hi[:, None]) - jnp.maximum(left, lo[:, None]), 0.0, None) * cells
 
-    boxes = jnp.where(keep[..., None], boxes.astype(jnp.float32), 0.0)  # a left-out box's values reach nothing
+    # A left-out box becomes (0, 0, 0, 0): no area, so it covers nothing, whatever (NaN included) it held.
+    boxes = jnp.where(keep[..., None], boxes.astype(jnp.float32), 0.0)
     rows = overlap(boxes[..., 1], boxes[..., 3], grid_h)  # (N, H, K)
     cols = overlap(boxes[..., 0], boxes[..., 2], grid_w)  # (N, W, K)
-    cover = rows[:, :, None] * cols[:, None, :] * keep[:, None, None, :]  # (N, H, W, K)
+    cover = rows[:, :, None] * cols[:, None, :]  # (N, H, W, K)
     return cover.reshape(boxes.shape[0], grid_h * grid_w, -1)
 
 
