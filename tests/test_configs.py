@@ -77,6 +77,17 @@ def test_restarts_double_their_period():
     assert float(lr(c.steps - 1)) < 1e-6 * peak       # (optax counts from 0) takes the lowest rate
 
 
+def test_fashion_tiny_trains_flow_matching_unless_told():
+    c = load("fashion_tiny")
+    assert (c.diffusion.objective, c.diffusion.time_sampling, c.model.learn_sigma) == ("flow", "logit_normal", False)
+    assert c.sample.sampler == "heun"
+    validate(c)
+    c = load("fashion_tiny", "flow=false")  # the DDPM recipe it replaced: v-prediction with min-SNR
+    assert (c.diffusion.objective, c.diffusion.prediction, c.diffusion.min_snr_gamma) == ("ddpm", "v", 5.0)
+    assert (c.model.learn_sigma, c.sample.sampler) == (True, "dpmpp_2m")
+    validate(c)
+
+
 @pytest.mark.parametrize("name", RECIPES)
 def test_runlocal_is_a_cpu_toy(name):
     c = load(name, "runlocal")
